@@ -1,0 +1,187 @@
+"""Stage 4+5: compile the app against the fetched tree and link it for the chosen mode.
+
+The default libc is the tree's own ``tools/include/nolibc`` (header-only),
+extended by ``ukl_build/runtime/include``; the app includes ordinary headers
+(``<stdio.h>``, ``<sys/socket.h>``, ...) that resolve there.  ``libc = "glibc"``
+links the host's static glibc instead (user mode only).
+
+Plain sources are compiled directly; ``make`` and ``cmake`` projects get the
+compiler and flags through CC/CFLAGS/LDFLAGS/LDLIBS (make) or a toolchain
+file (CMake + Ninja), each in a copy of the project inside the build dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ukl_build.cache import Cache, digest, file_sha256
+from ukl_build.errors import BuildError
+from ukl_build.patches import PatchedTree
+from ukl_build.progress import Reporter
+from ukl_build.resources import runtime_dir
+from ukl_build.settings import Settings
+
+NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h", "stdlib.h",
+                "string.h", "sys.h", "time.h", "types.h", "unistd.h")
+_IGNORE = shutil.ignore_patterns("build", "dist", ".git", "__pycache__", "*.whl", ".venv")
+
+
+@dataclass(frozen=True)
+class AppBinary:
+    path: Path
+    sha256: str
+    libc: str
+    compiler: str
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    cc: str
+    cflags: tuple[str, ...]
+    ldflags: tuple[str, ...]
+    ldlibs: tuple[str, ...]
+
+
+def make_sysroot(tree: PatchedTree, cache: Cache, reporter: Reporter, env: dict[str, str]) -> Path:
+    """nolibc headers + the tree's UAPI headers: what ``headers_standalone`` makes, out of tree."""
+    key = digest("sysroot", tree.key)
+
+    def make(tmp: Path) -> None:
+        reporter.stage("app", "preparing the nolibc sysroot from the kernel tree")
+        include = tmp / "include"
+        include.mkdir()
+        src = tree.path / "tools/include/nolibc"
+        for name in NOLIBC_FILES:
+            shutil.copy2(src / name, include / name)
+        shutil.copy2(src / "arch-x86_64.h", include / "arch.h")
+        reporter.run(
+            ["make", "-C", str(tree.path), f"O={tmp / 'o'}", "ARCH=x86_64", "-s",
+             "headers_install", f"INSTALL_HDR_PATH={tmp}"],
+            step="app (kernel headers_install)", env=env,
+        )
+        shutil.rmtree(tmp / "o")
+
+    return cache.entry("sysroots", key, make)
+
+
+def compiler_version(cc: str) -> str:
+    try:
+        out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise BuildError(f"app: C compiler {cc!r} not usable: {e}", hint="apt-get install gcc") from None
+    return out.splitlines()[0]
+
+
+def toolchain(settings: Settings, sysroot: Path | None) -> Toolchain:
+    cc = os.environ.get("UKL_CC", "gcc")
+    common = ["-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident",
+              "-ffile-prefix-map=" + str(settings.project_dir) + "=."]
+    if settings.libc == "glibc":
+        return Toolchain(cc, (*common, *settings.cflags), ("-static",), ())
+    assert sysroot is not None
+    gcc_include = subprocess.run([cc, "-print-file-name=include"], capture_output=True,
+                                 text=True, check=True).stdout.strip()
+    cflags = [
+        *common, "-std=gnu11", "-fno-stack-protector", "-fno-pie", "-nostdinc",
+        "-isystem", str(runtime_dir() / "include"),
+        "-isystem", str(sysroot / "include"),
+        "-isystem", gcc_include,
+        *settings.cflags,
+    ]
+    return Toolchain(cc, tuple(cflags), ("-static", "-no-pie", "-nostdlib"), ("-lgcc",))
+
+
+def build_app(
+    settings: Settings,
+    tree: PatchedTree,
+    build_dir: Path,
+    cache: Cache,
+    reporter: Reporter,
+    env: dict[str, str],
+) -> AppBinary:
+    sysroot = make_sysroot(tree, cache, reporter, env) if settings.libc == "nolibc" else None
+    tc = toolchain(settings, sysroot)
+    version = compiler_version(tc.cc)
+    app_dir = build_dir / "app"
+    if app_dir.exists():
+        shutil.rmtree(app_dir)
+    app_dir.mkdir(parents=True)
+    output = app_dir / "init"
+
+    if settings.sources:
+        srcs = []
+        for s in settings.sources:
+            p = (settings.project_dir / s).resolve()
+            if not p.is_file():
+                raise BuildError(f"[tool.ukl-build] sources: {s} does not exist ({p})")
+            srcs.append(p)
+        reporter.stage("app", f"compiling {', '.join(settings.sources)} ({settings.libc}, user mode)")
+        reporter.run(
+            [tc.cc, *tc.cflags, *tc.ldflags, "-o", output, *srcs, *tc.ldlibs],
+            step="app compile", cwd=settings.project_dir, env=env,
+        )
+    elif settings.make is not None:
+        work = app_dir / "src"
+        shutil.copytree(settings.project_dir, work, ignore=_IGNORE, symlinks=True)
+        mdir = work / settings.make.dir
+        menv = dict(env, CC=tc.cc, CFLAGS=" ".join(tc.cflags), LDFLAGS=" ".join(tc.ldflags),
+                    LDLIBS=" ".join(tc.ldlibs))
+        reporter.stage("app", f"make in {settings.make.dir} ({settings.libc}, user mode)")
+        reporter.run(["make", "-C", mdir, *settings.make.args], step="app build (make)", env=menv)
+        produced = mdir / settings.make.output
+        if not produced.is_file():
+            raise BuildError(f"[tool.ukl-build.make] output: make did not produce {settings.make.output}")
+        shutil.copy2(produced, output)
+    else:
+        assert settings.cmake is not None
+        _build_cmake(settings, tc, app_dir, output, reporter, env)
+
+    _check_static_elf(output)
+    return AppBinary(output, file_sha256(output), settings.libc, version)
+
+
+def _build_cmake(settings: Settings, tc: Toolchain, app_dir: Path, output: Path,
+                 reporter: Reporter, env: dict[str, str]) -> None:
+    cm = settings.cmake
+    assert cm is not None
+    cmake = shutil.which("cmake", path=env.get("PATH"))
+    ninja = shutil.which("ninja", path=env.get("PATH"))
+    if not cmake or not ninja:
+        raise BuildError("[tool.ukl-build] cmake: cmake and ninja are needed",
+                         hint="pip install cmake ninja (pip wheel/build install them for you)")
+    toolchain_file = app_dir / "toolchain.cmake"
+    toolchain_file.write_text(
+        "set(CMAKE_SYSTEM_NAME Linux)\n"
+        "set(CMAKE_SYSTEM_PROCESSOR x86_64)\n"
+        f'set(CMAKE_C_COMPILER "{tc.cc}")\n'
+        f'set(CMAKE_C_FLAGS_INIT "{" ".join(tc.cflags)}")\n'
+        f'set(CMAKE_EXE_LINKER_FLAGS_INIT "{" ".join(tc.ldflags)}")\n'
+        f'set(CMAKE_C_STANDARD_LIBRARIES "{" ".join(tc.ldlibs)}")\n'
+        "set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)\n"
+    )
+    src = (settings.project_dir / cm.source_dir).resolve()
+    bdir = app_dir / "cmake"
+    reporter.stage("app", f"cmake + ninja, target {cm.target} ({settings.libc}, user mode)")
+    reporter.run([cmake, "-S", src, "-B", bdir, "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}",
+                  f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file}", "-DCMAKE_BUILD_TYPE=MinSizeRel",
+                  *cm.args], step="app configure (cmake)", env=env)
+    reporter.run([cmake, "--build", bdir, "--target", cm.target], step="app build (cmake)", env=env)
+    candidates = [p for p in bdir.rglob(cm.target) if p.is_file() and os.access(p, os.X_OK)]
+    if not candidates:
+        raise BuildError(f"[tool.ukl-build.cmake] target: no executable {cm.target!r} in {bdir}")
+    shutil.copy2(candidates[0], output)
+
+
+def _check_static_elf(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if head[:4] != b"\x7fELF" or head[4] != 2 or int.from_bytes(head[18:20], "little") != 62:
+        raise BuildError(f"app: {path.name} is not an x86-64 ELF executable")
+    proc = subprocess.run(["readelf", "-l", str(path)], capture_output=True, text=True)
+    if "INTERP" in proc.stdout:
+        raise BuildError(f"app: {path.name} is dynamically linked; the initramfs holds no loader",
+                         hint="link statically (-static)")

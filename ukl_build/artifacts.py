@@ -1,0 +1,127 @@
+"""Stage 7: the distributable image directory: images, kernel config and manifest.json.
+
+The directory is assembled next to its final place and renamed over it, so
+readers see the old complete set or the new complete set, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ukl_build import __version__
+from ukl_build.appbuild import AppBinary
+from ukl_build.cache import file_sha256
+from ukl_build.kbuild import KernelImages
+from ukl_build.kconfig import KernelConfig, read_config
+from ukl_build.patches import PatchedTree
+from ukl_build.settings import Settings
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    directory: Path
+    manifest: dict[str, Any]
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.directory.iterdir() if p.is_file())
+
+    def image(self, fmt: str) -> Path:
+        return self.directory / self.manifest["images"][fmt]["file"]
+
+
+def qemu_example(settings: Settings, image_file: str, network: bool) -> str:
+    machine = "microvm,x-option-roms=off,rtc=off" if settings.run.machine == "microvm" else "q35"
+    cmd = (f"qemu-system-x86_64 -M {machine} -accel tcg -m {settings.run.memory} -nodefaults "
+           f"-no-user-config -display none -serial stdio -no-reboot -kernel {image_file} "
+           f"-append 'console=ttyS0 reboot=t {settings.cmdline}"
+           + (" -- " + " ".join(settings.args) if settings.args else "") + "'")
+    if network:
+        nic = "virtio-net-device" if settings.run.machine == "microvm" else "virtio-net-pci"
+        fwd = "".join(f",hostfwd=tcp:127.0.0.1:{f.replace(':', '-:')}" for f in settings.run.forward)
+        cmd += f" -netdev user,id=n0{fwd} -device {nic},netdev=n0"
+    return cmd
+
+
+def write_image_set(
+    settings: Settings,
+    out_dir: Path,
+    tree: PatchedTree,
+    config: KernelConfig,
+    app: AppBinary,
+    kernel: KernelImages,
+    source_date_epoch: int,
+) -> ImageSet:
+    name = settings.dist_name
+    values = read_config(config.path)
+    network = values.get("VIRTIO_NET") == "y"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        images: dict[str, Any] = {}
+        sources = {"bzimage": (kernel.bzimage, f"{name}.bzImage"),
+                   "pvh": (kernel.vmlinux, f"{name}.vmlinux")}
+        for fmt in settings.formats:
+            src, filename = sources[fmt]
+            shutil.copy2(src, tmp / filename)
+            images[fmt] = {"file": filename, "sha256": file_sha256(tmp / filename),
+                           "size": (tmp / filename).stat().st_size}
+        shutil.copy2(config.path, tmp / f"{name}.config")
+        manifest: dict[str, Any] = {
+            "schema": 1,
+            "name": settings.name,
+            "version": settings.version,
+            "module": name,
+            "mode": settings.mode,
+            "arch": "x86_64",
+            "ukl_build": __version__,
+            "source_date_epoch": source_date_epoch,
+            "kernel": {
+                "release": tree.release,
+                "source": tree.source.origin,
+                "patches": [{"name": p.name, "sha256": p.sha256} for p in tree.patches],
+                "recipes": list(config.recipes),
+                "config": {"file": f"{name}.config", "sha256": config.key},
+            },
+            "app": {"libc": app.libc, "compiler": app.compiler, "sha256": app.sha256},
+            "cmdline": settings.cmdline,
+            "args": list(settings.args),
+            "network": network,
+            "images": images,
+            "run": {
+                "machine": settings.run.machine,
+                "memory": settings.run.memory,
+                "smp": settings.run.smp,
+                "accel": settings.run.accel,
+                "forward": list(settings.run.forward),
+            },
+            "qemu": {fmt: qemu_example(settings, img["file"], network) for fmt, img in images.items()},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ImageSet(out_dir, manifest)
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Put ``new`` at ``final``, replacing what was there."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(new, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, final)
+
+
+def load_image_set(directory: Path) -> ImageSet:
+    return ImageSet(directory, json.loads((directory / MANIFEST).read_text()))

@@ -1,0 +1,112 @@
+"""The shared cache: content-addressed entries, created atomically under a file lock.
+
+Layout under the cache root (``$UKL_BUILD_CACHE``, else ``$XDG_CACHE_HOME/ukl-build``)::
+
+    downloads/<sha256>.<ext>     verified source archives
+    trees/<key>/                 extracted + patched kernel trees
+    sysroots/<key>/              nolibc + UAPI headers of one tree
+    kconfig/<key>/.config        resolved kernel configurations
+    kbuild/<key>/                out-of-tree kernel build dirs (O=), one per .config
+    ccache/                      compiler cache for kernel builds
+
+An entry is built in a temporary sibling and renamed into place, so an
+interrupted build leaves at most a ``.tmp-*`` directory that the next build
+ignores and ``clean`` removes; it never leaves a half-made entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def default_root() -> Path:
+    env = os.environ.get("UKL_BUILD_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser().resolve() / "ukl-build"
+
+
+def digest(*parts: object) -> str:
+    """A stable sha256 over JSON-serialisable parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Cache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or default_root()).resolve()
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    @contextlib.contextmanager
+    def lock(self, kind: str, key: str) -> Iterator[None]:
+        """An exclusive lock on one entry, held across processes."""
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{kind}-{key}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def entry(self, kind: str, key: str, make: Callable[[Path], None]) -> Path:
+        """Return the entry ``kind/key``, creating it with ``make(tmpdir)`` if missing.
+
+        ``make`` fills a fresh temporary directory; on success it is renamed into
+        place, on any exception it is removed.
+        """
+        final = self.path(kind, key)
+        if final.is_dir():
+            return final
+        with self.lock(kind, key):
+            if final.is_dir():
+                return final
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=final.parent))
+            try:
+                make(tmp)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return final
+
+    def clean(self) -> None:
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())

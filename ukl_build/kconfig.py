@@ -1,0 +1,218 @@
+"""Stage 3: kernel configuration from composable recipes, checked after olddefconfig.
+
+``make tinyconfig``, then the ``base`` recipe, the app's recipes and its
+``kconfig`` options merged on top, then ``make olddefconfig``.  Kconfig drops
+an option silently when its dependencies are not met; we do not: every
+requested option must survive, or the build stops listing each one dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ukl_build.cache import Cache, digest, file_sha256
+from ukl_build.errors import BuildError, ConfigError
+from ukl_build.patches import PatchedTree
+from ukl_build.progress import Reporter
+from ukl_build.resources import recipes_dir
+
+_SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
+_UNSET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set$")
+_REQUIRES = re.compile(r"^#\s*requires:\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # without CONFIG_
+    value: str  # "y", "n", a number or a quoted string
+    origin: str  # recipe or settings key that asked for it
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    path: Path  # the resolved .config (in the cache)
+    key: str  # sha256 of the .config
+    recipes: tuple[str, ...]
+    requested: tuple[Option, ...]
+
+
+def parse_fragment(text: str, origin: str) -> tuple[list[Option], list[str]]:
+    """Options and ``# requires:`` recipe names of a config fragment."""
+    options: list[Option] = []
+    requires: list[str] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if m := _REQUIRES.match(line):
+            requires.extend(m.group(1).split())
+        elif m := _UNSET.match(line):
+            options.append(Option(m.group(1), "n", origin))
+        elif m := _SET.match(line):
+            options.append(Option(m.group(1), m.group(2), origin))
+        elif not line.startswith("#"):
+            raise ConfigError(f"{origin}:{lineno}: not a kernel config line: {raw!r}")
+    return options, requires
+
+
+def resolve_recipes(names: list[str], project_dir: Path) -> list[tuple[str, Path]]:
+    """``base`` first, then each recipe after the recipes it requires, each once."""
+    ordered: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+
+    def locate(name: str, where: str) -> Path:
+        if name.endswith(".config"):
+            p = (project_dir / name).resolve()
+            if not p.is_file():
+                raise ConfigError(f"{where}: recipe file {p} does not exist")
+            return p
+        p = recipes_dir() / f"{name}.config"
+        if not p.is_file():
+            known = ", ".join(sorted(x.stem for x in recipes_dir().glob("*.config")))
+            raise ConfigError(f"{where}: unknown recipe {name!r}", hint=f"known recipes: {known}")
+        return p
+
+    def visit(name: str, where: str, stack: tuple[str, ...]) -> None:
+        if name in seen:
+            return
+        if name in stack:
+            raise ConfigError(f"recipes: circular 'requires' through {' -> '.join((*stack, name))}")
+        path = locate(name, where)
+        _, requires = parse_fragment(path.read_text(), str(path))
+        for dep in requires:
+            visit(dep, str(path), (*stack, name))
+        seen.add(name)
+        ordered.append((name, path))
+
+    for name in ["base", *names]:
+        visit(name, "[tool.ukl-build] recipes", ())
+    return ordered
+
+
+def requested_options(
+    recipes: list[tuple[str, Path]], extra: list[tuple[str, str]]
+) -> list[Option]:
+    """Merged options: later recipes override earlier ones, the app's options override all."""
+    merged: dict[str, Option] = {}
+    for name, path in recipes:
+        options, _ = parse_fragment(path.read_text(), f"recipe {name}")
+        for opt in options:
+            merged[opt.name] = opt
+    for name, value in extra:
+        bare = name.removeprefix("CONFIG_")
+        merged[bare] = Option(bare, _normalise(value), f"[tool.ukl-build] kconfig.{name}")
+    return list(merged.values())
+
+
+def _normalise(value: str) -> str:
+    if value in ("y", "n") or re.fullmatch(r"-?\d+|0x[0-9a-fA-F]+", value):
+        return value
+    if value.startswith('"') and value.endswith('"'):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def read_config(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if m := _SET.match(line):
+            values[m.group(1)] = m.group(2)
+    return values
+
+
+def merge_into(config: Path, options: list[Option]) -> None:
+    """Replace or append each option's line in a .config."""
+    names = {o.name for o in options}
+    kept = []
+    for line in config.read_text().splitlines():
+        m = _SET.match(line) or _UNSET.match(line)
+        if m and m.group(1) in names:
+            continue
+        kept.append(line)
+    for o in options:
+        kept.append(f"# CONFIG_{o.name} is not set" if o.value == "n" else f"CONFIG_{o.name}={o.value}")
+    config.write_text("\n".join(kept) + "\n")
+
+
+def dropped_options(config: Path, options: list[Option]) -> list[tuple[Option, str]]:
+    """Requested options that olddefconfig did not keep, with what they became."""
+    got = read_config(config)
+    dropped = []
+    for o in options:
+        actual = got.get(o.name, "n")
+        if actual != o.value:
+            dropped.append((o, "not set" if actual == "n" else actual))
+    return dropped
+
+
+def dependency_hint(tree: Path, name: str) -> str:
+    """The 'depends on' lines of a symbol, or a note that the kernel has no such symbol."""
+    pattern = re.compile(rf"^\s*(?:menu)?config\s+{re.escape(name)}\s*$")
+    deps: list[str] = []
+    found = False
+    for kconfig in tree.rglob("Kconfig*"):
+        if not kconfig.is_file():
+            continue
+        lines = kconfig.read_text(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if pattern.match(line):
+                found = True
+                for follow in lines[i + 1 : i + 40]:
+                    s = follow.strip()
+                    if re.match(r"^(config|menuconfig|choice|endchoice|menu|endmenu|if|endif|source)\b", s):
+                        break
+                    if s.startswith("depends on"):
+                        deps.append(s)
+    if not found:
+        return "no such option in this kernel"
+    return "; ".join(sorted(set(deps))) or "check its dependencies (select/choice)"
+
+
+def configure(
+    tree: PatchedTree,
+    recipe_names: list[str],
+    extra: list[tuple[str, str]],
+    project_dir: Path,
+    cache: Cache,
+    reporter: Reporter,
+    make_env: dict[str, str],
+) -> KernelConfig:
+    recipes = resolve_recipes(recipe_names, project_dir)
+    options = requested_options(recipes, extra)
+    fragments = [(n, file_sha256(p)) for n, p in recipes]
+    key = digest("kconfig", tree.key, fragments, [(o.name, o.value) for o in options])
+
+    def make(tmp: Path) -> None:
+        build = tmp / "o"
+        reporter.stage("kconfig", f"tinyconfig + {', '.join(n for n, _ in recipes)}")
+        base = ["make", "-C", str(tree.path), f"O={build}", "ARCH=x86_64", "-s"]
+        reporter.run([*base, "tinyconfig"], step="kconfig (make tinyconfig)", env=make_env)
+        merge_into(build / ".config", options)
+        reporter.run([*base, "olddefconfig"], step="kconfig (make olddefconfig)", env=make_env)
+        dropped = dropped_options(build / ".config", options)
+        if dropped:
+            lines = [
+                f"    CONFIG_{o.name}={o.value} (from {o.origin}) became {became}: "
+                f"{dependency_hint(tree.path, o.name)}"
+                for o, became in dropped
+            ]
+            raise BuildError(
+                f"kconfig: {len(dropped)} requested option(s) did not survive olddefconfig:\n"
+                + "\n".join(lines),
+                hint="enable what they depend on (another recipe or a kconfig entry), "
+                "or drop the request",
+            )
+        shutil.copy2(build / ".config", tmp / ".config")
+        shutil.rmtree(build)
+
+    entry = cache.entry("kconfig", key, make)
+    config = entry / ".config"
+    return KernelConfig(
+        path=config,
+        key=file_sha256(config),
+        recipes=tuple(n for n, _ in recipes),
+        requested=tuple(options),
+    )

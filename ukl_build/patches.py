@@ -1,0 +1,95 @@
+"""Stage 2: apply ukl-build's patch series for the tree's kernel series, with no fuzz."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ukl_build.cache import Cache, digest, file_sha256
+from ukl_build.errors import BuildError, SourceError
+from ukl_build.progress import Reporter
+from ukl_build.source import SourceTree
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PatchedTree:
+    path: Path
+    key: str
+    release: str
+    patches: tuple[Patch, ...]
+    source: SourceTree
+
+
+def read_series(series_dir: Path) -> list[Patch]:
+    """The patches named in ``series_dir/series``, in order (``#`` starts a comment)."""
+    series = series_dir / "series"
+    if not series.is_file():
+        raise SourceError(f"{series}: no patch series for this kernel version")
+    patches = []
+    for lineno, line in enumerate(series.read_text().splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        path = series_dir / name
+        if not path.is_file():
+            raise SourceError(f"{series}:{lineno}: {name} does not exist")
+        patches.append(Patch(name=name, path=path, sha256=file_sha256(path)))
+    return patches
+
+
+def touched_files(patch: Path) -> set[str]:
+    """Paths (relative to the tree) that a -p1 patch modifies."""
+    files = set()
+    for line in patch.read_text(errors="replace").splitlines():
+        m = re.match(r"^(?:---|\+\+\+) [ab]/(\S+)", line)
+        if m:
+            files.add(m.group(1))
+    return files
+
+
+def apply_patches(
+    src: SourceTree, series_dir: Path, cache: Cache, reporter: Reporter
+) -> PatchedTree:
+    patches = read_series(series_dir)
+    if not patches:
+        return PatchedTree(src.path, src.key, src.release, (), src)
+    key = digest("patched", src.key, [(p.name, p.sha256) for p in patches])
+
+    def make(tmp: Path) -> None:
+        tree = tmp / "tree"
+        reporter.stage("patch", f"applying {len(patches)} patches from {series_dir}")
+        # Hard links make the copy cheap; a patched file gets its own inode first,
+        # so the pristine tree is never written through.
+        subprocess.run(["cp", "-al", str(src.path), str(tree)], check=True)
+        for p in patches:
+            for rel in touched_files(p.path):
+                f = tree / rel
+                if f.is_file() and not f.is_symlink():
+                    shutil.copy2(f, f.with_name(f.name + ".ukl-unlink"))
+                    os.replace(f.with_name(f.name + ".ukl-unlink"), f)
+            proc = subprocess.run(
+                ["patch", "-p1", "--forward", "--fuzz=0", "--no-backup-if-mismatch", "-s",
+                 "-i", str(p.path)],
+                cwd=tree, capture_output=True, text=True,
+            )
+            reporter.log(proc.stdout + proc.stderr)
+            if proc.returncode != 0:
+                raise BuildError(
+                    f"patch {p.name} does not apply cleanly to Linux {src.release}:\n"
+                    + "\n".join("    " + ln for ln in (proc.stdout + proc.stderr).splitlines()[:20]),
+                    hint=f"the series in {series_dir} targets a different tree",
+                )
+
+    entry = cache.entry("trees", key, make)
+    return PatchedTree(entry / "tree", key, src.release, tuple(patches), src)

@@ -1,0 +1,136 @@
+"""Logging in one place: a full log file in the build dir, live progress on stderr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from ukl_build.errors import BuildError
+
+
+class Reporter:
+    """Writes every line to the log file and a short account to stderr."""
+
+    def __init__(self, log_path: Path | None, stream: TextIO | None = None) -> None:
+        self.log_path = log_path
+        self.stream = stream if stream is not None else sys.stderr
+        self._log: TextIO | None = None
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115
+        self._start = time.monotonic()
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._live = False
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start
+
+    def log(self, line: str) -> None:
+        """Write a line to the log file only."""
+        if self._log is not None:
+            self._log.write(line.rstrip("\n") + "\n")
+            self._log.flush()
+
+    def stage(self, name: str, message: str) -> None:
+        """Announce a pipeline step on stderr and in the log."""
+        self._end_live()
+        line = f"[ukl-build] {name}: {message}"
+        self.log(line)
+        print(line, file=self.stream, flush=True)
+
+    def live(self, text: str) -> None:
+        """A progress line that replaces itself on a terminal."""
+        if self._tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+            self._live = True
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def _end_live(self) -> None:
+        if self._live:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._live = False
+
+    def exception(self, exc: BaseException) -> None:
+        """Put a traceback in the log (never on the console)."""
+        self.log("".join(traceback.format_exception(exc)))
+
+    def run(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        step: str,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        on_line: Callable[[str], None] | None = None,
+        error_lines: int = 25,
+    ) -> None:
+        """Run a command, its output to the log; raise BuildError naming the step on failure.
+
+        On failure the message holds the first lines that look like errors (or the last lines),
+        and the path of the full log.
+        """
+        args = [os.fspath(a) for a in argv]
+        self.log(f"$ {subprocess.list2cmdline(args)}" + (f"   (in {cwd})" if cwd else ""))
+        lines: list[str] = []
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                self.log(line)
+                lines.append(line.rstrip("\n"))
+                if len(lines) > 4000:
+                    del lines[:2000]
+                if on_line is not None:
+                    on_line(line)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        self._end_live()
+        if rc != 0:
+            raise BuildError(
+                f"{step} failed (exit status {rc}): {args[0]}\n"
+                + _indent(first_errors(lines, error_lines)),
+                hint=f"full log: {self.log_path}" if self.log_path else None,
+            )
+
+
+def first_errors(lines: list[str], limit: int) -> list[str]:
+    """The first lines that look like compiler/make errors, else the last lines."""
+    markers = ("error", "Error", "ERROR", "undefined reference", "fatal", "***")
+    picked = [ln for ln in lines if any(m in ln for m in markers)]
+    return (picked or lines[-limit:])[:limit]
+
+
+def _indent(lines: list[str]) -> str:
+    return "\n".join("    " + ln for ln in lines)

@@ -1,0 +1,399 @@
+"""Settings: ``[tool.ukl-build]`` from pyproject.toml, overridden by ``-C`` config settings.
+
+The model is a tree of frozen dataclasses, one per table, every field with a
+default and a docstring-like ``doc`` in its metadata (``docs/configuration.md``
+is generated from them by ``python -m ukl_build schema --markdown``).  One
+function, :func:`load_settings`, merges the sources; nothing else reads raw
+dicts.  Unknown keys and wrong types are errors naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from ukl_build.errors import ConfigError
+
+MODES = ("ukl", "user")
+LIBCS = ("nolibc", "glibc")
+FORMATS = ("bzimage", "pvh")
+MACHINES = ("microvm", "q35")
+ACCELS = ("tcg", "kvm", "auto")
+SOURCE_KINDS = ("debian", "url", "path", "git")
+_KCONFIG_NAME = re.compile(r"^[A-Z0-9_]+$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True)
+class GitSettings:
+    url: str = _doc("Repository URL or local path, anything `git fetch` accepts.")
+    rev: str = _doc("Commit, tag or branch to build; a full commit id pins it.")
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    version: str = _doc("Kernel series (VERSION.PATCHLEVEL); picks the patch series.", default="6.1")
+    source: str = _doc(
+        'Where the tree comes from: "debian" (Debian\'s linux-source-<version> package, '
+        'offline), "url", "path" or "git". Inferred from the key you set.',
+        default="debian",
+    )
+    url: str | None = _doc("Tarball URL (http, https or file); needs `sha256`.", default=None)
+    sha256: str | None = _doc(
+        "Expected sha256 of the tarball: mandatory with `url`, checked for `path`.", default=None
+    )
+    path: str | None = _doc(
+        "Local tarball or directory, relative to the project.", default=None
+    )
+    git: GitSettings | None = _doc("Git repository and revision.", default=None)
+
+    @property
+    def kind(self) -> str:
+        """Which of the source kinds is in use."""
+        for name in ("url", "path", "git"):
+            if getattr(self, name) is not None:
+                return name
+        return self.source
+
+
+@dataclass(frozen=True)
+class MakeSettings:
+    dir: str = _doc("Directory to run make in, relative to the project.", default=".")
+    output: str = _doc("The executable make produces, relative to `dir`.", default="app")
+    args: list[str] = _doc("Extra make arguments (targets, variables).", default_factory=list)
+
+
+@dataclass(frozen=True)
+class CMakeSettings:
+    source_dir: str = _doc("CMake source directory, relative to the project.", default=".")
+    target: str = _doc("The executable target to build.", default="app")
+    args: list[str] = _doc("Extra `-D...` arguments for configure.", default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    machine: str = _doc('QEMU machine: "microvm" (default) or "q35".', default="microvm")
+    memory: str = _doc("Guest memory, QEMU syntax.", default="256M")
+    smp: int = _doc("Virtual CPUs.", default=1)
+    accel: str = _doc('"tcg", "kvm" or "auto" (probes KVM first).', default="tcg")
+    forward: list[str] = _doc(
+        'Port forwards "HOST:GUEST" (TCP, user-mode networking).', default_factory=list
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_dir: Path
+    name: str
+    version: str
+    summary: str
+    mode: str = _doc('"user": the app is a static /init in a built-in initramfs.', default="user")
+    libc: str = _doc(
+        '"nolibc" (the fetched tree\'s tools/include/nolibc + ukl-build runtime) or '
+        '"glibc" (static, user mode only).',
+        default="nolibc",
+    )
+    sources: list[str] = _doc("C sources of the app, relative to the project.", default_factory=list)
+    make: MakeSettings | None = _doc("Build the app with make instead.", default=None)
+    cmake: CMakeSettings | None = _doc("Build the app with CMake + Ninja instead.", default=None)
+    cflags: list[str] = _doc("Extra compiler flags for the app.", default_factory=list)
+    recipes: list[str] = _doc(
+        "Kernel config fragments on top of `base`: names from ukl-build's recipes/ or "
+        "paths (*.config) relative to the project.",
+        default_factory=lambda: ["microvm"],
+    )
+    kconfig: dict[str, str] = _doc(
+        'Extra kernel options, e.g. { HZ_100 = "y" }; each must survive olddefconfig.',
+        default_factory=dict,
+    )
+    cmdline: str = _doc("Kernel command line for the app.", default="quiet")
+    args: list[str] = _doc("The app's argv[1:].", default_factory=list)
+    formats: list[str] = _doc(
+        'Images to produce: "bzimage" (QEMU -kernel, bootloaders), "pvh" (ELF vmlinux '
+        "for QEMU/Firecracker/cloud-hypervisor direct boot).",
+        default_factory=lambda: ["bzimage"],
+    )
+    kernel: KernelSettings = _doc("The kernel source.", default_factory=KernelSettings)
+    run: RunSettings = _doc("Defaults for `ukl_build run` and the launcher.", default_factory=RunSettings)
+
+    @property
+    def dist_name(self) -> str:
+        """The distribution name as it appears in file names."""
+        return canonicalize_name(self.name).replace("-", "_")
+
+    def kconfig_items(self) -> list[tuple[str, str]]:
+        return sorted(self.kconfig.items())
+
+
+# ---------------------------------------------------------------------------
+# loading
+
+_TOP_LEVEL_ONLY = {"project_dir", "name", "version", "summary"}
+
+
+def load_settings(
+    project_dir: Path, config_settings: Mapping[str, Any] | None = None
+) -> Settings:
+    """Read ``project_dir/pyproject.toml`` and apply ``-C`` overrides."""
+    project_dir = project_dir.resolve()
+    pyproject = project_dir / "pyproject.toml"
+    try:
+        with open(pyproject, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{pyproject}: not found", hint="run ukl-build on a project directory") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{pyproject}: invalid TOML: {e}") from None
+
+    project = data.get("project")
+    if not isinstance(project, dict):
+        raise ConfigError(f"{pyproject}: missing [project] table")
+    for key in ("name", "version"):
+        if not isinstance(project.get(key), str):
+            raise ConfigError(
+                f"{pyproject}: [project] {key} must be a string",
+                hint="dynamic name/version are not supported by ukl-build",
+            )
+    try:
+        Version(project["version"])
+    except InvalidVersion:
+        raise ConfigError(f"{pyproject}: [project] version: invalid version {project['version']!r}") from None
+
+    raw = data.get("tool", {}).get("ukl-build")
+    if raw is None:
+        raise ConfigError(f"{pyproject}: no [tool.ukl-build] table", hint="see docs/configuration.md")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{pyproject}: [tool.ukl-build] must be a table")
+    raw = _apply_overrides(raw, dict(config_settings or {}))
+
+    values = _convert_table(raw, Settings, str(pyproject), "tool.ukl-build", skip=_TOP_LEVEL_ONLY)
+    settings = Settings(
+        project_dir=project_dir,
+        name=project["name"],
+        version=project["version"],
+        summary=str(project.get("description", "")),
+        **values,
+    )
+    _validate(settings, str(pyproject))
+    return settings
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge PEP 517 config settings (dotted keys) into a copy of the raw table.
+
+    Values arrive as strings: lists are split on ``;`` and kernel source keys
+    replace the project's source choice rather than add to it.
+    """
+    out = _deepcopy(raw)
+    kernel_source_keys = {"source", "url", "path", "git", "sha256"}
+    touched_source = any(
+        k.replace("-", "_").split(".")[:2][-1] in kernel_source_keys
+        for k in overrides
+        if k.startswith("kernel.")
+    )
+    if touched_source and isinstance(out.get("kernel"), dict):
+        for k in kernel_source_keys:
+            out["kernel"].pop(k, None)
+    for key, value in overrides.items():
+        if key.startswith("build.") or key in ("--build-option", "--global-option"):
+            continue  # frontend-specific settings meant for other tools
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"config setting -C {key}: {p} is not a table")
+            node = nxt
+        node[parts[-1]] = _FromCli(value) if isinstance(value, str) else value
+    return out
+
+
+class _FromCli(str):
+    """A value from a -C config setting: a string that may spell a list, bool or int."""
+
+
+def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _convert_table(
+    raw: dict[str, Any], cls: type, file: str, table: str, skip: set[str] = frozenset()  # type: ignore[assignment]
+) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    fields = {_key(f.name): f for f in dataclasses.fields(cls) if f.name not in skip}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = fields.get(key) or fields.get(_key(key))
+        if f is None:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{file}: [{table}] unknown key {key!r}", hint=f"known keys: {known}")
+        out[f.name] = _convert(value, hints[f.name], file, f"[{table}] {_key(f.name)}", table)
+    return out
+
+
+def _convert(value: Any, tp: Any, file: str, where: str, table: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(value, args[0], file, where, table)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file}: {where}: expected a table, got {value!r}")
+        sub = where.split("] ")[-1]
+        return tp(**_convert_table(value, tp, file, f"{table}.{sub}"))
+    if origin is list:
+        if isinstance(value, _FromCli):  # "a;b;c"
+            value = [v for v in value.split(";") if v]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{file}: {where}: expected a list of strings, got {value!r}")
+        return list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{file}: {where}: expected a table, got {value!r}")
+        return {str(k): _kconfig_value(v, file, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, _FromCli) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{file}: {where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, _FromCli) and value.strip().isdigit():
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{file}: {where}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{file}: {where}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported settings type {tp!r}")  # pragma: no cover
+
+
+def _kconfig_value(value: Any, file: str, where: str) -> str:
+    if isinstance(value, bool):
+        return "y" if value else "n"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{file}: {where}: expected a string, integer or boolean, got {value!r}")
+
+
+def _one_of(value: str, choices: tuple[str, ...], file: str, where: str) -> None:
+    if value not in choices:
+        opts = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{file}: {where}: must be one of {opts}, got {value!r}")
+
+
+def _validate(s: Settings, file: str) -> None:
+    t = "[tool.ukl-build]"
+    _one_of(s.mode, MODES, file, f"{t} mode")
+    _one_of(s.libc, LIBCS, file, f"{t} libc")
+    if s.mode == "ukl" and s.libc != "nolibc":
+        raise ConfigError(f"{file}: {t} libc: mode 'ukl' supports only 'nolibc'")
+    for fmt in s.formats:
+        _one_of(fmt, FORMATS, file, f"{t} formats")
+    if not s.formats:
+        raise ConfigError(f"{file}: {t} formats: name at least one format")
+    build_kinds = [k for k in ("sources", "make", "cmake") if getattr(s, k)]
+    if len(build_kinds) != 1:
+        raise ConfigError(
+            f"{file}: {t}: set exactly one of sources, make, cmake (got {build_kinds or 'none'})"
+        )
+    for name, value in s.kconfig.items():
+        bare = name.removeprefix("CONFIG_")
+        if not _KCONFIG_NAME.match(bare):
+            raise ConfigError(f"{file}: {t} kconfig: {name!r} is not a kernel option name")
+        if value == "m":
+            raise ConfigError(
+                f"{file}: {t} kconfig.{name}: modules are not supported (the kernel has no "
+                "module loader); use \"y\""
+            )
+    k = s.kernel
+    kt = "[tool.ukl-build.kernel]"
+    chosen = [n for n in ("url", "path", "git") if getattr(k, n) is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"{file}: {kt}: set only one of url, path, git (got {', '.join(chosen)})")
+    kind = k.kind
+    _one_of(k.source, SOURCE_KINDS, file, f"{kt} source")
+    if kind != k.source and k.source != "debian":
+        raise ConfigError(f"{file}: {kt} source = {k.source!r} contradicts the {kind} key")
+    if kind in ("url", "path", "git") and not chosen:
+        raise ConfigError(f"{file}: {kt} source = {kind!r} needs the {kind} key")
+    if k.sha256 is not None and not _SHA256.match(k.sha256.lower()):
+        raise ConfigError(f"{file}: {kt} sha256: expected 64 hex digits, got {k.sha256!r}")
+    if kind == "url" and not k.sha256:
+        raise ConfigError(
+            f"{file}: {kt} sha256: required with url (a download is only used once verified)"
+        )
+    if not re.match(r"^\d+\.\d+$", k.version):
+        raise ConfigError(f"{file}: {kt} version: expected e.g. \"6.1\", got {k.version!r}")
+    r = s.run
+    _one_of(r.machine, MACHINES, file, "[tool.ukl-build.run] machine")
+    _one_of(r.accel, ACCELS, file, "[tool.ukl-build.run] accel")
+    for fwd in r.forward:
+        if not re.match(r"^\d+:\d+$", fwd):
+            raise ConfigError(f"{file}: [tool.ukl-build.run] forward: expected HOST:GUEST, got {fwd!r}")
+
+
+def settings_schema_markdown() -> str:
+    """A reference page for ``[tool.ukl-build]``, generated from the model."""
+    lines = ["# `[tool.ukl-build]` reference", "",
+             "Generated by `python -m ukl_build schema`; do not edit by hand.", ""]
+
+    def table(cls: type, name: str) -> None:
+        lines.extend([f"## `[{name}]`", "", "| key | default | meaning |", "|---|---|---|"])
+        nested: list[tuple[type, str]] = []
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in _TOP_LEVEL_ONLY:
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = "(required)"
+            tp = hints[f.name]
+            sub = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            if dataclasses.is_dataclass(tp):
+                sub = [tp]
+            if sub:
+                nested.append((sub[0], f"{name}.{_key(f.name)}"))
+                default = "table"
+            lines.append(f"| `{_key(f.name)}` | `{default}` | {f.metadata.get('doc', '')} |")
+        lines.append("")
+        for c, n in nested:
+            table(c, n)
+
+    table(Settings, "tool.ukl-build")
+    lines.extend([
+        "## Overrides",
+        "",
+        "Every key can be overridden with a PEP 517 config setting: "
+        "`pip wheel . -C mode=user -C kernel.path=../linux -C kconfig.HZ_100=y`, "
+        "`python -m build -C recipes='net;microvm'`, or `python -m ukl_build build -C ...`. "
+        "Lists are separated by `;`. Setting any kernel source key replaces the "
+        "project's source choice.",
+        "",
+    ])
+    return "\n".join(lines)

@@ -1,0 +1,324 @@
+"""Stage 1: fetch a kernel source tree, verify it, extract it safely, cache it by digest.
+
+Kinds: Debian's ``linux-source-<version>`` package (offline default), a URL with a
+mandatory sha256, a local tarball (sha256 optional) or directory, a git URL + rev.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ukl_build.cache import Cache, digest, file_sha256
+from ukl_build.errors import SourceError
+from ukl_build.progress import Reporter
+from ukl_build.settings import KernelSettings
+
+TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
+
+
+@dataclass(frozen=True)
+class SourceTree:
+    """A pristine, verified kernel tree in the cache."""
+
+    path: Path
+    key: str
+    release: str  # e.g. "6.1.192"
+    origin: dict[str, Any]
+
+
+def debian_tarball(version: str) -> Path:
+    return Path(f"/usr/src/linux-source-{version}.tar.xz")
+
+
+def fetch_source(
+    kernel: KernelSettings, project_dir: Path, cache: Cache, reporter: Reporter
+) -> SourceTree:
+    kind = kernel.kind
+    if kind == "debian":
+        tarball = debian_tarball(kernel.version)
+        if not tarball.is_file():
+            raise SourceError(
+                f"kernel source: {tarball} not found (Debian package linux-source-{kernel.version})",
+                hint=f"apt-get install linux-source-{kernel.version}   "
+                "(or: python -m ukl_build doctor --install, as root)",
+            )
+        reporter.stage("source", f"verifying {tarball} against dpkg's checksums")
+        _verify_dpkg_md5(tarball, f"linux-source-{kernel.version}")
+        sha = file_sha256(tarball)
+        origin = {"kind": "debian", "package": f"linux-source-{kernel.version}",
+                  "path": str(tarball), "sha256": sha}
+        tree = _tree_from_tarball(tarball, sha, cache, reporter)
+    elif kind == "url":
+        assert kernel.url and kernel.sha256
+        archive = _download(kernel.url, kernel.sha256.lower(), cache, reporter)
+        origin = {"kind": "url", "url": kernel.url, "sha256": kernel.sha256.lower()}
+        tree = _tree_from_tarball(archive, kernel.sha256.lower(), cache, reporter)
+    elif kind == "path":
+        assert kernel.path
+        path = (project_dir / kernel.path).resolve()
+        if path.is_dir():
+            tree, origin = _tree_from_directory(path, cache, reporter)
+        elif path.is_file():
+            reporter.stage("source", f"hashing {path}")
+            sha = file_sha256(path)
+            if kernel.sha256 and sha != kernel.sha256.lower():
+                raise SourceError(
+                    f"kernel source {path}: sha256 mismatch\n    expected {kernel.sha256.lower()}"
+                    f"\n    got      {sha}",
+                    hint="[tool.ukl-build.kernel] sha256 names the file you meant to build",
+                )
+            origin = {"kind": "path", "path": str(path), "sha256": sha}
+            tree = _tree_from_tarball(path, sha, cache, reporter)
+        else:
+            raise SourceError(f"[tool.ukl-build.kernel] path: {path} does not exist")
+    elif kind == "git":
+        assert kernel.git
+        tree, origin = _tree_from_git(kernel.git.url, kernel.git.rev, project_dir, cache, reporter)
+    else:  # pragma: no cover - validated in settings
+        raise SourceError(f"unknown kernel source kind {kind!r}")
+
+    release = kernel_release(tree)
+    if not release.startswith(kernel.version + ".") and release != kernel.version:
+        raise SourceError(
+            f"kernel source is Linux {release}, but [tool.ukl-build.kernel] version is "
+            f"{kernel.version!r}",
+            hint="set kernel.version to the tree's series, or pick a matching tree",
+        )
+    key = tree.relative_to(cache.root / "sources").parts[0]
+    return SourceTree(path=tree, key=key, release=release, origin=origin)
+
+
+def kernel_release(tree: Path) -> str:
+    """VERSION.PATCHLEVEL.SUBLEVEL from the tree's top Makefile."""
+    try:
+        text = (tree / "Makefile").read_text(errors="replace")
+    except FileNotFoundError:
+        raise SourceError(f"{tree}: no top-level Makefile; not a Linux source tree") from None
+    fields = {}
+    for name in ("VERSION", "PATCHLEVEL", "SUBLEVEL"):
+        m = re.search(rf"^{name}\s*=\s*(\d+)\s*$", text, re.M)
+        if not m:
+            raise SourceError(f"{tree}/Makefile: no {name}; not a Linux source tree")
+        fields[name] = m.group(1)
+    return f"{fields['VERSION']}.{fields['PATCHLEVEL']}.{fields['SUBLEVEL']}"
+
+
+# --- verification -----------------------------------------------------------
+
+def _verify_dpkg_md5(path: Path, package: str) -> None:
+    md5sums = Path(f"/var/lib/dpkg/info/{package}.md5sums")
+    if not md5sums.is_file():
+        raise SourceError(
+            f"{path}: no dpkg checksum list {md5sums}; cannot verify it",
+            hint=f"reinstall it: apt-get install --reinstall {package}",
+        )
+    rel = str(path).lstrip("/")
+    for line in md5sums.read_text().splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[1] == rel:
+            h = hashlib.md5()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest() != parts[0]:
+                raise SourceError(
+                    f"{path}: does not match the checksum dpkg recorded for {package}",
+                    hint=f"apt-get install --reinstall {package}",
+                )
+            return
+    raise SourceError(f"{md5sums}: no entry for {path}")
+
+
+# --- kinds ------------------------------------------------------------------
+
+def _download(url: str, sha256: str, cache: Cache, reporter: Reporter) -> Path:
+    suffix = next((s for s in TARBALL_SUFFIXES if url.split("?")[0].endswith(s)), ".tar")
+    dest = cache.root / "downloads" / f"{sha256}{suffix}"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    reporter.stage("source", f"downloading {url}")
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
+    tmp = Path(tmp_name)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+        got = h.hexdigest()
+        if got != sha256:
+            raise SourceError(
+                f"[tool.ukl-build.kernel] url: sha256 mismatch for {url}\n"
+                f"    expected {sha256}\n    got      {got}",
+                hint="the download was discarded; check the URL and the sha256 key",
+            )
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError) as e:
+        raise SourceError(f"[tool.ukl-build.kernel] url: cannot download {url}: {e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _tree_from_tarball(archive: Path, sha: str, cache: Cache, reporter: Reporter) -> Path:
+    key = digest("tarball", sha)
+
+    def make(tmp: Path) -> None:
+        reporter.stage("source", f"extracting {archive.name}")
+        with tarfile.open(archive) as tar:
+            safe_extract(tar, tmp / "tree", str(archive))
+
+    entry = cache.entry("sources", key, make)
+    return _tree_root(entry / "tree")
+
+
+def safe_extract(tar: tarfile.TarFile, dest: Path, what: str) -> None:
+    """Extract refusing absolute paths, ``..``, links out of the tree and device files.
+
+    Uses the standard library's reviewed ``data`` filter (PEP 706).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def refuse_absolute(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        # The data filter would strip the leading "/" and extract; we refuse instead.
+        if member.name.startswith(("/", os.sep)):
+            raise tarfile.AbsolutePathError(member)
+        return tarfile.data_filter(member, path)
+
+    try:
+        tar.extractall(dest, filter=refuse_absolute)
+    except tarfile.FilterError as e:
+        member = getattr(e, "tarinfo", None)
+        name = member.name if member is not None else "?"
+        raise SourceError(f"{what}: refusing unsafe archive member {name!r}: {e}") from None
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise SourceError(f"{what}: cannot extract: {e}") from None
+
+
+def _tree_root(top: Path) -> Path:
+    """The directory holding the top Makefile: the archive root or its single subdirectory."""
+    if (top / "Makefile").is_file():
+        return top
+    entries = [p for p in top.iterdir()]
+    if len(entries) == 1 and entries[0].is_dir() and (entries[0] / "Makefile").is_file():
+        return entries[0]
+    raise SourceError(f"{top}: the archive holds no Linux tree (no top-level Makefile)")
+
+
+def directory_digest(path: Path) -> str:
+    """Content digest of a directory tree (paths, modes, file bytes, link targets); skips .git."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        rel_root = os.path.relpath(root, path)
+        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
+            full = os.path.join(root, name)
+            rel = os.path.normpath(os.path.join(rel_root, name))
+            st = os.lstat(full)
+            h.update(f"{rel}\0{st.st_mode:o}\0".encode())
+            if os.path.islink(full):
+                h.update(os.readlink(full).encode())
+            else:
+                with open(full, "rb") as f:
+                    for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                        h.update(chunk)
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def _tree_from_directory(path: Path, cache: Cache, reporter: Reporter) -> tuple[Path, dict[str, Any]]:
+    kernel_release(path)
+    for dirty in (".config", "include/config"):
+        if (path / dirty).exists():
+            raise SourceError(
+                f"[tool.ukl-build.kernel] path: {path} has {dirty}: the tree is not clean",
+                hint=f"run 'make -C {path} mrproper' (ukl-build builds out of tree)",
+            )
+    reporter.stage("source", f"hashing directory {path}")
+    dig = directory_digest(path)
+    key = digest("directory", dig)
+
+    def make(tmp: Path) -> None:
+        reporter.stage("source", f"copying {path}")
+        # A copy, not the user's tree: later edits there must not change a cached build.
+        subprocess.run(
+            ["cp", "-a", "--reflink=auto", f"{path}/.", str(tmp / "tree")],
+            check=True,
+        )
+        shutil.rmtree(tmp / "tree" / ".git", ignore_errors=True)
+
+    entry = cache.entry("sources", key, make)
+    return entry / "tree", {"kind": "path", "path": str(path), "tree_sha256": dig}
+
+
+def _git(args: list[str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SourceError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def _resolve(mirror: Path, rev: str, url: str) -> str:
+    for candidate in (f"refs/tags/{rev}", f"refs/remotes/src/{rev}", rev):
+        try:
+            return _git(["rev-parse", "--verify", "-q", f"{candidate}^{{commit}}"], cwd=mirror)
+        except SourceError:
+            continue
+    raise SourceError(f"[tool.ukl-build.kernel] git: revision {rev!r} not found in {url}")
+
+
+def _tree_from_git(
+    url: str, rev: str, project_dir: Path, cache: Cache, reporter: Reporter
+) -> tuple[Path, dict[str, Any]]:
+    if shutil.which("git") is None:
+        raise SourceError("kernel source: git is not installed", hint="apt-get install git")
+    if "://" not in url and not url.startswith("git@") and (project_dir / url).exists():
+        url = str((project_dir / url).resolve())
+    mirror = cache.root / "git" / digest("git", url)[:32]
+    with cache.lock("git", mirror.name):
+        if not (mirror / "HEAD").exists():
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=mirror.parent))
+            try:
+                _git(["init", "-q", "--bare", str(tmp)])
+                os.rename(tmp, mirror)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        reporter.stage("source", f"fetching {rev} from {url}")
+        try:
+            _git(["fetch", "-q", "--depth=1", url, rev], cwd=mirror)
+            commit = _git(["rev-parse", "--verify", "-q", "FETCH_HEAD^{commit}"], cwd=mirror)
+        except SourceError:
+            # Servers that refuse a bare commit id still serve their refs.
+            _git(["fetch", "-q", url, "+refs/heads/*:refs/remotes/src/*",
+                  "+refs/tags/*:refs/tags/*"], cwd=mirror)
+            commit = _resolve(mirror, rev, url)
+    if re.fullmatch(r"[0-9a-f]{40}", rev) and commit != rev:
+        raise SourceError(f"[tool.ukl-build.kernel] git: {url} resolved {rev} to {commit}")
+    key = digest("git", commit)
+
+    def make(tmp: Path) -> None:
+        reporter.stage("source", f"exporting {commit[:12]}")
+        proc = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=mirror,
+                                stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            safe_extract(tar, tmp / "tree", f"git {url}@{commit}")
+        if proc.wait() != 0:
+            raise SourceError(f"git archive {commit} failed in {mirror}")
+
+    entry = cache.entry("sources", key, make)
+    return _tree_root(entry / "tree"), {"kind": "git", "url": url, "rev": rev, "commit": commit}

@@ -1,0 +1,161 @@
+"""Wheels and sdists of an app: its images, manifest and a self-contained launcher.
+
+Tag: ``py3-none-any``.  The wheel holds no code that runs on the host's CPU:
+the launcher is pure Python and the images are data for QEMU, which runs an
+x86-64 guest on any host (TCG everywhere, KVM on x86-64 hosts).  The guest
+architecture is recorded in the manifest (``arch``) and checked at boot.  A
+``linux_x86_64`` tag would be wrong twice: PyPI refuses it, and it would deny
+the wheel to an aarch64 or macOS host that can boot the image perfectly well.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from ukl_build import __version__
+from ukl_build.artifacts import ImageSet
+from ukl_build.settings import Settings
+
+WHEEL_TAG = "py3-none-any"
+_SDIST_EXCLUDE = {"build", "dist", ".git", "__pycache__", ".venv", ".pytest_cache", ".ruff_cache"}
+
+
+def metadata_text(settings: Settings) -> str:
+    lines = [
+        "Metadata-Version: 2.1",
+        f"Name: {settings.name}",
+        f"Version: {settings.version}",
+        f"Summary: {settings.summary}",
+        "Requires-Python: >=3.9",
+        "Classifier: Operating System :: OS Independent",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def dist_info_files(settings: Settings) -> dict[str, bytes]:
+    name = settings.dist_name
+    return {
+        "METADATA": metadata_text(settings).encode(),
+        "WHEEL": (f"Wheel-Version: 1.0\nGenerator: ukl-build {__version__}\n"
+                  f"Root-Is-Purelib: true\nTag: {WHEEL_TAG}\n").encode(),
+        "entry_points.txt": (f"[console_scripts]\n{settings.name} = {name}.__main__:main\n").encode(),
+    }
+
+
+def write_metadata_dir(settings: Settings, directory: Path) -> str:
+    info = f"{settings.dist_name}-{settings.version}.dist-info"
+    (directory / info).mkdir(parents=True, exist_ok=True)
+    for fname, data in dist_info_files(settings).items():
+        (directory / info / fname).write_bytes(data)
+    return info
+
+
+def launcher_files(settings: Settings) -> dict[str, bytes]:
+    runner = Path(__file__).with_name("runner.py").read_bytes()
+    init = (f'"""{settings.name} {settings.version}: a ukl-build unikernel image and its launcher."""\n\n'
+            "from pathlib import Path\n\n"
+            f'__version__ = "{settings.version}"\n'
+            'IMAGE_DIR = Path(__file__).resolve().parent / "_image"\n').encode()
+    main = (b"import sys\n\n"
+            b"from . import IMAGE_DIR\n"
+            b"from ._runner import launcher_main\n\n\n"
+            b"def main() -> int:\n"
+            b"    return launcher_main(IMAGE_DIR, sys.argv[1:])\n\n\n"
+            b'if __name__ == "__main__":\n'
+            b"    sys.exit(main())\n")
+    return {"__init__.py": init, "__main__.py": main, "_runner.py": runner}
+
+
+def _zip_time(epoch: int) -> tuple[int, int, int, int, int, int]:
+    return time.gmtime(max(epoch, 315532800))[:6]
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def write_wheel(settings: Settings, images: ImageSet, wheel_dir: Path, epoch: int) -> str:
+    """Write the wheel atomically into ``wheel_dir``; return its file name."""
+    name = settings.dist_name
+    filename = f"{name}-{settings.version}-{WHEEL_TAG}.whl"
+    info = f"{name}-{settings.version}.dist-info"
+    entries: list[tuple[str, bytes | Path]] = []
+    for fname, data in launcher_files(settings).items():
+        entries.append((f"{name}/{fname}", data))
+    for f in images.files():
+        entries.append((f"{name}/_image/{f.name}", f))
+    for fname, data in dist_info_files(settings).items():
+        entries.append((f"{info}/{fname}", data))
+
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=wheel_dir)
+    os.close(fd)
+    try:
+        stamp = _zip_time(epoch)
+        records = []
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for arcname, content in sorted(entries, key=lambda e: e[0]):
+                data = content.read_bytes() if isinstance(content, Path) else content
+                zi = zipfile.ZipInfo(arcname, stamp)
+                zi.external_attr = 0o644 << 16
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(zi, data)
+                records.append(f"{arcname},{_record_hash(data)},{len(data)}")
+            records.append(f"{info}/RECORD,,")
+            zi = zipfile.ZipInfo(f"{info}/RECORD", stamp)
+            zi.external_attr = 0o644 << 16
+            zf.writestr(zi, "\n".join(records) + "\n")
+        os.replace(tmp, wheel_dir / filename)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return filename
+
+
+def _sdist_members(root: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SDIST_EXCLUDE and not d.endswith(".egg-info"))
+        for f in sorted(filenames):
+            yield Path(dirpath) / f
+
+
+def write_sdist(settings: Settings, sdist_dir: Path, epoch: int) -> str:
+    base = f"{settings.dist_name}-{settings.version}"
+    filename = f"{base}.tar.gz"
+    sdist_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=sdist_dir)
+    os.close(fd)
+
+    def add(tar: tarfile.TarFile, arcname: str, data: bytes, mode: int = 0o644) -> None:
+        ti = tarfile.TarInfo(arcname)
+        ti.size, ti.mtime, ti.mode = len(data), epoch, mode
+        ti.uname = ti.gname = ""
+        tar.addfile(ti, io.BytesIO(data))
+
+    try:
+        with open(tmp, "wb") as raw:
+            import gzip
+
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=epoch) as gz, \
+                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                root = settings.project_dir
+                for path in _sdist_members(root):
+                    rel = path.relative_to(root).as_posix()
+                    mode = 0o755 if os.access(path, os.X_OK) else 0o644
+                    add(tar, f"{base}/{rel}", path.read_bytes(), mode)
+                add(tar, f"{base}/PKG-INFO", metadata_text(settings).encode())
+        os.replace(tmp, sdist_dir / filename)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return filename
