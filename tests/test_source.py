@@ -53,7 +53,7 @@ def sha(path: Path) -> str:
 
 def test_local_tarball_extracted_and_cached(tmp_path: Path) -> None:
     tb = good_tarball(tmp_path / "linux.tar.gz")
-    tree, cache = fetch(KernelSettings(path=str(tb), sha256=sha(tb)), tmp_path)
+    tree, _ = fetch(KernelSettings(path=str(tb), sha256=sha(tb)), tmp_path)
     assert tree.release == "6.1.99"
     assert (tree.path / "init/main.c").read_text() == "int x;\n"
     again, _ = fetch(KernelSettings(path=str(tb)), tmp_path)
@@ -69,7 +69,7 @@ def test_local_tarball_wrong_sha256(tmp_path: Path) -> None:
 
 def test_version_mismatch(tmp_path: Path) -> None:
     tb = good_tarball(tmp_path / "linux.tar.gz")
-    with pytest.raises(SourceError, match="Linux 6.1.99, but .* version is '5.15'"):
+    with pytest.raises(SourceError, match=r"Linux 6.1.99, but .* version is '5.15'"):
         fetch(KernelSettings(path=str(tb), version="5.15"), tmp_path)
 
 
@@ -183,7 +183,7 @@ def test_git_by_tag_and_commit(tmp_path: Path, git_repo: Path) -> None:
 
 
 def test_git_unknown_rev(tmp_path: Path, git_repo: Path) -> None:
-    with pytest.raises(SourceError, match="not found|failed"):
+    with pytest.raises(SourceError, match=r"not found|failed"):
         fetch(KernelSettings(git=GitSettings(url=str(git_repo), rev="v9.9")), tmp_path)
 
 
@@ -209,5 +209,5 @@ def test_dirty_directory_refused(tmp_path: Path) -> None:
 
 
 def test_debian_missing_says_how_to_install(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="apt-get install linux-source-9.9"):
+    with pytest.raises(SourceError, match=r"apt-get install linux-source-9\.9"):
         fetch(KernelSettings(version="9.9"), tmp_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from ukl_build.cache import file_sha256
 from ukl_build.kbuild import KernelImages
 from ukl_build.kconfig import KernelConfig, read_config
 from ukl_build.patches import PatchedTree
+from ukl_build.runner import RunOptions, qemu_argv
 from ukl_build.settings import Settings
 
 MANIFEST = "manifest.json"
@@ -37,17 +39,13 @@ class ImageSet:
         return self.directory / self.manifest["images"][fmt]["file"]
 
 
-def qemu_example(settings: Settings, image_file: str, network: bool) -> str:
-    machine = "microvm,x-option-roms=off,rtc=off" if settings.run.machine == "microvm" else "q35"
-    cmd = (f"qemu-system-x86_64 -M {machine} -accel tcg -m {settings.run.memory} -nodefaults "
-           f"-no-user-config -display none -serial stdio -no-reboot -kernel {image_file} "
-           f"-append 'console=ttyS0 reboot=t {settings.cmdline}"
-           + (" -- " + " ".join(settings.args) if settings.args else "") + "'")
-    if network:
-        nic = "virtio-net-device" if settings.run.machine == "microvm" else "virtio-net-pci"
-        fwd = "".join(f",hostfwd=tcp:127.0.0.1:{f.replace(':', '-:')}" for f in settings.run.forward)
-        cmd += f" -netdev user,id=n0{fwd} -device {nic},netdev=n0"
-    return cmd
+def qemu_example(manifest: dict[str, Any], fmt: str) -> str:
+    """The command ``ukl_build run`` would use, for people who boot the image by hand."""
+    run = manifest["run"]
+    opts = RunOptions(machine=run["machine"], memory=run["memory"], smp=run["smp"],
+                      forward=run["forward"], image=fmt)
+    argv = qemu_argv(manifest, Path("."), opts, "tcg", check_files=False)
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def write_image_set(
@@ -102,8 +100,8 @@ def write_image_set(
                 "accel": settings.run.accel,
                 "forward": list(settings.run.forward),
             },
-            "qemu": {fmt: qemu_example(settings, img["file"], network) for fmt, img in images.items()},
         }
+        manifest["qemu"] = {fmt: qemu_example(manifest, fmt) for fmt in images}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out_dir)
     except BaseException:

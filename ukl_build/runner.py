@@ -34,6 +34,8 @@ _PANIC_INIT = re.compile(r"Attempted to kill init! exitcode=(0x[0-9a-fA-F]+)")
 _UKL_EXIT = re.compile(r"ukl: exit status (\d+)")
 _PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
 KVM_PROBE_SECONDS = 3.0
+# The first virtio-mmio transport of QEMU's microvm (acpi=off): 512 bytes at 0xfeb00000, IRQ 5.
+MICROVM_NIC_PARAM = "virtio_mmio.device=512@0xfeb00000:5"
 
 
 @dataclass
@@ -113,17 +115,32 @@ def choose_accel(opts: RunOptions, err: TextIO) -> str:
 
 # --- QEMU command -----------------------------------------------------------
 
-def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel: str) -> list[str]:
+def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel: str,
+              check_files: bool = True) -> list[str]:
     images = manifest.get("images", {})
     if opts.image not in images:
         have = ", ".join(sorted(images)) or "none"
         raise RunError(f"image format {opts.image!r} is not in this build (have: {have})")
     kernel = image_dir / images[opts.image]["file"]
-    if not kernel.is_file():
+    if check_files and not kernel.is_file():
         raise RunError(f"{kernel}: missing")
-    if shutil.which(opts.qemu) is None:
+    if check_files and shutil.which(opts.qemu) is None:
         raise RunError(f"{opts.qemu} not found (apt-get install qemu-system-x86)")
-    cmdline = ["console=ttyS0", "reboot=t"]
+    network = bool(opts.forward or manifest.get("network"))
+    if opts.machine == "microvm":
+        # No ACPI, and no automatic virtio_mmio.device= on the command line: QEMU
+        # would append it after "--", where it would land in the app's argv.
+        machine = "microvm,x-option-roms=off,acpi=off,auto-kernel-cmdline=off"
+        nic = ["-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"]
+        devices = [MICROVM_NIC_PARAM] if network else []
+    elif opts.machine == "q35":
+        machine = "q35"
+        nic = ["-device", "virtio-net-pci,netdev=n0"]
+        devices = []
+    else:
+        raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
+
+    cmdline = ["console=ttyS0", "reboot=t", *devices]
     if manifest.get("cmdline"):
         cmdline.append(manifest["cmdline"])
     if opts.kernel_log:
@@ -136,25 +153,18 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
         cmdline.append("--")
         cmdline.extend(args)
 
-    if opts.machine == "microvm":
-        machine = "microvm,x-option-roms=off,rtc=off"
-        nic = "virtio-net-device"
-    elif opts.machine == "q35":
-        machine = "q35"
-        nic = "virtio-net-pci"
-    else:
-        raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
             "-serial", "stdio", "-no-reboot",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-kernel", str(kernel), "-append", " ".join(cmdline)]
+            "-kernel", str(kernel) if check_files else images[opts.image]["file"],
+            "-append", " ".join(w for w in cmdline if w)]
     if accel == "kvm":
         argv += ["-cpu", "host"]
-    if opts.forward or manifest.get("network"):
+    if network:
         fwds = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}"
                        for h, g in (_split_forward(f) for f in opts.forward))
-        argv += ["-netdev", f"user,id=n0{fwds}", "-device", f"{nic},netdev=n0"]
+        argv += ["-netdev", f"user,id=n0{fwds}", *nic]
     return argv
 
 

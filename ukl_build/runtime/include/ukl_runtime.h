@@ -11,6 +11,24 @@
 
 #include <nolibc.h>
 
+/* File flags nolibc's arch.h leaves out (values from asm-generic/fcntl.h). */
+#ifndef O_CLOEXEC
+#define O_CLOEXEC	02000000
+#endif
+#ifndef O_NOFOLLOW
+#define O_NOFOLLOW	00400000
+#endif
+#ifndef F_GETFD
+#define F_DUPFD		0
+#define F_GETFD		1
+#define F_SETFD		2
+#define F_GETFL		3
+#define F_SETFL		4
+#endif
+#ifndef FD_CLOEXEC
+#define FD_CLOEXEC	1
+#endif
+
 /* A raw syscall result (-errno on failure) to the libc convention. */
 #define __ukl_ret(type, expr) ({					\
 	long __ukl_r = (long)(expr);					\

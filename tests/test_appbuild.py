@@ -1,0 +1,89 @@
+"""The app stage on its own: plain sources, make and CMake, against the tree's nolibc."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ukl_build.appbuild import build_app
+from ukl_build.errors import BuildError
+from ukl_build.progress import Reporter
+from ukl_build.settings import load_settings
+
+pytestmark = pytest.mark.kernel  # needs the real kernel tree (no kernel build)
+
+C_APP = r"""
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/utsname.h>
+int main(void)
+{
+    char buf[32];
+    struct utsname u;
+    snprintf(buf, sizeof(buf), "%s-%05d-%x", "ok", 42, 255);
+    printf("%s %d\n", buf, (int)sizeof(struct epoll_event));
+    return strcmp(buf, "ok-00042-ff") != 0 || uname(&u) != 0;
+}
+"""
+
+
+def project(tmp_path: Path, table: str, source: str = C_APP) -> Path:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/app.c").write_text(source)
+    (tmp_path / "pyproject.toml").write_text(
+        f'[project]\nname = "t"\nversion = "1"\n[tool.ukl-build]\n{table}\n')
+    return tmp_path
+
+
+def build(tmp_path: Path, patched_tree, cache, table: str, source: str = C_APP) -> Path:  # type: ignore[no-untyped-def]
+    settings = load_settings(project(tmp_path, table, source))
+    with Reporter(tmp_path / "log") as r:
+        app = build_app(settings, patched_tree, tmp_path / "build", cache, r, dict(os.environ))
+    return app.path
+
+
+def runs_natively(binary: Path) -> subprocess.CompletedProcess[str]:
+    # The static x86-64 /init also runs on the (x86-64 Linux) build host.
+    return subprocess.run([str(binary)], capture_output=True, text=True, timeout=10)
+
+
+def test_sources_nolibc(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    binary = build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]')
+    proc = runs_natively(binary)
+    assert proc.returncode == 0 and proc.stdout == "ok-00042-ff 12\n"
+    assert "INTERP" not in subprocess.run(["readelf", "-l", str(binary)], capture_output=True,
+                                          text=True).stdout
+
+
+def test_sources_glibc(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    binary = build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]\nlibc = "glibc"')
+    assert runs_natively(binary).stdout == "ok-00042-ff 12\n"
+
+
+def test_make_project(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "Makefile").write_text("CFLAGS += -DEXTRA=1\napp: src/app.c\n"
+                                       "\t$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)\n")
+    binary = build(tmp_path, patched_tree, cache, 'make = { output = "app" }')
+    assert runs_natively(binary).stdout == "ok-00042-ff 12\n"
+    assert not (tmp_path / "app").exists()  # built in a copy, not in the project
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("ninja") is None,
+                    reason="cmake/ninja from PyPI are test dependencies")
+def test_cmake_project(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.20)\nproject(t C)\nadd_executable(server src/app.c)\n")
+    binary = build(tmp_path, patched_tree, cache, 'cmake = { target = "server" }')
+    assert runs_natively(binary).stdout == "ok-00042-ff 12\n"
+
+
+def test_compile_error_names_file_and_line(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BuildError, match=r"src/app.c:2:\d+: error: expected .;."):
+        build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]',
+              source="int main(void)\n{ return 0 }\n")

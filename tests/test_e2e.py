@@ -1,0 +1,174 @@
+"""End to end under QEMU TCG: build the examples, boot them, talk to them."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ukl_build.errors import BuildError
+from ukl_build.pipeline import BuildResult, build
+
+from conftest import copy_example, free_port, run_cli
+
+pytestmark = pytest.mark.kernel
+
+
+def test_hello_boots_and_returns_status(hello_build: BuildResult) -> None:
+    image_dir = hello_build.images.directory
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    assert manifest["kernel"]["release"].startswith("6.1.")
+    assert manifest["kernel"]["source"]["kind"] == "debian"
+    assert manifest["images"]["bzimage"]["size"] < 3 * 1024 * 1024
+    start = time.monotonic()
+    proc = run_cli("run", str(image_dir), "--accel", "tcg", "--timeout", "120", timeout=180)
+    elapsed = time.monotonic() - start
+    assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
+    assert proc.returncode == 3, proc.stderr
+    assert "app exited with status 3" in proc.stderr
+    assert elapsed < 60
+
+
+def test_rebuild_does_no_kernel_work(hello_build: BuildResult, cache) -> None:  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    again = build(hello_build.settings.project_dir, cache=cache)
+    elapsed = time.monotonic() - start
+    assert not again.kernel_built
+    assert "make bzImage" not in again.log.read_text()
+    assert again.images.manifest["images"] == hello_build.images.manifest["images"]
+    assert elapsed < 10, f"no-op rebuild took {elapsed:.1f} s"
+
+
+def test_run_project_via_cli_with_args(hello_build: BuildResult) -> None:
+    # `run PROJECT` builds (a no-op here) and boots; -C overrides reach the build.
+    proc = run_cli("run", str(hello_build.settings.project_dir), "--timeout", "120",
+                   "-C", "args=ukl", timeout=400)
+    assert "Hello, ukl, from a unikernel!" in proc.stdout, proc.stderr
+    assert proc.returncode == 3
+
+
+def test_timeout_stops_the_vm(httpd_build: BuildResult) -> None:
+    proc = run_cli("run", str(httpd_build.images.directory), "--timeout", "8", timeout=60)
+    assert proc.returncode == 124
+    assert "timeout" in proc.stderr
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes, str | None]:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read(), resp.getheader("Connection")
+
+
+def test_httpd_serves_through_forward(httpd_build: BuildResult) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ukl_build", "run", str(httpd_build.images.directory),
+         "--forward", f"{port}:8080", "--timeout", "180"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if "listening on port 8080" in line:
+                break
+            assert time.monotonic() < deadline, "httpd did not start"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        status, body, connection = _get(conn, "/")
+        assert status == 200 and body == b"Hello from ukl-build httpd!\n"
+        assert connection == "keep-alive"
+        for n in (0, 1, 4096, 65536, 300000):  # keep-alive on one connection
+            status, body, _ = _get(conn, f"/bytes/{n}")
+            assert status == 200 and len(body) == n and set(body) <= {ord("x")}
+        status, _, _ = _get(conn, "/nope")
+        assert status == 404
+        conn.close()
+
+        bad = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        bad.putrequest("GET", "/bytes/12x")
+        bad.endheaders()
+        assert bad.getresponse().status == 400
+        bad.close()
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(200):
+            status, body, _ = _get(conn, "/bytes/64")
+            assert status == 200 and len(body) == 64
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_compile_error_reports_compiler_message_and_leaves_no_artifact(
+    hello_build: BuildResult, cache, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    project = copy_example("hello", tmp_path)
+    shutil.copytree(hello_build.images.directory, project / "build/ukl-build/image")
+    (project / "src/hello.c").write_text("int main(void) { return undefined_thing; }\n")
+    with pytest.raises(BuildError) as e:
+        build(project, cache=cache)
+    assert "app compile failed" in str(e.value)
+    assert "'undefined_thing' undeclared" in str(e.value)
+    assert "build.log" in str(e.value)
+    assert not (project / "build/ukl-build/image").exists()
+
+
+def test_cli_build_failure_exit_status(tmp_path: Path) -> None:
+    project = copy_example("hello", tmp_path)
+    with open(project / "pyproject.toml", "a") as f:
+        f.write("bogus = 1\n")
+    proc = run_cli("build", str(project))
+    assert proc.returncode == 1
+    assert "unknown key 'bogus'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _venv(path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    return path / "bin" / "python"
+
+
+def test_pip_wheel_installs_and_boots(hello_build: BuildResult, tmp_path: Path) -> None:
+    project = hello_build.settings.project_dir
+    wheels = tmp_path / "wheels"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
+         "-w", str(wheels), str(project)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = wheels.glob("*.whl")
+    assert wheel.name == "ukl_hello-0.1.0-py3-none-any.whl"
+
+    check = subprocess.run([sys.executable, "-m", "check_wheel_contents", str(wheel)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    py = _venv(tmp_path / "venv")
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", str(wheel)], check=True)
+    run = subprocess.run([str(py), "-m", "ukl_hello", "--timeout", "120"],
+                         capture_output=True, text=True, timeout=180)
+    assert "Hello, world, from a unikernel!" in run.stdout, run.stderr
+    assert run.returncode == 3
+    # the console script does the same
+    script = subprocess.run([str(tmp_path / "venv/bin/ukl-hello"), "--timeout", "120"],
+                            capture_output=True, text=True, timeout=180)
+    assert script.returncode == 3
+    # and `ukl_build run` accepts the wheel itself
+    direct = run_cli("run", str(wheel), "--timeout", "120", timeout=180)
+    assert direct.returncode == 3
+
+
+def test_python_build_sdist_and_wheel(hello_build: BuildResult, tmp_path: Path) -> None:
+    project = hello_build.settings.project_dir
+    out = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out),
+                           str(project)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["ukl_hello-0.1.0-py3-none-any.whl", "ukl_hello-0.1.0.tar.gz"]
+    manifest = run_cli("inspect", "--json", str(out / names[0]))
+    assert json.loads(manifest.stdout)["name"] == "ukl-hello"

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ukl_build.errors import BuildError, ConfigError
+from ukl_build.kconfig import (
+    configure,
+    merge_into,
+    parse_fragment,
+    read_config,
+    requested_options,
+    resolve_recipes,
+)
+from ukl_build.progress import Reporter
+
+
+def test_parse_fragment() -> None:
+    opts, req = parse_fragment("# requires: net\nCONFIG_A=y\n# CONFIG_B is not set\n"
+                               'CONFIG_C="x y"\n# comment\n', "frag")
+    assert req == ["net"]
+    assert [(o.name, o.value) for o in opts] == [("A", "y"), ("B", "n"), ("C", '"x y"')]
+
+
+def test_parse_fragment_rejects_garbage() -> None:
+    with pytest.raises(ConfigError, match="frag:2: not a kernel config line"):
+        parse_fragment("CONFIG_A=y\nA=y\n", "frag")
+
+
+def test_recipes_order_and_requires(tmp_path: Path) -> None:
+    names = [n for n, _ in resolve_recipes(["virtio-net", "microvm"], tmp_path)]
+    assert names == ["base", "net", "virtio-net", "microvm"]
+
+
+def test_unknown_recipe_lists_known(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown recipe 'nett'") as e:
+        resolve_recipes(["nett"], tmp_path)
+    assert "microvm" in str(e.value)
+
+
+def test_project_recipe_file(tmp_path: Path) -> None:
+    (tmp_path / "extra.config").write_text("CONFIG_HZ_100=y\n")
+    opts = requested_options(resolve_recipes(["extra.config"], tmp_path), [("HZ", "100")])
+    got = {o.name: o for o in opts}
+    assert got["HZ_100"].value == "y" and got["HZ"].origin == "[tool.ukl-build] kconfig.HZ"
+
+
+def test_app_options_win_and_strings_are_quoted(tmp_path: Path) -> None:
+    opts = requested_options(resolve_recipes([], tmp_path),
+                             [("PANIC_TIMEOUT", "5"), ("CONFIG_DEFAULT_HOSTNAME", "ukl")])
+    got = {o.name: o.value for o in opts}
+    assert got["PANIC_TIMEOUT"] == "5" and got["DEFAULT_HOSTNAME"] == '"ukl"'
+
+
+def test_merge_into(tmp_path: Path) -> None:
+    cfg = tmp_path / ".config"
+    cfg.write_text("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=1\n")
+    opts, _ = parse_fragment("# CONFIG_A is not set\nCONFIG_B=y\n", "f")
+    merge_into(cfg, opts)
+    assert read_config(cfg) == {"B": "y", "C": "1"}
+
+
+@pytest.mark.kernel
+def test_dropped_option_reported_by_name(patched_tree, cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # VIRTIO_NET needs NET and a virtio transport: with neither recipe it cannot survive.
+    with Reporter(None) as r, pytest.raises(BuildError) as e:
+        configure(patched_tree, [], [("VIRTIO_NET", "y"), ("NO_SUCH_OPTION_X", "y")],
+                  tmp_path, cache, r, {})
+    msg = str(e.value)
+    assert "2 requested option(s) did not survive" in msg
+    assert "CONFIG_VIRTIO_NET=y (from [tool.ukl-build] kconfig.VIRTIO_NET) became not set" in msg
+    assert "depends on" in msg
+    assert "CONFIG_NO_SUCH_OPTION_X=y" in msg and "no such option" in msg
+    assert not [p for p in (cache.root / "kconfig").iterdir() if p.name.startswith(".tmp")]

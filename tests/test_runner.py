@@ -1,0 +1,83 @@
+"""The QEMU launcher without booting anything: command lines, exit codes, KVM choice."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from ukl_build.runner import (
+    RunError,
+    RunOptions,
+    _probe_image,
+    choose_accel,
+    qemu_argv,
+    wait_status_to_exit,
+)
+
+
+def image_dir(tmp_path: Path, **extra: object) -> Path:
+    (tmp_path / "app.bzImage").write_bytes(b"x")
+    manifest = {"name": "app", "cmdline": "quiet ip=10.0.2.15", "args": ["--port", "8080"],
+                "images": {"bzimage": {"file": "app.bzImage"}}, **extra}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def test_wait_status() -> None:
+    assert wait_status_to_exit(0x0300) == 3
+    assert wait_status_to_exit(0) == 0
+    assert wait_status_to_exit(0x000B) == 128 + 11  # killed by SIGSEGV
+
+
+def test_microvm_argv(tmp_path: Path) -> None:
+    d = image_dir(tmp_path, network=True)
+    argv = qemu_argv(json.loads((d / "manifest.json").read_text()), d,
+                     RunOptions(forward=["18080:8080"]), "tcg")
+    assert argv[argv.index("-M") + 1].startswith("microvm")
+    assert "-no-reboot" in argv and argv[argv.index("-accel") + 1] == "tcg"
+    append = argv[argv.index("-append") + 1]
+    assert append == ("console=ttyS0 reboot=t virtio_mmio.device=512@0xfeb00000:5 "
+                      "quiet ip=10.0.2.15 -- --port 8080")
+    assert "user,id=n0,hostfwd=tcp:127.0.0.1:18080-:8080" in argv
+    assert "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0" in argv
+
+
+def test_q35_uses_pci_nic(tmp_path: Path) -> None:
+    d = image_dir(tmp_path, network=True)
+    argv = qemu_argv(json.loads((d / "manifest.json").read_text()), d,
+                     RunOptions(machine="q35"), "tcg")
+    assert argv[argv.index("-M") + 1] == "q35" and "virtio-net-pci,netdev=n0" in argv
+
+
+def test_kernel_log_drops_quiet(tmp_path: Path) -> None:
+    d = image_dir(tmp_path)
+    argv = qemu_argv(json.loads((d / "manifest.json").read_text()), d,
+                     RunOptions(kernel_log=True), "tcg")
+    assert "quiet" not in argv[argv.index("-append") + 1]
+
+
+def test_missing_format(tmp_path: Path) -> None:
+    d = image_dir(tmp_path)
+    with pytest.raises(RunError, match="'pvh' is not in this build"):
+        qemu_argv(json.loads((d / "manifest.json").read_text()), d, RunOptions(image="pvh"), "tcg")
+
+
+def test_probe_image_is_multiboot() -> None:
+    img = _probe_image()
+    magic, flags, checksum = struct.unpack("<3I", img[:12])
+    assert magic == 0x1BADB002 and (magic + flags + checksum) & 0xFFFFFFFF == 0
+
+
+def test_auto_without_kvm_picks_tcg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ukl_build.runner.os.access", lambda *a: False)
+    err = io.StringIO()
+    assert choose_accel(RunOptions(accel="auto"), err) == "tcg"
+    assert "not accessible" in err.getvalue()
+
+
+def test_explicit_accel_is_not_probed() -> None:
+    assert choose_accel(RunOptions(accel="kvm"), io.StringIO()) == "kvm"
