@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_dropped_option_reported_by_name(patched_tree, cache, tmp_path: Path) ->
     # VIRTIO_NET needs NET and a virtio transport: with neither recipe it cannot survive.
     with Reporter(None) as r, pytest.raises(BuildError) as e:
         configure(patched_tree, [], [("VIRTIO_NET", "y"), ("NO_SUCH_OPTION_X", "y")],
-                  tmp_path, cache, r, {})
+                  tmp_path, cache, r, dict(os.environ))
     msg = str(e.value)
     assert "2 requested option(s) did not survive" in msg
     assert "CONFIG_VIRTIO_NET=y (from [tool.ukl-build] kconfig.VIRTIO_NET) became not set" in msg
