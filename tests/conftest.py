@@ -7,11 +7,13 @@ session temp dir), and the built example apps are session fixtures.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from ukl_build.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_apps"
+TEST_APPS = REPO / "tests" / "apps"
 
 
 @pytest.fixture(scope="session")
@@ -50,16 +53,37 @@ def patched_tree(cache: Cache, tmp_path_factory: pytest.TempPathFactory):  # typ
         return prepare_tree(load_settings(project), cache, r)
 
 
-@pytest.fixture(scope="session")
-def hello_build(cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
-    project = copy_example("hello", tmp_path_factory.mktemp("hello"))
-    return build(project, cache=cache)
+class Builds:
+    """Session-wide builds of the example apps, one per (app, mode)."""
+
+    def __init__(self, cache: Cache, tmp: pytest.TempPathFactory) -> None:
+        self.cache = cache
+        self.tmp = tmp
+        self.results: dict[tuple[str, str], BuildResult] = {}
+
+    def __call__(self, name: str, mode: str) -> BuildResult:
+        if (name, mode) not in self.results:
+            src = EXAMPLES / name if (EXAMPLES / name).is_dir() else TEST_APPS / name
+            dest = self.tmp.mktemp(f"{name}-{mode}")
+            project = dest / name
+            shutil.copytree(src, project, ignore=shutil.ignore_patterns("build", "dist"))
+            self.results[(name, mode)] = build(project, {"mode": mode}, cache=self.cache)
+        return self.results[(name, mode)]
 
 
 @pytest.fixture(scope="session")
-def httpd_build(cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
-    project = copy_example("httpd", tmp_path_factory.mktemp("httpd"))
-    return build(project, cache=cache)
+def builds(cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    return Builds(cache, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def hello_build(builds: Builds) -> BuildResult:
+    return builds("hello", "user")
+
+
+@pytest.fixture(scope="session")
+def httpd_build(builds: Builds) -> BuildResult:
+    return builds("httpd", "user")
 
 
 def free_port() -> int:
@@ -71,3 +95,52 @@ def free_port() -> int:
 def run_cli(*args: str, timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "ukl_build", *args], capture_output=True,
                           text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes, str | None]:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    return resp.status, resp.read(), resp.getheader("Connection")
+
+
+def check_httpd(image_dir: Path, *run_args: str, requests: int = 200) -> None:
+    """Boot example_apps/httpd, talk HTTP/1.1 to it through a forwarded port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ukl_build", "run", str(image_dir),
+         "--forward", f"{port}:8080", "--timeout", "240", *run_args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:
+            if "listening on port 8080" in line:
+                break
+            assert time.monotonic() < deadline, "httpd did not start"
+        else:
+            raise AssertionError(f"httpd ended: {proc.stderr.read() if proc.stderr else ''}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        status, body, connection = _get(conn, "/")
+        assert status == 200 and body == b"Hello from ukl-build httpd!\n"
+        assert connection == "keep-alive"
+        for n in (0, 1, 4096, 65536, 300000):  # keep-alive on one connection
+            status, body, _ = _get(conn, f"/bytes/{n}")
+            assert status == 200 and len(body) == n and set(body) <= {ord("x")}
+        status, _, _ = _get(conn, "/nope")
+        assert status == 404
+        conn.close()
+
+        bad = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        bad.putrequest("GET", "/bytes/12x")
+        bad.endheaders()
+        assert bad.getresponse().status == 400
+        bad.close()
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(requests):
+            status, body, _ = _get(conn, "/bytes/64")
+            assert status == 200 and len(body) == 64
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 from ukl_build.errors import BuildError
 from ukl_build.pipeline import BuildResult, build
 
-from conftest import copy_example, free_port, run_cli
+from conftest import check_httpd, copy_example, run_cli
 
 pytestmark = pytest.mark.kernel
 
@@ -37,7 +36,7 @@ def test_hello_boots_and_returns_status(hello_build: BuildResult) -> None:
 
 def test_rebuild_does_no_kernel_work(hello_build: BuildResult, cache) -> None:  # type: ignore[no-untyped-def]
     start = time.monotonic()
-    again = build(hello_build.settings.project_dir, cache=cache)
+    again = build(hello_build.settings.project_dir, {"mode": "user"}, cache=cache)
     elapsed = time.monotonic() - start
     assert not again.kernel_built
     assert "make bzImage" not in again.log.read_text()
@@ -48,7 +47,7 @@ def test_rebuild_does_no_kernel_work(hello_build: BuildResult, cache) -> None:  
 def test_run_project_via_cli_with_args(hello_build: BuildResult) -> None:
     # `run PROJECT` builds (a no-op here) and boots; -C overrides reach the build.
     proc = run_cli("run", str(hello_build.settings.project_dir), "--timeout", "120",
-                   "-C", "args=ukl", timeout=400)
+                   "-C", "mode=user", "-C", "args=ukl", timeout=400)
     assert "Hello, ukl, from a unikernel!" in proc.stdout, proc.stderr
     assert proc.returncode == 3
 
@@ -59,50 +58,8 @@ def test_timeout_stops_the_vm(httpd_build: BuildResult) -> None:
     assert "timeout" in proc.stderr
 
 
-def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes, str | None]:
-    conn.request("GET", path)
-    resp = conn.getresponse()
-    return resp.status, resp.read(), resp.getheader("Connection")
-
-
 def test_httpd_serves_through_forward(httpd_build: BuildResult) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ukl_build", "run", str(httpd_build.images.directory),
-         "--forward", f"{port}:8080", "--timeout", "180"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in proc.stdout:
-            if "listening on port 8080" in line:
-                break
-            assert time.monotonic() < deadline, "httpd did not start"
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        status, body, connection = _get(conn, "/")
-        assert status == 200 and body == b"Hello from ukl-build httpd!\n"
-        assert connection == "keep-alive"
-        for n in (0, 1, 4096, 65536, 300000):  # keep-alive on one connection
-            status, body, _ = _get(conn, f"/bytes/{n}")
-            assert status == 200 and len(body) == n and set(body) <= {ord("x")}
-        status, _, _ = _get(conn, "/nope")
-        assert status == 404
-        conn.close()
-
-        bad = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        bad.putrequest("GET", "/bytes/12x")
-        bad.endheaders()
-        assert bad.getresponse().status == 400
-        bad.close()
-
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        for _ in range(200):
-            status, body, _ = _get(conn, "/bytes/64")
-            assert status == 200 and len(body) == 64
-        conn.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    check_httpd(httpd_build.images.directory)
 
 
 def test_compile_error_reports_compiler_message_and_leaves_no_artifact(
@@ -112,7 +69,7 @@ def test_compile_error_reports_compiler_message_and_leaves_no_artifact(
     shutil.copytree(hello_build.images.directory, project / "build/ukl-build/image")
     (project / "src/hello.c").write_text("int main(void) { return undefined_thing; }\n")
     with pytest.raises(BuildError) as e:
-        build(project, cache=cache)
+        build(project, {"mode": "user"}, cache=cache)
     assert "app compile failed" in str(e.value)
     assert "'undefined_thing' undeclared" in str(e.value)
     assert "build.log" in str(e.value)
@@ -138,7 +95,8 @@ def test_pip_wheel_installs_and_boots(hello_build: BuildResult, tmp_path: Path) 
     wheels = tmp_path / "wheels"
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
-         "-w", str(wheels), str(project)], capture_output=True, text=True, timeout=900)
+         "-C", "mode=user", "-w", str(wheels), str(project)],
+        capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = wheels.glob("*.whl")
     assert wheel.name == "ukl_hello-0.1.0-py3-none-any.whl"
@@ -165,8 +123,9 @@ def test_pip_wheel_installs_and_boots(hello_build: BuildResult, tmp_path: Path) 
 def test_python_build_sdist_and_wheel(hello_build: BuildResult, tmp_path: Path) -> None:
     project = hello_build.settings.project_dir
     out = tmp_path / "dist"
-    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out),
-                           str(project)], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "-C", "mode=user",
+                           "--outdir", str(out), str(project)],
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["ukl_hello-0.1.0-py3-none-any.whl", "ukl_hello-0.1.0.tar.gz"]

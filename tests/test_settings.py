@@ -21,7 +21,7 @@ def project(tmp_path: Path, extra: str = "", base: str = BASE) -> Path:
 
 def test_defaults(tmp_path: Path) -> None:
     s = load_settings(project(tmp_path))
-    assert s.mode == "user"
+    assert s.mode == "ukl"
     assert s.kernel.kind == "debian" and s.kernel.version == "6.1"
     assert s.recipes == ["microvm"] and s.formats == ["bzimage"]
     assert s.dist_name == "demo_app"

@@ -30,12 +30,18 @@ NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h"
 _IGNORE = shutil.ignore_patterns("build", "dist", ".git", "__pycache__", "*.whl", ".venv")
 
 
+# Symbols of the app that must bind to the kernel: app-side name -> kernel name.
+UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_thread"}
+UKL_PREFIX = "ukl_"
+
+
 @dataclass(frozen=True)
 class AppBinary:
-    path: Path
+    path: Path  # user mode: the static /init; ukl mode: the archive linked into vmlinux
     sha256: str
     libc: str
     compiler: str
+    mode: str
 
 
 @dataclass(frozen=True)
@@ -46,18 +52,28 @@ class Toolchain:
     ldlibs: tuple[str, ...]
 
 
-def make_sysroot(tree: PatchedTree, cache: Cache, reporter: Reporter, env: dict[str, str]) -> Path:
-    """nolibc headers + the tree's UAPI headers: what ``headers_standalone`` makes, out of tree."""
-    key = digest("sysroot", tree.key)
+def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
+                 env: dict[str, str]) -> Path:
+    """nolibc headers + the tree's UAPI headers: what ``headers_standalone`` makes, out of tree.
+
+    In UKL mode nolibc's ``arch.h`` is ukl-build's, which sends the syscall
+    macros to the kernel's ``ukl_syscall()`` instead of the ``syscall`` instruction.
+    """
+    ukl_arch = runtime_dir() / "ukl" / "arch.h"
+    key = digest("sysroot", tree.key, mode, file_sha256(ukl_arch) if mode == "ukl" else None)
 
     def make(tmp: Path) -> None:
-        reporter.stage("app", "preparing the nolibc sysroot from the kernel tree")
+        reporter.stage("app", f"preparing the nolibc sysroot ({mode} mode) from the kernel tree")
         include = tmp / "include"
         include.mkdir()
         src = tree.path / "tools/include/nolibc"
         for name in NOLIBC_FILES:
             shutil.copy2(src / name, include / name)
-        shutil.copy2(src / "arch-x86_64.h", include / "arch.h")
+        if mode == "ukl":
+            shutil.copy2(src / "arch-x86_64.h", include / "arch-x86_64.h")
+            shutil.copy2(ukl_arch, include / "arch.h")
+        else:
+            shutil.copy2(src / "arch-x86_64.h", include / "arch.h")
         reporter.run(
             ["make", "-C", str(tree.path), f"O={tmp / 'o'}", "ARCH=x86_64", "-s",
              "headers_install", f"INSTALL_HDR_PATH={tmp}"],
@@ -90,9 +106,18 @@ def toolchain(settings: Settings, sysroot: Path | None) -> Toolchain:
         "-isystem", str(runtime_dir() / "include"),
         "-isystem", str(sysroot / "include"),
         "-isystem", gcc_include,
-        *settings.cflags,
     ]
-    return Toolchain(cc, tuple(cflags), ("-static", "-no-pie", "-nostdlib"), ("-lgcc",))
+    if settings.mode == "ukl":
+        # Linked at kernel addresses (top 2 GiB); interrupts in ring 0 push their
+        # frames below %rsp, so no red zone; no CET landing pads or PIC.
+        cflags += ["-mcmodel=kernel", "-mno-red-zone", "-fno-pic", "-fcf-protection=none",
+                   "-DUKL_MODE=1"]
+        lds = runtime_dir() / "ukl" / "app.lds"
+        # The "executable" of a UKL app is one relocatable object (gcc -r).
+        return Toolchain(cc, (*cflags, *settings.cflags),
+                         ("-nostdlib", "-r", f"-Wl,-T,{lds}", "-Wl,--build-id=none"), ("-lgcc",))
+    return Toolchain(cc, (*cflags, *settings.cflags), ("-static", "-no-pie", "-nostdlib"),
+                     ("-lgcc",))
 
 
 def build_app(
@@ -103,7 +128,8 @@ def build_app(
     reporter: Reporter,
     env: dict[str, str],
 ) -> AppBinary:
-    sysroot = make_sysroot(tree, cache, reporter, env) if settings.libc == "nolibc" else None
+    sysroot = (make_sysroot(tree, settings.mode, cache, reporter, env)
+               if settings.libc == "nolibc" else None)
     tc = toolchain(settings, sysroot)
     version = compiler_version(tc.cc)
     app_dir = build_dir / "app"
@@ -119,7 +145,8 @@ def build_app(
             if not p.is_file():
                 raise BuildError(f"[tool.ukl-build] sources: {s} does not exist ({p})")
             srcs.append(p)
-        reporter.stage("app", f"compiling {', '.join(settings.sources)} ({settings.libc}, user mode)")
+        what = f"{', '.join(settings.sources)} ({settings.libc}, {settings.mode} mode)"
+        reporter.stage("app", f"compiling {what}")
         reporter.run(
             [tc.cc, *tc.cflags, *tc.ldflags, "-o", output, *srcs, *tc.ldlibs],
             step="app compile", cwd=settings.project_dir, env=env,
@@ -130,7 +157,7 @@ def build_app(
         mdir = work / settings.make.dir
         menv = dict(env, CC=tc.cc, CFLAGS=" ".join(tc.cflags), LDFLAGS=" ".join(tc.ldflags),
                     LDLIBS=" ".join(tc.ldlibs))
-        reporter.stage("app", f"make in {settings.make.dir} ({settings.libc}, user mode)")
+        reporter.stage("app", f"make in {settings.make.dir} ({settings.libc}, {settings.mode} mode)")
         reporter.run(["make", "-C", mdir, *settings.make.args], step="app build (make)", env=menv)
         produced = mdir / settings.make.output
         if not produced.is_file():
@@ -140,8 +167,32 @@ def build_app(
         assert settings.cmake is not None
         _build_cmake(settings, tc, app_dir, output, reporter, env)
 
-    _check_static_elf(output)
-    return AppBinary(output, file_sha256(output), settings.libc, version)
+    if settings.mode == "ukl":
+        output = _ukl_archive(output, app_dir, reporter, env)
+    else:
+        _check_static_elf(output)
+    return AppBinary(output, file_sha256(output), settings.libc, version, settings.mode)
+
+
+def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter, env: dict[str, str]) -> Path:
+    """Prefix every app symbol with ``ukl_`` (no clash with the kernel's), bind the bridge, archive."""
+    _check_elf(obj, et_rel=True)
+    prefixed = app_dir / "app-ukl.o"
+    reporter.run(["objcopy", f"--prefix-symbols={UKL_PREFIX}", obj, prefixed],
+                 step="app (objcopy --prefix-symbols)", env=env)
+    redefine = [f"--redefine-sym={UKL_PREFIX}{a}={k}" for a, k in UKL_BRIDGE.items()]
+    reporter.run(["objcopy", *redefine, prefixed], step="app (objcopy --redefine-sym)", env=env)
+    proc = subprocess.run(["nm", "-u", str(prefixed)], capture_output=True, text=True, env=env)
+    undefined = sorted({ln.split()[-1] for ln in proc.stdout.splitlines() if ln.strip()}
+                       - set(UKL_BRIDGE.values()))
+    if undefined:
+        names = ", ".join(u.removeprefix(UKL_PREFIX) for u in undefined)
+        raise BuildError(f"app: undefined symbols after linking with nolibc: {names}",
+                         hint="a UKL app links only against nolibc, ukl-build's runtime and libgcc")
+    archive = app_dir / "ukl-app.a"
+    archive.unlink(missing_ok=True)
+    reporter.run(["ar", "rcsD", archive, prefixed], step="app (ar)", env=env)
+    return archive
 
 
 def _build_cmake(settings: Settings, tc: Toolchain, app_dir: Path, output: Path,
@@ -165,7 +216,7 @@ def _build_cmake(settings: Settings, tc: Toolchain, app_dir: Path, output: Path,
     )
     src = (settings.project_dir / cm.source_dir).resolve()
     bdir = app_dir / "cmake"
-    reporter.stage("app", f"cmake + ninja, target {cm.target} ({settings.libc}, user mode)")
+    reporter.stage("app", f"cmake + ninja, target {cm.target} ({settings.libc}, {settings.mode} mode)")
     reporter.run([cmake, "-S", src, "-B", bdir, "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}",
                   f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file}", "-DCMAKE_BUILD_TYPE=MinSizeRel",
                   *cm.args], step="app configure (cmake)", env=env)
@@ -176,11 +227,20 @@ def _build_cmake(settings: Settings, tc: Toolchain, app_dir: Path, output: Path,
     shutil.copy2(candidates[0], output)
 
 
-def _check_static_elf(path: Path) -> None:
+def _check_elf(path: Path, et_rel: bool) -> None:
     with open(path, "rb") as f:
         head = f.read(20)
     if head[:4] != b"\x7fELF" or head[4] != 2 or int.from_bytes(head[18:20], "little") != 62:
-        raise BuildError(f"app: {path.name} is not an x86-64 ELF executable")
+        raise BuildError(f"app: {path.name} is not an x86-64 ELF file")
+    e_type = int.from_bytes(head[16:18], "little")
+    if et_rel and e_type != 1:
+        raise BuildError(f"app: {path.name} is not a relocatable object (UKL apps link with -r)")
+    if not et_rel and e_type != 2:
+        raise BuildError(f"app: {path.name} is not a static executable")
+
+
+def _check_static_elf(path: Path) -> None:
+    _check_elf(path, et_rel=False)
     proc = subprocess.run(["readelf", "-l", str(path)], capture_output=True, text=True)
     if "INTERP" in proc.stdout:
         raise BuildError(f"app: {path.name} is dynamically linked; the initramfs holds no loader",

@@ -16,7 +16,7 @@ from ukl_build.appbuild import build_app
 from ukl_build.artifacts import ImageSet, write_image_set
 from ukl_build.cache import Cache
 from ukl_build.errors import ConfigError, UklError
-from ukl_build.kbuild import Payload, build_kernel, reproducible_env
+from ukl_build.kbuild import KernelImages, Payload, build_kernel, reproducible_env
 from ukl_build.kconfig import configure
 from ukl_build.patches import PatchedTree, apply_patches
 from ukl_build.progress import Reporter
@@ -26,6 +26,7 @@ from ukl_build.source import fetch_source
 
 DEFAULT_SOURCE_DATE_EPOCH = 315532800  # 1980-01-01, the earliest date a zip can hold
 FORMAT_RECIPES = {"pvh": "pvh"}
+UKL_ARCHIVE = "ukl-app.a"  # matches CONFIG_UKL_ARCHIVE in recipes/ukl.config
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,11 @@ class BuildResult:
     settings: Settings
     images: ImageSet
     log: Path
-    kernel_built: bool
+    kernel: KernelImages
+
+    @property
+    def kernel_built(self) -> bool:
+        return self.kernel.built
 
 
 def build_dir_of(project_dir: Path) -> Path:
@@ -57,15 +62,13 @@ def prepare_tree(settings: Settings, cache: Cache, reporter: Reporter) -> Patche
     return apply_patches(src, series, cache, reporter)
 
 
-def initramfs_list(init_name: str) -> str:
+def initramfs_list(init_name: str | None) -> str:
     """gen_init_cpio input: a console node (or the app's stdout goes nowhere) and /init."""
-    return (
-        "dir /dev 0755 0 0\n"
-        "nod /dev/console 0600 0 0 c 5 1\n"
-        "dir /proc 0755 0 0\n"
-        "dir /tmp 01777 0 0\n"
-        f"file /init {init_name} 0755 0 0\n"
-    )
+    lines = ["dir /dev 0755 0 0", "nod /dev/console 0600 0 0 c 5 1", "dir /proc 0755 0 0",
+             "dir /tmp 01777 0 0"]
+    if init_name is not None:
+        lines.append(f"file /init {init_name} 0755 0 0")
+    return "\n".join(lines) + "\n"
 
 
 def build(
@@ -97,28 +100,28 @@ def build(
 
 def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
            reporter: Reporter) -> BuildResult:
-    if settings.mode == "ukl":
-        raise ConfigError(
-            f"{settings.project_dir / 'pyproject.toml'}: [tool.ukl-build] mode = 'ukl' is not "
-            "available in this version",
-            hint='use mode = "user" (or -C mode=user)',
-        )
     sde = source_date_epoch()
     env = reproducible_env(cache, sde)
     reporter.stage("config", f"{settings.name} {settings.version}: mode {settings.mode}, "
                    f"cache {cache.root}")
     tree = prepare_tree(settings, cache, reporter)
     recipes = list(settings.recipes)
+    if settings.mode == "ukl" and "ukl" not in recipes:
+        recipes.append("ukl")
     for fmt in settings.formats:
         if fmt in FORMAT_RECIPES and FORMAT_RECIPES[fmt] not in recipes:
             recipes.append(FORMAT_RECIPES[fmt])
     config = configure(tree, recipes, settings.kconfig_items(), settings.project_dir, cache,
                        reporter, env)
     app = build_app(settings, tree, bdir, cache, reporter, env)
-    payload = Payload(files={"ukl-root/init": app.path},
-                      initramfs=initramfs_list("ukl-root/init"))
+    if settings.mode == "ukl":
+        # The app is linked into vmlinux; the initramfs only gives it a console.
+        payload = Payload(files={UKL_ARCHIVE: app.path}, initramfs=initramfs_list(None))
+    else:
+        payload = Payload(files={"ukl-root/init": app.path},
+                          initramfs=initramfs_list("ukl-root/init"))
     kernel = build_kernel(tree, config, payload, cache, reporter, env, jobs=os.cpu_count() or 1)
     images = write_image_set(settings, out_dir, tree, config, app, kernel, sde)
     for fmt, info in images.manifest["images"].items():
         reporter.stage("package", f"{fmt}: {out_dir / info['file']} ({info['size']} bytes)")
-    return BuildResult(settings, images, reporter.log_path or bdir / "build.log", kernel.built)
+    return BuildResult(settings, images, reporter.log_path or bdir / "build.log", kernel)

@@ -50,6 +50,7 @@ class RunOptions:
     qemu: str = "qemu-system-x86_64"
     extra_cmdline: str = ""
     kernel_log: bool = False
+    args: list[str] | None = None  # replaces the manifest's app arguments
 
 
 class RunError(Exception):
@@ -148,7 +149,7 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
         cmdline.append("loglevel=7")
     if opts.extra_cmdline:
         cmdline.append(opts.extra_cmdline)
-    args = manifest.get("args", [])
+    args = opts.args if opts.args is not None else manifest.get("args", [])
     if args:
         cmdline.append("--")
         cmdline.extend(args)
@@ -268,13 +269,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any])
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--cmdline", default="", help="extra kernel command line")
     parser.add_argument("--kernel-log", action="store_true", help="show the kernel's boot messages")
+    parser.add_argument("app_args", nargs="*", metavar="-- ARG",
+                        help="arguments for the app, replacing the built-in ones")
 
 
 def options_from_args(ns: argparse.Namespace, defaults: dict[str, Any]) -> RunOptions:
     forward = ns.forward if ns.forward is not None else list(defaults.get("forward", []))
     return RunOptions(accel=ns.accel, machine=ns.machine, memory=ns.memory, smp=ns.smp,
                       forward=forward, timeout=ns.timeout, image=ns.image, qemu=ns.qemu,
-                      extra_cmdline=ns.cmdline, kernel_log=ns.kernel_log)
+                      extra_cmdline=ns.cmdline, kernel_log=ns.kernel_log,
+                      args=list(ns.app_args) if ns.app_args else None)
 
 
 def launcher_main(image_dir: Path, argv: Sequence[str] | None = None) -> int:

@@ -101,7 +101,12 @@ class Settings:
     name: str
     version: str
     summary: str
-    mode: str = _doc('"user": the app is a static /init in a built-in initramfs.', default="user")
+    mode: str = _doc(
+        '"ukl": the app is linked into vmlinux and runs in ring 0, its system calls are '
+        'function calls; "user": the app is a static /init in a built-in initramfs (the '
+        "fallback, and the baseline for speed).",
+        default="ukl",
+    )
     libc: str = _doc(
         '"nolibc" (the fetched tree\'s tools/include/nolibc + ukl-build runtime) or '
         '"glibc" (static, user mode only).',

@@ -15,6 +15,9 @@
 #ifndef O_CLOEXEC
 #define O_CLOEXEC	02000000
 #endif
+#ifndef O_ACCMODE
+#define O_ACCMODE	00000003
+#endif
 #ifndef O_NOFOLLOW
 #define O_NOFOLLOW	00400000
 #endif

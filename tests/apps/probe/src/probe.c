@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: MIT
+/*
+ * ukl-build test app.  `probe syscalls` calls every system call wrapper the
+ * runtime offers and prints one line per check, "name: result", with results
+ * that do not depend on the mode (user or UKL), so the two outputs compare
+ * equal.  `probe null` and `probe overflow` crash on purpose.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/utsname.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <pthread.h>
+
+static int failures;
+
+static void check(const char *name, long got, long want)
+{
+	printf("%s: %s\n", name, got == want ? "ok" : "FAIL");
+	if (got != want) {
+		printf("  got %ld, want %ld (errno %d)\n", got, want, errno);
+		failures++;
+	}
+}
+
+static int cpl(void)
+{
+	unsigned short cs;
+
+	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
+	return cs & 3;
+}
+
+static int tcp_listener(int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
+	int one = 1, fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	inet_pton4("127.0.0.1", &a.sin_addr);
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 8) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void net_checks(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(7001) }, peer;
+	socklen_t len = sizeof(peer);
+	struct epoll_event ev = { .events = EPOLLIN }, out[4];
+	int lfd, cfd, sfd, ep, one = 1, val = 0;
+	char buf[16];
+	struct iovec iov[2] = { { "ab", 2 }, { "cd", 2 } };
+
+	lfd = tcp_listener(7001);
+	check("socket+bind+listen", lfd >= 0, 1);
+	inet_pton4("127.0.0.1", &a.sin_addr);
+	cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	check("connect", connect(cfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	check("setsockopt(TCP_NODELAY)", setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)), 0);
+	len = sizeof(val);
+	check("getsockopt(TCP_NODELAY)", getsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &val, &len) == 0 && val, 1);
+	len = sizeof(peer);
+	sfd = accept4(lfd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK);
+	check("accept4", sfd >= 0 && len == sizeof(peer) && peer.sin_family == AF_INET, 1);
+	len = sizeof(peer);
+	check("getsockname", getsockname(lfd, (struct sockaddr *)&peer, &len) == 0 &&
+	      ntohs(peer.sin_port) == 7001, 1);
+
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	ev.data.u64 = 42;
+	check("epoll_ctl", epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &ev), 0);
+	check("epoll_wait(empty)", epoll_wait(ep, out, 4, 0), 0);
+	check("send", send(cfd, "ping", 4, 0), 4);
+	check("epoll_wait", epoll_wait(ep, out, 4, 1000) == 1 && out[0].data.u64 == 42, 1);
+	check("recv", recv(sfd, buf, sizeof(buf), 0) == 4 && !memcmp(buf, "ping", 4), 1);
+	check("writev", writev(sfd, iov, 2), 4);
+	iov[0].iov_base = buf;
+	iov[0].iov_len = 3;
+	iov[1].iov_base = buf + 3;
+	iov[1].iov_len = 8;
+	check("readv", readv(cfd, iov, 2) == 4 && !memcmp(buf, "abcd", 4), 1);
+	check("recv(EAGAIN)", recv(sfd, buf, sizeof(buf), MSG_DONTWAIT) == -1 && errno == EAGAIN, 1);
+	check("shutdown", shutdown(cfd, SHUT_WR), 0);
+	check("read(EOF)", read(sfd, buf, sizeof(buf)), 0);
+	close(cfd);
+	close(sfd);
+	close(ep);
+
+	/* The final fput() of close() runs as task_work: the port must be free again. */
+	close(lfd);
+	lfd = tcp_listener(7001);
+	check("close+bind same port", lfd >= 0, 1);
+	close(lfd);
+}
+
+static void file_checks(void)
+{
+	char buf[64];
+	struct utsname u;
+	void *p;
+	int fd;
+
+	check("getpid", getpid(), 1);
+	check("getppid", getppid(), 0);
+	check("uname", uname(&u) == 0 && !strcmp(u.sysname, "Linux"), 1);
+	check("mkdir", mkdir("/tmp/d", 0755), 0);
+	fd = open("/tmp/d/f", O_CREAT | O_RDWR | O_TRUNC, 0644);
+	check("open", fd >= 0, 1);
+	check("write", write(fd, "hello ukl", 9), 9);
+	check("lseek", lseek(fd, 0, SEEK_SET), 0);
+	check("read", read(fd, buf, sizeof(buf)) == 9 && !memcmp(buf, "hello ukl", 9), 1);
+	check("fcntl(F_GETFL)", fcntl(fd, F_GETFL, 0) & O_ACCMODE, O_RDWR);
+	check("fcntl(F_SETFL)", fcntl(fd, F_SETFL, O_NONBLOCK), 0);
+	check("close", close(fd), 0);
+	check("close(EBADF)", close(fd) == -1 && errno == EBADF, 1);
+	check("open(ENOENT)", open("/nope", O_RDONLY, 0) == -1 && errno == ENOENT, 1);
+	check("unlink", unlink("/tmp/d/f"), 0);
+	check("chdir", chdir("/tmp"), 0);
+	check("dup2", dup2(1, 9), 9);
+	check("syscall(getpid)", syscall(__NR_getpid, 0, 0, 0, 0, 0, 0), 1);
+
+	p = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	check("mmap", p != MAP_FAILED, 1);
+	memset(p, 7, 1 << 20);	/* demand paging from ring 0 in UKL mode */
+	check("mmap touch", ((char *)p)[(1 << 20) - 1], 7);
+	check("munmap", munmap(p, 1 << 20), 0);
+	p = malloc(100000);
+	check("malloc", p != NULL, 1);
+	free(p);
+	check("brk", sbrk(4096) != (void *)-1, 1);
+	check("nanosleep", usleep(10000), 0);
+}
+
+#define NTHREADS	4
+#define ROUNDS		2000
+
+/* Floating point work whose result is known: any lost FPU state changes it. */
+static double fp_work(int seed)
+{
+	double x = seed, y = 1.0;
+	int i;
+
+	for (i = 0; i < 200; i++) {
+		x = x * 1.0001 + 0.5;
+		y = y / 1.0003 + x * 1e-6;
+	}
+	return x + y;
+}
+
+static double expected[NTHREADS];
+
+static void *worker(void *arg)
+{
+	long id = (long)arg, bad = 0;
+	int round;
+
+	for (round = 0; round < ROUNDS; round++) {
+		double v = fp_work(id + 1);
+
+		if (getppid() != 0 || getpid() != 1)	/* a system call between FP steps */
+			bad++;
+		if (round % 16 == 0)
+			sched_yield();
+		if (v != expected[id] || fp_work(id + 1) != expected[id])
+			bad++;
+	}
+	return (void *)bad;
+}
+
+static void thread_checks(void)
+{
+	pthread_t t[NTHREADS];
+	long i, bad = 0, started = 0;
+
+	for (i = 0; i < NTHREADS; i++)
+		expected[i] = fp_work(i + 1);
+	for (i = 0; i < NTHREADS; i++)
+		started += pthread_create(&t[i], NULL, worker, (void *)i) == 0;
+	check("pthread_create", started, NTHREADS);
+	for (i = 0; i < started; i++) {
+		void *r;
+
+		pthread_join(t[i], &r);
+		bad += (long)r;
+	}
+	check("threads: syscalls + FP math", bad, 0);
+}
+
+/* Each frame holds 1 KiB; recursion without end overflows any stack. */
+static int overflow(volatile int depth)
+{
+	volatile char pad[1024];
+
+	pad[0] = depth;
+	return overflow(depth + 1) + pad[0];
+}
+
+int main(int argc, char **argv)
+{
+	const char *what = argc > 1 ? argv[1] : "syscalls";
+
+	printf("probe: %s (CPL %d)\n", what, cpl());
+	if (!strcmp(what, "null")) {
+		volatile int *p = NULL;
+
+		return *p;
+	}
+	if (!strcmp(what, "overflow"))
+		return overflow(0);
+	if (!strcmp(what, "threads")) {
+		thread_checks();
+		printf("probe: %d failures\n", failures);
+		return failures ? 1 : 0;
+	}
+	file_checks();
+	net_checks();
+	printf("probe: %d failures\n", failures);
+	return failures ? 1 : 0;
+}

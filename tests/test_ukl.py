@@ -1,0 +1,92 @@
+"""UKL mode end to end: the app linked into vmlinux, running in ring 0 (QEMU TCG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from conftest import Builds, check_httpd, run_cli
+
+pytestmark = pytest.mark.kernel
+
+
+def run(image_dir: Path, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+    proc = run_cli("run", str(image_dir), "--timeout", str(timeout), *args, timeout=timeout + 60)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_hello_runs_in_ring0_and_returns_status(builds: Builds) -> None:
+    result = builds("hello", "ukl")
+    assert result.images.manifest["mode"] == "ukl"
+    rc, out, err = run(result.images.directory)
+    assert "Hello, world, from a unikernel! (CPL 0)" in out, err
+    assert rc == 3, err
+    assert "app exited with status 3" in err
+
+
+def _symbols(path: Path, defined_only: bool = True) -> dict[str, int]:
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        assert symtab is not None
+        return {
+            s.name: s["st_value"]
+            for s in symtab.iter_symbols()
+            if s.name and s["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE")
+            and (not defined_only or s["st_shndx"] != "SHN_UNDEF")
+        }
+
+
+def test_vmlinux_holds_app_symbols_only_prefixed(builds: Builds) -> None:
+    result = builds("hello", "ukl")
+    app_object = result.settings.project_dir / "build/ukl-build/app/init"  # before prefixing
+    app = _symbols(app_object)
+    kernel = _symbols(result.kernel.vmlinux)
+    assert "main" in app and "ukl_main" in kernel and "main" not in kernel
+    for name in app:
+        assert f"ukl_{name}" in kernel, name
+        # a same-named kernel symbol (memcpy, strlen, ...) is the kernel's, not the app's
+        if name in kernel:
+            assert kernel[name] != kernel[f"ukl_{name}"], name
+
+
+def test_httpd_serves_in_ukl_mode(builds: Builds) -> None:
+    check_httpd(builds("httpd", "ukl").images.directory, requests=400)
+
+
+def _probe_lines(out: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ": " in ln and not ln.startswith("probe: ")]
+
+
+def test_every_runtime_wrapper_gives_the_same_results_in_both_modes(builds: Builds) -> None:
+    user = builds("probe", "user")
+    ukl = builds("probe", "ukl")
+    rc_user, out_user, err_user = run(user.images.directory)
+    rc_ukl, out_ukl, err_ukl = run(ukl.images.directory)
+    assert "probe: syscalls (CPL 3)" in out_user and "probe: syscalls (CPL 0)" in out_ukl
+    assert "close+bind same port: ok" in out_ukl
+    assert _probe_lines(out_user) == _probe_lines(out_ukl), (out_user, out_ukl)
+    assert "FAIL" not in out_ukl, out_ukl
+    assert rc_user == 0 and rc_ukl == 0, (err_user, err_ukl)
+
+
+@pytest.mark.parametrize("mode", ["user", "ukl"])
+def test_threads_with_syscalls_and_fp_math_on_2_vcpus(builds: Builds, mode: str) -> None:
+    rc, out, err = run(builds("probe", mode).images.directory, "--smp", "2", "--", "threads",
+                       timeout=240)
+    assert "threads: syscalls + FP math: ok" in out, out + err
+    assert rc == 0, out + err
+
+
+def test_null_dereference_ends_the_vm_with_a_report(builds: Builds) -> None:
+    rc, out, err = run(builds("probe", "ukl").images.directory, "--", "null", timeout=90)
+    assert rc not in (0, 124), out + err
+    assert "NULL pointer dereference" in out and "ukl_main" in out, out
+
+
+def test_stack_overflow_ends_the_vm_with_a_report(builds: Builds) -> None:
+    rc, out, err = run(builds("probe", "ukl").images.directory, "--", "overflow", timeout=90)
+    assert rc not in (0, 124), out + err
+    assert "ukl: application stack overflow in ukl_overflow" in out, out
