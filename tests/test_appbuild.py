@@ -33,16 +33,17 @@ int main(void)
 """
 
 
-def project(tmp_path: Path, table: str, source: str = C_APP) -> Path:
+def project(tmp_path: Path, table: str, source: str = C_APP, mode: str = "user") -> Path:
     (tmp_path / "src").mkdir()
     (tmp_path / "src/app.c").write_text(source)
     (tmp_path / "pyproject.toml").write_text(
-        f'[project]\nname = "t"\nversion = "1"\n[tool.ukl-build]\n{table}\n')
+        f'[project]\nname = "t"\nversion = "1"\n[tool.ukl-build]\nmode = "{mode}"\n{table}\n')
     return tmp_path
 
 
-def build(tmp_path: Path, patched_tree, cache, table: str, source: str = C_APP) -> Path:  # type: ignore[no-untyped-def]
-    settings = load_settings(project(tmp_path, table, source))
+def build(tmp_path: Path, patched_tree, cache, table: str, source: str = C_APP,  # type: ignore[no-untyped-def]
+          mode: str = "user") -> Path:
+    settings = load_settings(project(tmp_path, table, source, mode))
     with Reporter(tmp_path / "log") as r:
         app = build_app(settings, patched_tree, tmp_path / "build", cache, r, dict(os.environ))
     return app.path
@@ -87,3 +88,23 @@ def test_compile_error_names_file_and_line(tmp_path: Path, patched_tree, cache) 
     with pytest.raises(BuildError, match=r"src/app.c:2:\d+: error: expected .;."):
         build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]',
               source="int main(void)\n{ return 0 }\n")
+
+
+def _nm(path: Path, *flags: str) -> set[str]:
+    out = subprocess.run(["nm", *flags, str(path)], capture_output=True, text=True, check=True)
+    return {ln.split()[-1] for ln in out.stdout.splitlines() if ln.strip() and ":" not in ln}
+
+
+def test_ukl_archive_is_prefixed_and_self_contained(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    archive = build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', mode="ukl")
+    assert archive.name == "ukl-app.a"
+    defined = _nm(archive, "--defined-only")
+    assert "ukl_main" in defined and "ukl__start" in defined  # nolibc start code, renamed too
+    assert all(name.startswith("ukl_") for name in defined), defined
+    assert _nm(archive, "-u") == {"ukl_syscall"}  # the bridge into the kernel, nothing else
+
+
+def test_ukl_undefined_symbol_is_named(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    src = "int missing_function(void);\nint main(void) { return missing_function(); }\n"
+    with pytest.raises(BuildError, match="undefined symbols after linking with nolibc: missing_function"):
+        build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', source=src, mode="ukl")

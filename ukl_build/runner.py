@@ -4,10 +4,16 @@ Standard library only, and no imports from ukl_build: this file is copied
 verbatim into every app wheel as its launcher (``python -m <app>``).
 
 The image directory holds ``manifest.json`` (written by ukl_build.artifacts)
-and the image files it names.  How the app's exit status reaches the host:
-in user mode, /init exiting makes the kernel panic with
-"Attempted to kill init! exitcode=0x...", which carries the wait status; the
-kernel (``CONFIG_PANIC_TIMEOUT=-1``) then reboots, and ``-no-reboot`` ends QEMU.
+and the image files it names.  How the app's exit status reaches the host,
+read from the serial console:
+
+- user mode: /init exiting makes the kernel panic with "Attempted to kill
+  init! exitcode=0x...", which carries the wait status; the kernel
+  (``CONFIG_PANIC_TIMEOUT=-1``) then reboots, and ``-no-reboot`` ends QEMU.
+  This needs no kernel patch and works for any static /init.
+- UKL mode: the kernel prints "ukl: exit status N" and restarts.
+
+On microvm, ``reboot=t`` (triple fault) is the reboot method that ends QEMU.
 """
 
 from __future__ import annotations
@@ -157,7 +163,6 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
             "-serial", "stdio", "-no-reboot",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-kernel", str(kernel) if check_files else images[opts.image]["file"],
             "-append", " ".join(w for w in cmdline if w)]
     if accel == "kvm":
