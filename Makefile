@@ -1,5 +1,5 @@
 # The two entry points of the README.  Each does its own set-up.
-.PHONY: setup demo demo-httpd test lint docs clean
+.PHONY: setup demo demo-httpd test bench docs clean
 
 PY := .venv/bin/python
 # Tests share one kernel cache across the session; CI starts empty.
@@ -23,6 +23,10 @@ demo-httpd: setup
 test: setup
 	$(PY) -m ruff check ukl_build tests
 	$(PY) -m pytest -v --durations=15
+
+# UKL vs user mode (vs Debian's cloud kernel), side by side; see docs/performance.md.
+bench: setup
+	$(PY) -m benchmarks all --json benchmarks/results.json
 
 docs: setup
 	$(PY) -m ukl_build schema > docs/configuration.md

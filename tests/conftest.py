@@ -144,3 +144,6 @@ def check_httpd(image_dir: Path, *run_args: str, requests: int = 200) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    # SIGTERM to the launcher must not leave the VM running
+    left = subprocess.run(["pgrep", "-f", f"hostfwd=tcp:127.0.0.1:{port}-"], capture_output=True)
+    assert left.returncode == 1, "QEMU outlived its launcher"

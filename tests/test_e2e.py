@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,14 @@ def test_pip_wheel_installs_and_boots(hello_build: BuildResult, tmp_path: Path) 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = wheels.glob("*.whl")
     assert wheel.name == "ukl_hello-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        sbom = json.loads(zf.read("ukl_hello-0.1.0.dist-info/sboms/sbom.cdx.json"))
+    assert {"ukl_hello/__main__.py", "ukl_hello/_runner.py", "ukl_hello/_image/manifest.json",
+            "ukl_hello/_image/ukl_hello.bzImage"} <= names
+    assert sbom["bomFormat"] == "CycloneDX"
+    linux = next(c for c in sbom["components"] if c["name"] == "linux")
+    assert linux["version"].startswith("6.1.") and linux["pedigree"]["patches"]
 
     check = subprocess.run([sys.executable, "-m", "check_wheel_contents", str(wheel)],
                            capture_output=True, text=True)

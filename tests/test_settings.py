@@ -86,3 +86,8 @@ def test_schema_lists_every_table() -> None:
     for table in ("[tool.ukl-build]", "[tool.ukl-build.kernel]", "[tool.ukl-build.kernel.git]",
                   "[tool.ukl-build.run]", "[tool.ukl-build.cmake]"):
         assert f"`{table}`" in md
+
+
+def test_configuration_reference_is_current() -> None:
+    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert doc.read_text() == settings_schema_markdown() + "\n", "run: make docs"

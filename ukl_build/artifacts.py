@@ -25,6 +25,7 @@ from ukl_build.runner import RunOptions, qemu_argv
 from ukl_build.settings import Settings
 
 MANIFEST = "manifest.json"
+SBOM = "sbom.cdx.json"
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,53 @@ def write_image_set(
         }
         manifest["qemu"] = {fmt: qemu_example(manifest, fmt) for fmt in images}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (tmp / SBOM).write_text(json.dumps(sbom(manifest), indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ImageSet(out_dir, manifest)
+
+
+def sbom(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A CycloneDX 1.5 document: the image, the kernel it contains (with our patches), the app."""
+    kernel = manifest["kernel"]
+    src = kernel["source"]
+    hashes = [{"alg": "SHA-256", "content": h} for h in (src.get("sha256"),) if h]
+    app_ref = f"app:{manifest['name']}@{manifest['version']}"
+    kernel_ref = f"linux@{kernel['release']}"
+    return {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "version": 1,
+        "metadata": {
+            "component": {"type": "operating-system", "bom-ref": "image", "name": manifest["name"],
+                          "version": manifest["version"],
+                          "hashes": [{"alg": "SHA-256", "content": img["sha256"]}
+                                     for img in manifest["images"].values()]},
+            "tools": {"components": [{"type": "application", "name": "ukl-build",
+                                      "version": manifest["ukl_build"]},
+                                     {"type": "application", "name": manifest["app"]["compiler"]}]},
+        },
+        "components": [
+            {"type": "application", "bom-ref": app_ref, "name": manifest["name"],
+             "version": manifest["version"],
+             "hashes": [{"alg": "SHA-256", "content": manifest["app"]["sha256"]}],
+             "properties": [{"name": "ukl-build:mode", "value": manifest["mode"]},
+                            {"name": "ukl-build:libc", "value": manifest["app"]["libc"]}]},
+            {"type": "operating-system", "bom-ref": kernel_ref, "name": "linux",
+             "version": kernel["release"], "hashes": hashes,
+             "licenses": [{"license": {"id": "GPL-2.0-only"}}],
+             "externalReferences": [{"type": "distribution",
+                                     "url": src.get("url") or src.get("path") or src.get("package")
+                                     or "unknown"}],
+             "pedigree": {"patches": [{"type": "unofficial", "diff": {"url": p["name"]},
+                                       "resolves": []} for p in kernel["patches"]]},
+             "properties": [{"name": "ukl-build:config-sha256", "value": kernel["config"]["sha256"]},
+                            {"name": "ukl-build:recipes", "value": ",".join(kernel["recipes"])}]},
+        ],
+        "dependencies": [{"ref": "image", "dependsOn": [app_ref, kernel_ref]}],
+    }
 
 
 def replace_dir(new: Path, final: Path) -> None:

@@ -32,6 +32,7 @@ class KernelImages:
     vmlinux: Path
     key: str
     built: bool  # False when the cache already held these exact images
+    build_dir: Path  # the kernel build directory (O=) these images come from
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,11 @@ def build_kernel(
     inputs = {name: file_sha256(path) for name, path in sorted(payload.files.items())}
     image_key = digest("images", dir_key, inputs, payload.initramfs)
     images = cache.path("images", image_key)
+    build = cache.path("kbuild", dir_key)
     if (images / "bzImage").is_file():
         reporter.stage("kbuild", "kernel unchanged: reusing cached images (no make run)")
-        return KernelImages(images / "bzImage", images / "vmlinux", image_key, built=False)
+        return KernelImages(images / "bzImage", images / "vmlinux", image_key, False, build)
 
-    build = cache.path("kbuild", dir_key)
     with cache.lock("kbuild", dir_key):
         build.mkdir(parents=True, exist_ok=True)
         if not (build / ".config").is_file() or file_sha256(build / ".config") != config.key:
@@ -115,7 +116,7 @@ def build_kernel(
             shutil.copy2(build / "vmlinux", tmp / "vmlinux")
 
         images = cache.entry("images", image_key, copy)
-    return KernelImages(images / "bzImage", images / "vmlinux", image_key, built=True)
+    return KernelImages(images / "bzImage", images / "vmlinux", image_key, True, build)
 
 
 class _Progress:

@@ -64,8 +64,9 @@ def prepare_tree(settings: Settings, cache: Cache, reporter: Reporter) -> Patche
 
 def initramfs_list(init_name: str | None) -> str:
     """gen_init_cpio input: a console node (or the app's stdout goes nowhere) and /init."""
-    lines = ["dir /dev 0755 0 0", "nod /dev/console 0600 0 0 c 5 1", "dir /proc 0755 0 0",
-             "dir /tmp 01777 0 0"]
+    lines = ["dir /dev 0755 0 0", "nod /dev/console 0600 0 0 c 5 1",
+             "nod /dev/null 0666 0 0 c 1 3", "nod /dev/zero 0666 0 0 c 1 5",
+             "dir /proc 0755 0 0", "dir /tmp 01777 0 0"]
     if init_name is not None:
         lines.append(f"file /init {init_name} 0755 0 0")
     return "\n".join(lines) + "\n"

@@ -23,13 +23,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -195,6 +196,7 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
           f"({opts.image}, {opts.machine}, {accel})", file=err, flush=True)
     start = time.monotonic()
     interactive = sys.stdin is not None and sys.stdin.isatty() and out is sys.stdout
+    restore = _exit_on_sigterm()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=None if interactive else subprocess.DEVNULL)
     assert proc.stdout is not None and proc.stderr is not None
@@ -239,9 +241,10 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
     finally:
         if timer:
             timer.cancel()
-        if proc.poll() is None:
+        if proc.poll() is None:  # also on SIGTERM: never leave an orphaned VM behind
             proc.kill()
             proc.wait()
+        restore()
     err_thread.join(timeout=2)
     elapsed = time.monotonic() - start
     if timed_out.is_set():
@@ -257,6 +260,23 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
     print(f"[ukl-build] VM ended (QEMU status {proc.returncode}) without the app's exit status"
           + (f": {tail[-500:]}" if tail else ""), file=err, flush=True)
     return EXIT_NO_STATUS
+
+
+def _exit_on_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM/SIGHUP into SystemExit while a VM runs, so cleanup kills QEMU."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return restore
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:

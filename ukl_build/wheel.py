@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ukl_build import __version__
-from ukl_build.artifacts import ImageSet
+from ukl_build.artifacts import SBOM, ImageSet
 from ukl_build.settings import Settings
 
 WHEEL_TAG = "py3-none-any"
@@ -93,9 +93,12 @@ def write_wheel(settings: Settings, images: ImageSet, wheel_dir: Path, epoch: in
     for fname, data in launcher_files(settings).items():
         entries.append((f"{name}/{fname}", data))
     for f in images.files():
-        entries.append((f"{name}/_image/{f.name}", f))
+        if f.name != SBOM:  # it goes to .dist-info/sboms/ (once: no duplicate files)
+            entries.append((f"{name}/_image/{f.name}", f))
     for fname, data in dist_info_files(settings).items():
         entries.append((f"{info}/{fname}", data))
+    # PEP 770: SBOMs of what the wheel bundles live in .dist-info/sboms/.
+    entries.append((f"{info}/sboms/{SBOM}", images.directory / SBOM))
 
     wheel_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=wheel_dir)

@@ -1,0 +1,103 @@
+"""python -m benchmarks [all|syscall|boot|size|memory|httpd|build] [--quick] [--json FILE]
+
+Builds what it needs through ukl-build, runs every comparison side by side in
+one run (variants alternated, medians of --rounds), prints a table, the
+commands used and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import suites
+from benchmarks.harness import Context
+from ukl_build.cache import Cache
+
+SUITES = ("syscall", "boot", "size", "memory", "httpd", "build")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("suites", nargs="*", default=["all"], choices=[*SUITES, "all"])
+    p.add_argument("--quick", action="store_true", help="tiny parameters (for tests)")
+    p.add_argument("--rounds", type=int, help="alternating rounds per variant (default 5; quick 1)")
+    p.add_argument("--accel", default="tcg", choices=["tcg", "kvm", "auto"])
+    p.add_argument("--iterations", type=int, help="system calls per benchmark (default 200000)")
+    p.add_argument("--duration", type=float, help="seconds of load per httpd variant (default 10)")
+    p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--cold", action="store_true", help="also time a build from an empty cache")
+    p.add_argument("--work", help="where the benchmark projects are built (default: a temp dir)")
+    p.add_argument("--json", help="write the results here as JSON")
+    return p.parse_args(argv)
+
+
+def print_table(results: dict[str, Any], out: Any) -> None:
+    def rows(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                rows(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out.write(f"  {prefix:<60} {node}\n")
+
+    rows("", results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse(argv)
+    chosen = list(SUITES) if "all" in ns.suites else ns.suites
+    rounds = ns.rounds or (1 if ns.quick else 5)
+    iterations = ns.iterations or (2000 if ns.quick else 200000)
+    duration = ns.duration or (1.0 if ns.quick else 10.0)
+    sizes = [64] if ns.quick else [64, 4096, 65536]
+    work = Path(ns.work) if ns.work else Path(tempfile.mkdtemp(prefix="ukl-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = Context(work=work, cache=Cache(), accel=ns.accel, rounds=rounds)
+    started = time.monotonic()
+    for name in chosen:
+        t0 = time.monotonic()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        if name == "syscall":
+            suites.syscall(ctx, iterations)
+        elif name == "boot":
+            suites.boot(ctx)
+        elif name == "size":
+            suites.size(ctx)
+        elif name == "memory":
+            suites.memory(ctx)
+        elif name == "httpd":
+            suites.httpd(ctx, duration, ns.connections, sizes)
+        elif name == "build":
+            suites.build_times(ctx, ns.cold)
+        print(f"[bench] {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    report = {
+        "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "kernel": platform.release(), "accel": ns.accel},
+        "rounds": rounds,
+        "results": ctx.results,
+        "commands": ctx.commands,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    print(f"# {report['command']}  ({rounds} rounds, accel {ns.accel})")
+    print_table(ctx.results, sys.stdout)
+    print("# builds:")
+    for c in ctx.commands:
+        print(f"  {c}")
+    text = json.dumps(report, indent=2, sort_keys=True)
+    if ns.json:
+        Path(ns.json).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Building and booting what the benchmarks compare, and the statistics they report.
+
+Every figure is a ratio of two measurements taken in the same run, with the
+variants alternated A/B/A/B, and each measurement the median of its rounds.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ukl_build.cache import Cache
+from ukl_build.pipeline import BuildResult, build
+from ukl_build.runner import RunOptions, qemu_argv, run_image
+
+REPO = Path(__file__).resolve().parent.parent
+APPS = {
+    "sysbench": REPO / "benchmarks" / "apps" / "sysbench",
+    "hello": REPO / "example_apps" / "hello",
+    "httpd": REPO / "example_apps" / "httpd",
+}
+
+
+@dataclass
+class Context:
+    """Where builds go, how VMs run, and everything measured so far."""
+
+    work: Path
+    cache: Cache
+    accel: str = "tcg"
+    rounds: int = 3
+    commands: list[str] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    _builds: dict[tuple[str, str, tuple[tuple[str, str], ...]], BuildResult] = field(
+        default_factory=dict)
+
+    def build(self, app: str, mode: str, **settings: str) -> BuildResult:
+        key = (app, mode, tuple(sorted(settings.items())))
+        if key not in self._builds:
+            project = self.work / f"{app}-{mode}"
+            if not project.exists():
+                shutil.copytree(APPS[app], project,
+                                ignore=shutil.ignore_patterns("build", "dist"))
+            cs = {"mode": mode, **settings}
+            if mode == "user":
+                # The baseline runs on the UKL kernel's configuration minus CONFIG_UKL.
+                recipes = read_recipes(project)
+                cs.setdefault("recipes", ";".join([*recipes, "server"]))
+            self.note(f"python -m ukl_build build {APPS[app].relative_to(REPO)} "
+                      + " ".join(f"-C {k}={v}" for k, v in cs.items()))
+            self._builds[key] = build(project, cs, cache=self.cache, stream=io.StringIO())
+        return self._builds[key]
+
+    def note(self, command: str) -> None:
+        if command not in self.commands:
+            self.commands.append(command)
+
+    def options(self, **kw: Any) -> RunOptions:
+        return RunOptions(accel=self.accel, **kw)
+
+
+def read_recipes(project: Path) -> list[str]:
+    with open(project / "pyproject.toml", "rb") as f:
+        data = tomllib.load(f)
+    return list(data["tool"]["ukl-build"].get("recipes", ["microvm"]))
+
+
+def run_capture(image_dir: Path, opts: RunOptions) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = run_image(image_dir, opts, out=out, err=err)
+    return status, out.getvalue() + err.getvalue()
+
+
+def alternate(variants: dict[str, Callable[[], float | dict[str, float]]],
+              rounds: int) -> dict[str, list[Any]]:
+    """Run each variant once per round, in turn (A B A B ...), collecting the results."""
+    samples: dict[str, list[Any]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            samples[name].append(fn())
+    return samples
+
+
+def median(values: Iterable[float]) -> float:
+    return float(statistics.median(list(values)))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def boot_to_line(image_dir: Path, manifest: dict[str, Any], opts: RunOptions, pattern: str,
+                 timeout: float = 120.0, kernel: Path | None = None,
+                 initrd: Path | None = None, extra_append: str = "") -> float:
+    """Seconds from QEMU's start to the first console line matching ``pattern``."""
+    argv = qemu_argv(manifest, image_dir, opts, opts.accel)
+    if kernel is not None:
+        argv[argv.index("-kernel") + 1] = str(kernel)
+    if initrd is not None:
+        argv += ["-initrd", str(initrd)]
+    if extra_append:
+        i = argv.index("-append") + 1
+        argv[i] = extra_append + " " + argv[i]
+    rx = re.compile(pattern)
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    timer = threading.Timer(timeout, proc.kill)  # a silent, hung guest must not hang us
+    timer.start()
+    tail: list[str] = []
+    try:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            if rx.search(line):
+                return time.monotonic() - start
+            tail = [*tail[-20:], line]
+        raise RuntimeError(f"{pattern!r} not seen within {timeout:.0f} s; last lines:\n"
+                           + "".join(tail))
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,255 @@
+"""The benchmarks.  Each takes the Context, records into ctx.results, returns nothing."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import Context, alternate, boot_to_line, median, percentile, run_capture
+from ukl_build.cache import Cache
+from ukl_build.pipeline import build, initramfs_list
+
+MODES = ("ukl", "user")
+
+
+def syscall(ctx: Context, iterations: int) -> None:
+    """ns per call of cheap system calls, UKL vs user mode on the same kernel config."""
+    images = {m: ctx.build("sysbench", m).images for m in MODES}
+
+    def sample(mode: str) -> dict[str, float]:
+        status, out = run_capture(images[mode].directory,
+                                  ctx.options(args=[str(iterations)], timeout=600))
+        if status != 0:
+            raise RuntimeError(f"sysbench ({mode}) failed: {out[-2000:]}")
+        return {m.group(1): int(m.group(2)) / 1000.0
+                for m in re.finditer(r"bench (\S+) (\d+)", out)}
+
+    ctx.note(f"python -m ukl_build run <sysbench image> --accel {ctx.accel} -- {iterations}")
+    samples = alternate({m: (lambda m=m: sample(m)) for m in MODES}, ctx.rounds)
+    table = {}
+    for bench in samples["ukl"][0]:
+        ukl = median(s[bench] for s in samples["ukl"])
+        user = median(s[bench] for s in samples["user"])
+        table[bench] = {"ukl_ns": round(ukl, 1), "user_ns": round(user, 1),
+                        "ratio_ukl_over_user": round(ukl / user, 3)}
+    ctx.results["syscall"] = {"iterations": iterations, "rounds": ctx.rounds, "per_call": table}
+
+
+def _debian_cloud_kernel() -> Path | None:
+    found = sorted(Path("/boot").glob("vmlinuz-*-cloud-amd64"))
+    return found[-1] if found else None
+
+
+def _initramfs_cpio(result: Any, dest: Path) -> Path:
+    """The user-mode app's initramfs as a cpio, for booting another kernel with it.
+
+    Made with the kernel's own gen_init_cpio from the app's binary (the build
+    directory is shared by every app of that configuration).
+    """
+    listing = dest.with_suffix(".list")
+    app = result.settings.project_dir / "build/ukl-build/app/init"
+    listing.write_text(initramfs_list(str(app)))
+    with open(dest, "wb") as out:
+        subprocess.run([str(result.kernel.build_dir / "usr/gen_init_cpio"), str(listing)],
+                       stdout=out, check=True)
+    return dest
+
+
+def boot(ctx: Context) -> None:
+    """QEMU start to the app's first line: UKL, user mode, Debian's cloud kernel + same /init."""
+    hello = {m: ctx.build("hello", m) for m in MODES}
+    pattern = r"Hello, .* from a unikernel"
+    variants = {m: (lambda m=m: boot_to_line(hello[m].images.directory, hello[m].images.manifest,
+                                             ctx.options(), pattern)) for m in MODES}
+    cloud = _debian_cloud_kernel()
+    tmp = Path(tempfile.mkdtemp(prefix="ukl-bench-"))
+    if cloud is not None:
+        cpio = _initramfs_cpio(hello["user"], tmp / "initramfs.cpio")
+        user = hello["user"].images
+        variants["debian-cloud"] = lambda: boot_to_line(
+            user.directory, user.manifest, ctx.options(), pattern, kernel=cloud, initrd=cpio,
+            extra_append="rdinit=/init panic=-1")
+    samples = alternate(variants, ctx.rounds)
+    res: dict[str, Any] = {name: round(median(v), 3) for name, v in samples.items()}
+    res["ratio_ukl_over_user"] = round(res["ukl"] / res["user"], 3)
+    if cloud is not None:
+        res["ratio_ukl_over_debian_cloud"] = round(res["ukl"] / res["debian-cloud"], 3)
+        res["debian_cloud_kernel"] = str(cloud)
+    else:
+        res["debian-cloud"] = "not installed (apt-get install linux-image-cloud-amd64)"
+    ctx.results["boot_to_first_line_s"] = res
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def size(ctx: Context) -> None:
+    """bzImage bytes per app and mode."""
+    res = {}
+    for app in ("hello", "httpd"):
+        for m in MODES:
+            res[f"{app}-{m}"] = ctx.build(app, m).images.manifest["images"]["bzimage"]["size"]
+    ctx.results["bzimage_bytes"] = res
+
+
+def _serves(result: Any, ctx: Context, memory: str) -> bool:
+    port = _free_port()
+    opts = ctx.options(memory=memory, forward=[f"{port}:8080"], timeout=60)
+    done: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: done.update(r=run_capture(result.images.directory, opts)),
+                         daemon=True)
+    t.start()
+    deadline = time.monotonic() + 50
+    ok = False
+    while time.monotonic() < deadline and t.is_alive():
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    _stop_vms(port)
+    t.join(timeout=30)
+    return ok
+
+
+def _stop_vms(port: int) -> None:
+    subprocess.run(["pkill", "-f", f"hostfwd=tcp:127.0.0.1:{port}-"], check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def memory(ctx: Context) -> None:
+    """The smallest -m (MiB) at which httpd boots and answers, bisected, per mode."""
+    res = {}
+    for m in MODES:
+        result = ctx.build("httpd", m)
+        lo, hi = 4, 256  # lo fails (assumed), hi works (checked)
+        if not _serves(result, ctx, f"{hi}M"):
+            res[m] = None
+            continue
+        while hi - lo > 2:
+            mid = (lo + hi) // 2
+            if _serves(result, ctx, f"{mid}M"):
+                hi = mid
+            else:
+                lo = mid
+        res[m] = hi
+    ctx.results["httpd_min_memory_mib"] = res
+
+
+def _load(port: int, path: str, connections: int, duration: float) -> dict[str, float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + duration
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            mine.append(time.perf_counter() - t0)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"req_per_s": len(latencies) / duration,
+            "p50_ms": percentile(latencies, 0.5) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000}
+
+
+def httpd(ctx: Context, duration: float, connections: int, sizes: list[int]) -> None:
+    """Keep-alive requests/s and latency through the forwarded port, UKL vs user mode."""
+    results = {m: ctx.build("httpd", m) for m in MODES}
+    ports = {m: _free_port() for m in MODES}
+    threads = {}
+    for m in MODES:  # both VMs up at once; the load alternates between them
+        opts = ctx.options(forward=[f"{ports[m]}:8080"], timeout=duration * 4 * len(sizes)
+                           * ctx.rounds + 120)
+        threads[m] = threading.Thread(target=run_capture, args=(results[m].images.directory, opts),
+                                      daemon=True)
+        threads[m].start()
+    try:
+        for m in MODES:
+            _wait_http(ports[m])
+        table: dict[str, Any] = {}
+        for size in sizes:
+            samples = alternate({m: (lambda m=m, size=size: _load(ports[m], f"/bytes/{size}",
+                                                                  connections, duration))
+                                 for m in MODES}, ctx.rounds)
+            row = {}
+            for m in MODES:
+                for k in ("req_per_s", "p50_ms", "p99_ms"):
+                    row[f"{m}_{k}"] = round(median(s[k] for s in samples[m]), 2)
+            row["ratio_req_per_s_ukl_over_user"] = round(row["ukl_req_per_s"]
+                                                         / row["user_req_per_s"], 3)
+            table[f"{size}B"] = row
+        ctx.results["httpd"] = {"connections": connections, "duration_s": duration,
+                                "rounds": ctx.rounds, "bodies": table}
+    finally:
+        for m in MODES:
+            _stop_vms(ports[m])
+
+
+def _wait_http(port: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                if s.recv(16).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"httpd on port {port} did not answer")
+
+
+def build_times(ctx: Context, cold: bool) -> None:
+    """No-op rebuild and app-only rebuild (and, with cold, a build from an empty cache)."""
+    res: dict[str, Any] = {}
+    for m in MODES:
+        result = ctx.build("hello", m)
+        project = result.settings.project_dir
+        t0 = time.monotonic()
+        build(project, {"mode": m}, cache=ctx.cache, stream=open(os.devnull, "w"))  # noqa: SIM115
+        res[f"noop_{m}_s"] = round(time.monotonic() - t0, 2)
+        src = project / "src/hello.c"
+        original = src.read_text()
+        src.write_text(original.replace("return 3;", "return 3 + (argc > 99);"))
+        t0 = time.monotonic()
+        build(project, {"mode": m}, cache=ctx.cache, stream=open(os.devnull, "w"))  # noqa: SIM115
+        res[f"app_only_{m}_s"] = round(time.monotonic() - t0, 2)
+        src.write_text(original)
+        build(project, {"mode": m}, cache=ctx.cache, stream=open(os.devnull, "w"))  # noqa: SIM115
+    if cold:
+        with tempfile.TemporaryDirectory(prefix="ukl-cold-") as tmp:
+            project = Path(tmp) / "hello"
+            shutil.copytree(ctx.build("hello", "ukl").settings.project_dir, project,
+                            ignore=shutil.ignore_patterns("build"))
+            t0 = time.monotonic()
+            build(project, {"mode": "ukl"}, cache=Cache(Path(tmp) / "cache"),
+                  stream=open(os.devnull, "w"))  # noqa: SIM115
+            res["cold_ukl_s"] = round(time.monotonic() - t0, 1)
+    ctx.results["build"] = res
