@@ -19,6 +19,7 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <pthread.h>
+#include <signal.h>
 
 static int failures;
 
@@ -102,6 +103,19 @@ static void net_checks(void)
 	lfd = tcp_listener(7001);
 	check("close+bind same port", lfd >= 0, 1);
 	close(lfd);
+}
+
+/* Signals taken synchronously: the way that works in both modes. */
+static void signal_checks(void)
+{
+	sigset_t set;
+	siginfo_t info;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR1);
+	check("sigprocmask(SIG_BLOCK)", sigprocmask(SIG_BLOCK, &set, NULL), 0);
+	check("kill(self, SIGUSR1)", kill(getpid(), SIGUSR1), 0);
+	check("sigwaitinfo", sigwaitinfo(&set, &info) == SIGUSR1 && info.si_signo == SIGUSR1, 1);
 }
 
 static void file_checks(void)
@@ -224,6 +238,7 @@ int main(int argc, char **argv)
 		return failures ? 1 : 0;
 	}
 	file_checks();
+	signal_checks();
 	net_checks();
 	printf("probe: %d failures\n", failures);
 	return failures ? 1 : 0;
