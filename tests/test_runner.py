@@ -81,3 +81,21 @@ def test_auto_without_kvm_picks_tcg(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_explicit_accel_is_not_probed() -> None:
     assert choose_accel(RunOptions(accel="kvm"), io.StringIO()) == "kvm"
+
+
+def test_app_args_after_double_dash() -> None:
+    from ukl_build.runner import split_app_args
+
+    assert split_app_args(["img", "--timeout", "5"]) == (["img", "--timeout", "5"], None)
+    assert split_app_args(["img", "--", "threads", "-x"]) == (["img"], ["threads", "-x"])
+    assert split_app_args(["--"]) == ([], [])
+
+
+def test_cli_passes_app_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ukl_build import cli
+
+    seen = {}
+    image_dir(tmp_path)
+    monkeypatch.setattr(cli, "run_image", lambda d, opts: seen.setdefault("args", opts.args) and 0)
+    cli.main(["run", str(tmp_path), "--timeout", "5", "--", "threads", "2"])
+    assert seen["args"] == ["threads", "2"]

@@ -15,7 +15,13 @@ from typing import Any
 from ukl_build import __version__
 from ukl_build.cache import Cache
 from ukl_build.errors import UklError
-from ukl_build.runner import RunError, add_run_arguments, options_from_args, run_image
+from ukl_build.runner import (
+    RunError,
+    add_run_arguments,
+    options_from_args,
+    run_image,
+    split_app_args,
+)
 
 
 def _config_settings(pairs: list[str] | None) -> dict[str, str]:
@@ -156,7 +162,8 @@ def parser() -> argparse.ArgumentParser:
     with_config(b)
     b.set_defaults(func=cmd_build)
 
-    r = sub.add_parser("run", help="boot a project (building it if needed), image dir or wheel")
+    r = sub.add_parser("run", help="boot a project (building it if needed), image dir or wheel",
+                       usage="python -m ukl_build run [PATH] [options] [-- APP ARGS...]")
     r.add_argument("path", nargs="?", default=".")
     with_config(r)
     add_run_arguments(r, {"accel": None})
@@ -187,7 +194,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = parser().parse_args(argv)
+    own, app_args = split_app_args(sys.argv[1:] if argv is None else argv)
+    if app_args is not None and (not own or own[0] != "run"):
+        own, app_args = [*own, "--", *app_args], None  # "--" means something else there
+    ns = parser().parse_args(own)
+    ns.app_args = app_args
     try:
         return int(ns.func(ns))
     except UklError as e:

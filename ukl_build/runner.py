@@ -294,8 +294,19 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any])
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--cmdline", default="", help="extra kernel command line")
     parser.add_argument("--kernel-log", action="store_true", help="show the kernel's boot messages")
-    parser.add_argument("app_args", nargs="*", metavar="-- ARG",
-                        help="arguments for the app, replacing the built-in ones")
+
+
+def split_app_args(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
+    """``[options] -- app args``: the app's arguments replace the built-in ones.
+
+    Split by hand: argparse cannot give a trailing ``--`` group to a positional
+    once an earlier positional (the image path) has been matched.
+    """
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, None
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
 
 
 def options_from_args(ns: argparse.Namespace, defaults: dict[str, Any]) -> RunOptions:
@@ -303,7 +314,7 @@ def options_from_args(ns: argparse.Namespace, defaults: dict[str, Any]) -> RunOp
     return RunOptions(accel=ns.accel, machine=ns.machine, memory=ns.memory, smp=ns.smp,
                       forward=forward, timeout=ns.timeout, image=ns.image, qemu=ns.qemu,
                       extra_cmdline=ns.cmdline, kernel_log=ns.kernel_log,
-                      args=list(ns.app_args) if ns.app_args else None)
+                      args=getattr(ns, "app_args", None))
 
 
 def launcher_main(image_dir: Path, argv: Sequence[str] | None = None) -> int:
@@ -319,7 +330,10 @@ def launcher_main(image_dir: Path, argv: Sequence[str] | None = None) -> int:
         description=f"Boot {manifest.get('name', 'the app')} {manifest.get('version', '')} "
         "(a ukl-build unikernel) under QEMU.")
     add_run_arguments(parser, defaults)
-    ns = parser.parse_args(argv)
+    parser.usage = "%(prog)s [options] [-- APP ARGS...]"
+    own, app_args = split_app_args(sys.argv[1:] if argv is None else argv)
+    ns = parser.parse_args(own)
+    ns.app_args = app_args
     try:
         return run_image(image_dir, options_from_args(ns, defaults))
     except RunError as e:
