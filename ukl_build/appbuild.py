@@ -110,8 +110,10 @@ def toolchain(settings: Settings, sysroot: Path | None) -> Toolchain:
     if settings.mode == "ukl":
         # Linked at kernel addresses (top 2 GiB); interrupts in ring 0 push their
         # frames below %rsp, so no red zone; no CET landing pads or PIC.
+        # Stack-clash probes touch every page a big frame allocates, so an overflow
+        # hits the stack's guard page (and is reported as such) instead of jumping it.
         cflags += ["-mcmodel=kernel", "-mno-red-zone", "-fno-pic", "-fcf-protection=none",
-                   "-DUKL_MODE=1"]
+                   "-fstack-clash-protection", "-DUKL_MODE=1"]
         lds = runtime_dir() / "ukl" / "app.lds"
         # The "executable" of a UKL app is one relocatable object (gcc -r).
         return Toolchain(cc, (*cflags, *settings.cflags),
