@@ -42,3 +42,28 @@ def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untype
     assert "python -m ukl_build build benchmarks/apps/sysbench -C mode=user -C recipes=microvm;server" \
         in report["commands"]
     assert "ratio_ukl_over_user" in proc.stdout
+
+
+def test_report_renders_every_section() -> None:
+    from benchmarks.report import render
+
+    report = {
+        "command": "python -m benchmarks all", "rounds": 3, "commands": ["python -m ukl_build build x"],
+        "machine": {"cpus": 2, "accel": "tcg", "kernel": "6.1"},
+        "results": {
+            "syscall": {"per_call": {"getppid": {"ukl_ns": 1.0, "user_ns": 2.0,
+                                                 "ratio_ukl_over_user": 0.5}}},
+            "boot_to_first_line_s": {"ukl": 1.0, "user": 1.2, "ratio_ukl_over_user": 0.83},
+            "bzimage_bytes": {"hello-ukl": 1},
+            "httpd_min_memory_mib": {"ukl": 20},
+            "httpd": {"connections": 4, "duration_s": 5, "bodies": {"64B": {
+                "ukl_req_per_s": 2, "user_req_per_s": 1, "ratio_req_per_s_ukl_over_user": 2.0,
+                "ukl_p50_ms": 1, "ukl_p99_ms": 2, "user_p50_ms": 1, "user_p99_ms": 3}}},
+            "build": {"noop_ukl_s": 0.5},
+        },
+    }
+    md = render(report)
+    for heading in ("System calls", "Boot", "bzImage size", "Smallest guest memory", "httpd",
+                    "Rebuilds"):
+        assert f"### {heading}" in md
+    assert "| getppid | 1.0 | 2.0 | 0.5 |" in md
