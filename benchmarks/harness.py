@@ -51,15 +51,20 @@ class Context:
             if not project.exists():
                 shutil.copytree(APPS[app], project,
                                 ignore=shutil.ignore_patterns("build", "dist"))
-            cs = {"mode": mode, **settings}
-            if mode == "user":
-                # The baseline runs on the UKL kernel's configuration minus CONFIG_UKL.
-                recipes = read_recipes(project)
-                cs.setdefault("recipes", ";".join([*recipes, "server"]))
+            cs = self.config_settings(project, mode, settings)
             self.note(f"python -m ukl_build build {APPS[app].relative_to(REPO)} "
                       + " ".join(f"-C {k}={v}" for k, v in cs.items()))
             self._builds[key] = build(project, cs, cache=self.cache, stream=io.StringIO())
         return self._builds[key]
+
+    @staticmethod
+    def config_settings(project: Path, mode: str, settings: dict[str, str] | None = None
+                        ) -> dict[str, str]:
+        cs = {"mode": mode, **(settings or {})}
+        if mode == "user":
+            # The baseline runs on the UKL kernel's configuration minus CONFIG_UKL.
+            cs.setdefault("recipes", ";".join([*read_recipes(project), "server"]))
+        return cs
 
     def note(self, command: str) -> None:
         if command not in self.commands:
