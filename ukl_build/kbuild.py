@@ -127,7 +127,7 @@ class _Progress:
         self.count = 0
         self.start = time.monotonic()
         self.last_shown = 0.0
-        self.interval = 1.0 if reporter._tty else 30.0
+        self.interval = 1.0 if reporter.is_tty else 30.0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start

@@ -42,6 +42,11 @@ class Reporter:
     def elapsed(self) -> float:
         return time.monotonic() - self._start
 
+    @property
+    def is_tty(self) -> bool:
+        """Whether live progress can redraw one line (else it prints lines sparingly)."""
+        return self._tty
+
     def log(self, line: str) -> None:
         """Write a line to the log file only."""
         if self._log is not None:

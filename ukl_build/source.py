@@ -54,8 +54,7 @@ def fetch_source(
                 "(or: python -m ukl_build doctor --install, as root)",
             )
         reporter.stage("source", f"verifying {tarball} against dpkg's checksums")
-        _verify_dpkg_md5(tarball, f"linux-source-{kernel.version}")
-        sha = file_sha256(tarball)
+        sha = _verify_dpkg_md5(tarball, f"linux-source-{kernel.version}")
         origin = {"kind": "debian", "package": f"linux-source-{kernel.version}",
                   "path": str(tarball), "sha256": sha}
         tree = _tree_from_tarball(tarball, sha, cache, reporter)
@@ -116,7 +115,8 @@ def kernel_release(tree: Path) -> str:
 
 # --- verification -----------------------------------------------------------
 
-def _verify_dpkg_md5(path: Path, package: str) -> None:
+def _verify_dpkg_md5(path: Path, package: str) -> str:
+    """Check ``path`` against dpkg's md5sums list; return its sha256 (one read for both)."""
     md5sums = Path(f"/var/lib/dpkg/info/{package}.md5sums")
     if not md5sums.is_file():
         raise SourceError(
@@ -124,20 +124,24 @@ def _verify_dpkg_md5(path: Path, package: str) -> None:
             hint=f"reinstall it: apt-get install --reinstall {package}",
         )
     rel = str(path).lstrip("/")
+    expected = None
     for line in md5sums.read_text().splitlines():
         parts = line.split(None, 1)
         if len(parts) == 2 and parts[1] == rel:
-            h = hashlib.md5()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            if h.hexdigest() != parts[0]:
-                raise SourceError(
-                    f"{path}: does not match the checksum dpkg recorded for {package}",
-                    hint=f"apt-get install --reinstall {package}",
-                )
-            return
-    raise SourceError(f"{md5sums}: no entry for {path}")
+            expected = parts[0]
+    if expected is None:
+        raise SourceError(f"{md5sums}: no entry for {path}")
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            md5.update(chunk)
+            sha.update(chunk)
+    if md5.hexdigest() != expected:
+        raise SourceError(
+            f"{path}: does not match the checksum dpkg recorded for {package}",
+            hint=f"apt-get install --reinstall {package}",
+        )
+    return sha.hexdigest()
 
 
 # --- kinds ------------------------------------------------------------------
