@@ -18,6 +18,7 @@ from ukl_build.errors import UklError
 from ukl_build.runner import (
     RunError,
     add_run_arguments,
+    load_manifest,
     options_from_args,
     run_image,
     split_app_args,
@@ -70,7 +71,7 @@ def _image_dir_for(path: Path, ns: argparse.Namespace, tmp: Path) -> Path:
 def cmd_run(ns: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ukl-run-") as tmp:
         image_dir = _image_dir_for(Path(ns.path), ns, Path(tmp))
-        manifest = json.loads((image_dir / "manifest.json").read_text())
+        manifest = load_manifest(image_dir)
         defaults = manifest.get("run", {})
         if ns.accel is None:
             ns.accel = defaults.get("accel", "tcg")
@@ -102,7 +103,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
             if not (path / "manifest.json").is_file():
                 raise UklError(f"{ns.path}: not built yet", hint=f"python -m ukl_build build {ns.path}")
         image_dir = _image_dir_for(path, ns, Path(tmp))
-        manifest: dict[str, Any] = json.loads((image_dir / "manifest.json").read_text())
+        manifest: dict[str, Any] = load_manifest(image_dir)
     if ns.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
         return 0
