@@ -59,16 +59,17 @@ class Builds:
     def __init__(self, cache: Cache, tmp: pytest.TempPathFactory) -> None:
         self.cache = cache
         self.tmp = tmp
-        self.results: dict[tuple[str, str], BuildResult] = {}
+        self.results: dict[tuple[str, ...], BuildResult] = {}
 
-    def __call__(self, name: str, mode: str) -> BuildResult:
-        if (name, mode) not in self.results:
+    def __call__(self, name: str, mode: str, **settings: str) -> BuildResult:
+        key = (name, mode, *(f"{k}={v}" for k, v in sorted(settings.items())))
+        if key not in self.results:
             src = EXAMPLES / name if (EXAMPLES / name).is_dir() else TEST_APPS / name
-            dest = self.tmp.mktemp(f"{name}-{mode}")
+            dest = self.tmp.mktemp("-".join(key))
             project = dest / name
             shutil.copytree(src, project, ignore=shutil.ignore_patterns("build", "dist"))
-            self.results[(name, mode)] = build(project, {"mode": mode}, cache=self.cache)
-        return self.results[(name, mode)]
+            self.results[key] = build(project, {"mode": mode, **settings}, cache=self.cache)
+        return self.results[key]
 
 
 @pytest.fixture(scope="session")

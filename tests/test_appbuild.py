@@ -108,3 +108,29 @@ def test_ukl_undefined_symbol_is_named(tmp_path: Path, patched_tree, cache) -> N
     src = "int missing_function(void);\nint main(void) { return missing_function(); }\n"
     with pytest.raises(BuildError, match="undefined symbols after linking with nolibc: missing_function"):
         build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', source=src, mode="ukl")
+
+
+SHORTCUT_APP = r"""
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+int main(void)
+{
+    char b[8];
+    long n = syscall(__NR_getpid, 0, 0, 0, 0, 0, 0);   /* a number known only at run time */
+    return getppid() + read(0, b, 1) + write(1, b, 1) + send(1, b, 1, 0) + recv(0, b, 1, 0) + n;
+}
+"""
+
+
+def test_ukl_shortcuts_bind_the_kernels_direct_entry_points(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    archive = build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]\nshortcuts = true',
+                    source=SHORTCUT_APP, mode="ukl")
+    assert _nm(archive, "-u") == {"ukl_syscall", "ukl_sc_getppid", "ukl_sc_read", "ukl_sc_write",
+                                  "ukl_sc_sendto", "ukl_sc_recvfrom"}
+    # Without the switch, the same source calls only the generic bridge.
+    (tmp_path / "plain").mkdir()
+    plain = build(tmp_path / "plain", patched_tree, cache, 'sources = ["src/app.c"]',
+                  source=SHORTCUT_APP, mode="ukl")
+    assert _nm(plain, "-u") == {"ukl_syscall"}

@@ -72,6 +72,26 @@ def test_every_runtime_wrapper_gives_the_same_results_in_both_modes(builds: Buil
     assert rc_user == 0 and rc_ukl == 0, (err_user, err_ukl)
 
 
+def test_shortcuts_give_the_same_results_as_user_mode(builds: Builds) -> None:
+    plain = builds("probe", "ukl")
+    shortcuts = builds("probe", "ukl", shortcuts="true")
+    assert shortcuts.images.manifest["app"]["shortcuts"] is True
+    assert plain.images.manifest["app"]["shortcuts"] is False
+    # The same kernel objects: only the app archive differs, vmlinux is relinked.
+    assert shortcuts.kernel.build_dir == plain.kernel.build_dir
+    assert shortcuts.images.manifest["app"]["sha256"] != plain.images.manifest["app"]["sha256"]
+    rc_user, out_user, err_user = run(builds("probe", "user").images.directory)
+    rc, out, err = run(shortcuts.images.directory)
+    assert "read(socket): ok" in out and "recv(udp, empty datagram): ok" in out, out + err
+    assert _probe_lines(out) == _probe_lines(out_user), (out, out_user)
+    assert "FAIL" not in out and rc == 0 and rc_user == 0, (out, err, err_user)
+
+
+def test_httpd_serves_with_shortcuts(builds: Builds) -> None:
+    # read()/write() on the connections go straight to tcp_recvmsg()/tcp_sendmsg().
+    check_httpd(builds("httpd", "ukl", shortcuts="true").images.directory, requests=400)
+
+
 @pytest.mark.parametrize("mode", ["user", "ukl"])
 def test_threads_with_syscalls_and_fp_math_on_2_vcpus(builds: Builds, mode: str) -> None:
     rc, out, err = run(builds("probe", mode).images.directory, "--smp", "2", "--", "threads",

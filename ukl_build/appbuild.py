@@ -31,7 +31,9 @@ _IGNORE = shutil.ignore_patterns("build", "dist", ".git", "__pycache__", "*.whl"
 
 
 # Symbols of the app that must bind to the kernel: app-side name -> kernel name.
-UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_thread"}
+UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_thread",
+              **{f"__ukl_sc_{c}": f"ukl_sc_{c}" for c in ("getppid", "read", "write", "sendto",
+                                                         "recvfrom")}}
 UKL_PREFIX = "ukl_"
 
 
@@ -114,6 +116,8 @@ def toolchain(settings: Settings, sysroot: Path | None) -> Toolchain:
         # hits the stack's guard page (and is reported as such) instead of jumping it.
         cflags += ["-mcmodel=kernel", "-mno-red-zone", "-fno-pic", "-fcf-protection=none",
                    "-fstack-clash-protection", "-DUKL_MODE=1"]
+        if settings.shortcuts:  # see runtime/ukl/arch.h and kernel patch "shortcut entry points"
+            cflags.append("-DUKL_SHORTCUTS=1")
         lds = runtime_dir() / "ukl" / "app.lds"
         # The "executable" of a UKL app is one relocatable object (gcc -r).
         return Toolchain(cc, (*cflags, *settings.cflags),

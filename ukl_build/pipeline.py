@@ -103,8 +103,11 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
            reporter: Reporter) -> BuildResult:
     sde = source_date_epoch()
     env = reproducible_env(cache, sde)
-    reporter.stage("config", f"{settings.name} {settings.version}: mode {settings.mode}, "
+    shortcuts = " + shortcuts" if settings.shortcuts and settings.mode == "ukl" else ""
+    reporter.stage("config", f"{settings.name} {settings.version}: mode {settings.mode}{shortcuts}, "
                    f"cache {cache.root}")
+    if settings.shortcuts and settings.mode != "ukl":
+        reporter.stage("config", "shortcuts = true has no effect in user mode")
     tree = prepare_tree(settings, cache, reporter)
     recipes = list(settings.recipes)
     if settings.mode == "ukl" and "ukl" not in recipes:

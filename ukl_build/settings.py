@@ -112,6 +112,12 @@ class Settings:
         '"glibc" (static, user mode only).',
         default="nolibc",
     )
+    shortcuts: bool = _doc(
+        "UKL mode: the app calls the kernel's direct entry points for getppid, read, write, "
+        "send and recv (on a socket straight to the protocol, skipping the file layer) "
+        "instead of the generic system call bridge. No effect in user mode.",
+        default=False,
+    )
     sources: list[str] = _doc("C sources of the app, relative to the project.", default_factory=list)
     make: MakeSettings | None = _doc("Build the app with make instead.", default=None)
     cmake: CMakeSettings | None = _doc("Build the app with CMake + Ninja instead.", default=None)

@@ -32,4 +32,34 @@ long __ukl_syscall(long nr, long a1, long a2, long a3, long a4, long a5, long a6
 #define my_syscall6(n, a, b, c, d, e, f) \
 	__ukl_syscall((long)(n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f))
 
+/*
+ * Shortcuts (built with -DUKL_SHORTCUTS, [tool.ukl-build] shortcuts = true):
+ * the hottest calls go to the kernel's direct entry points instead of
+ * ukl_syscall().  nolibc passes the call number as a constant, so each test
+ * below folds at compile time and a call site names one function.
+ */
+#ifdef UKL_SHORTCUTS
+long __ukl_sc_getppid(void);
+long __ukl_sc_read(long fd, long buf, long count);
+long __ukl_sc_write(long fd, long buf, long count);
+long __ukl_sc_sendto(long fd, long buf, long len, long flags, long addr, long addrlen);
+long __ukl_sc_recvfrom(long fd, long buf, long len, long flags, long addr, long addrlen);
+
+#undef my_syscall0
+#define my_syscall0(n) ((n) == __NR_getppid ? __ukl_sc_getppid() :			\
+			__ukl_syscall((long)(n), 0, 0, 0, 0, 0, 0))
+#undef my_syscall3
+#define my_syscall3(n, a, b, c)							\
+	((n) == __NR_read ? __ukl_sc_read((long)(a), (long)(b), (long)(c)) :		\
+	 (n) == __NR_write ? __ukl_sc_write((long)(a), (long)(b), (long)(c)) :		\
+	 __ukl_syscall((long)(n), (long)(a), (long)(b), (long)(c), 0, 0, 0))
+#undef my_syscall6
+#define my_syscall6(n, a, b, c, d, e, f)						\
+	((n) == __NR_sendto ?								\
+	 __ukl_sc_sendto((long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f)) : \
+	 (n) == __NR_recvfrom ?								\
+	 __ukl_sc_recvfrom((long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f)) : \
+	 __ukl_syscall((long)(n), (long)(a), (long)(b), (long)(c), (long)(d), (long)(e), (long)(f)))
+#endif
+
 #endif /* _UKL_NOLIBC_ARCH_H */

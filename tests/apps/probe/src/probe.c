@@ -92,11 +92,40 @@ static void net_checks(void)
 	iov[1].iov_len = 8;
 	check("readv", readv(cfd, iov, 2) == 4 && !memcmp(buf, "abcd", 4), 1);
 	check("recv(EAGAIN)", recv(sfd, buf, sizeof(buf), MSG_DONTWAIT) == -1 && errno == EAGAIN, 1);
+	/* read()/write() on sockets: the paths UKL shortcuts take straight to TCP */
+	check("read(socket, EAGAIN)", read(sfd, buf, sizeof(buf)) == -1 && errno == EAGAIN, 1);
+	check("write(socket)", write(cfd, "pong", 4), 4);
+	check("write(socket, 0 bytes)", write(cfd, buf, 0), 0);
+	check("read(socket, 0 bytes)", read(sfd, buf, 0), 0);
+	check("epoll_wait(pong)", epoll_wait(ep, out, 4, 1000), 1);
+	check("read(socket)", read(sfd, buf, sizeof(buf)) == 4 && !memcmp(buf, "pong", 4), 1);
+	check("read(EBADF)", read(999, buf, 1) == -1 && errno == EBADF, 1);
+	check("send(ENOTSOCK)", send(ep, "x", 1, 0) == -1 && errno == ENOTSOCK, 1);
 	check("shutdown", shutdown(cfd, SHUT_WR), 0);
 	check("read(EOF)", read(sfd, buf, sizeof(buf)), 0);
 	close(cfd);
 	close(sfd);
 	close(ep);
+
+	/* UDP: sendto()/recvfrom() with addresses, and an empty datagram */
+	{
+		struct sockaddr_in ua = { .sin_family = AF_INET, .sin_port = htons(7002) };
+		struct sockaddr_in from;
+		int u1 = socket(AF_INET, SOCK_DGRAM, 0), u2 = socket(AF_INET, SOCK_DGRAM, 0);
+
+		inet_pton4("127.0.0.1", &ua.sin_addr);
+		check("udp bind", bind(u1, (struct sockaddr *)&ua, sizeof(ua)), 0);
+		check("sendto(udp)", sendto(u2, "dgram", 5, 0, (struct sockaddr *)&ua, sizeof(ua)), 5);
+		len = sizeof(from);
+		check("recvfrom(udp)", recvfrom(u1, buf, sizeof(buf), 0, (struct sockaddr *)&from, &len)
+		      == 5 && !memcmp(buf, "dgram", 5) && len == sizeof(from) &&
+		      from.sin_family == AF_INET, 1);
+		check("connect(udp)", connect(u2, (struct sockaddr *)&ua, sizeof(ua)), 0);
+		check("write(udp, 0 bytes)", write(u2, buf, 0), 0);
+		check("recv(udp, empty datagram)", recv(u1, buf, sizeof(buf), 0), 0);
+		close(u1);
+		close(u2);
+	}
 
 	/* The final fput() of close() runs as task_work: the port must be free again. */
 	close(lfd);
