@@ -47,7 +47,7 @@ class Context:
     def build(self, app: str, mode: str, **settings: str) -> BuildResult:
         key = (app, mode, tuple(sorted(settings.items())))
         if key not in self._builds:
-            project = self.work / f"{app}-{mode}"
+            project = self.work / "-".join([app, mode, *(f"{k}={v}" for k, v in key[2])])
             if not project.exists():
                 shutil.copytree(APPS[app], project,
                                 ignore=shutil.ignore_patterns("build", "dist"))

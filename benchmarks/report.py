@@ -18,18 +18,36 @@ def render(report: dict[str, Any]) -> str:
            f"{report['machine']['accel']}, host kernel {report['machine']['kernel']}).", ""]
     if "syscall" in r:
         out += ["### System calls (ns per call, same kernel configuration but CONFIG_UKL)", "",
-                "| call | UKL | user | UKL/user |", "|---|---:|---:|---:|"]
+                "| call | UKL | UKL + shortcuts | user | UKL/user | shortcuts/user |",
+                "|---|---:|---:|---:|---:|---:|"]
         for name, row in r["syscall"]["per_call"].items():
-            out.append(f"| {name} | {row['ukl_ns']} | {row['user_ns']} | "
-                       f"{row['ratio_ukl_over_user']} |")
+            out.append(f"| {name} | {row['ukl_ns']} | {row.get('shortcuts_ns', 'n/a')} | "
+                       f"{row['user_ns']} | {row['ratio_ukl_over_user']} | "
+                       f"{row.get('ratio_shortcuts_over_user', 'n/a')} |")
         out.append("")
+        rows = {k: v for k, v in r["syscall"]["per_call"].items() if "ukl_instructions" in v}
+        if rows:
+            out += ["Guest instructions per call (`-icount shift=0`: exact, noise-free; a "
+                    "`syscall`/`sysret` counts as one instruction whatever it costs):", "",
+                    "| call | UKL | UKL + shortcuts | user | UKL/user | shortcuts/user |",
+                    "|---|---:|---:|---:|---:|---:|"]
+            out += [f"| {k} | {v['ukl_instructions']} | {v['shortcuts_instructions']} | "
+                    f"{v['user_instructions']} | {v['instructions_ratio_ukl_over_user']} | "
+                    f"{v['instructions_ratio_shortcuts_over_user']} |" for k, v in rows.items()]
+            out.append("")
     if "boot_to_first_line_s" in r:
         b = r["boot_to_first_line_s"]
+        labels = {"ukl": "UKL, bzImage", "user": "user mode, bzImage",
+                  "ukl-pvh": "UKL, vmlinux direct boot (PVH)",
+                  "debian-cloud": "Debian cloud kernel, vmlinuz, same /init",
+                  "debian-cloud-pvh": "Debian cloud kernel, vmlinux direct boot, same /init"}
         out += ["### Boot: QEMU start to the app's first line (s)", "",
-                "| UKL | user | Debian cloud kernel, same /init | UKL/user | UKL/cloud |",
-                "|---:|---:|---:|---:|---:|",
-                f"| {b['ukl']} | {b['user']} | {b.get('debian-cloud')} | "
-                f"{b['ratio_ukl_over_user']} | {b.get('ratio_ukl_over_debian_cloud', 'n/a')} |", ""]
+                "| kernel | s |", "|---|---:|"]
+        out += [f"| {label} | {b[k]} |" for k, label in labels.items() if k in b]
+        out += ["", "| ratio | |", "|---|---:|"]
+        out += [f"| {k.removeprefix('ratio_').replace('_over_', ' / ')} | {v} |"
+                for k, v in b.items() if k.startswith("ratio_")]
+        out.append("")
     if "bzimage_bytes" in r:
         out += ["### bzImage size (bytes)", "", "| image | bytes |", "|---|---:|"]
         out += [f"| {k} | {v} |" for k, v in r["bzimage_bytes"].items()]
@@ -43,12 +61,16 @@ def render(report: dict[str, Any]) -> str:
         h = r["httpd"]
         out += [f"### httpd, keep-alive, {h['connections']} connections, {h['duration_s']} s per "
                 "sample", "",
-                "| body | UKL req/s | user req/s | UKL/user | UKL p50/p99 ms | user p50/p99 ms |",
-                "|---|---:|---:|---:|---:|---:|"]
+                "| body | UKL req/s | shortcuts req/s | user req/s | UKL/user | shortcuts/user "
+                "| p50/p99 ms UKL | shortcuts | user |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for body, row in h["bodies"].items():
-            out.append(f"| {body} | {row['ukl_req_per_s']} | {row['user_req_per_s']} | "
-                       f"{row['ratio_req_per_s_ukl_over_user']} | {row['ukl_p50_ms']} / "
-                       f"{row['ukl_p99_ms']} | {row['user_p50_ms']} / {row['user_p99_ms']} |")
+            def lat(m: str, row: dict[str, Any] = row) -> str:
+                return f"{row[f'{m}_p50_ms']} / {row[f'{m}_p99_ms']}" if f"{m}_p50_ms" in row else "n/a"
+            out.append(f"| {body} | {row['ukl_req_per_s']} | {row.get('shortcuts_req_per_s', 'n/a')} "
+                       f"| {row['user_req_per_s']} | {row['ratio_req_per_s_ukl_over_user']} | "
+                       f"{row.get('ratio_req_per_s_shortcuts_over_user', 'n/a')} | {lat('ukl')} | "
+                       f"{lat('shortcuts')} | {lat('user')} |")
         out.append("")
     if "build" in r:
         out += ["### Rebuilds (s)", "", "| what | s |", "|---|---:|"]

@@ -19,29 +19,54 @@ from ukl_build.cache import Cache
 from ukl_build.pipeline import build, initramfs_list
 
 MODES = ("ukl", "user")
+# The variants the speed comparisons run: name -> (mode, extra settings).
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "ukl": ("ukl", {}),
+    "shortcuts": ("ukl", {"shortcuts": "true"}),
+    "user": ("user", {}),
+}
+
+
+def _variant_builds(ctx: Context, app: str) -> dict[str, Any]:
+    return {name: ctx.build(app, mode, **extra) for name, (mode, extra) in VARIANTS.items()}
 
 
 def syscall(ctx: Context, iterations: int) -> None:
-    """ns per call of cheap system calls, UKL vs user mode on the same kernel config."""
-    images = {m: ctx.build("sysbench", m).images for m in MODES}
+    """ns per call of cheap system calls: UKL, UKL with shortcuts, user mode, one kernel config."""
+    images = {name: r.images for name, r in _variant_builds(ctx, "sysbench").items()}
 
-    def sample(mode: str) -> dict[str, float]:
-        status, out = run_capture(images[mode].directory,
-                                  ctx.options(args=[str(iterations)], timeout=600))
+    def sample(name: str, n: int = iterations, icount: bool = False) -> dict[str, float]:
+        # With -icount shift=0 the guest clock advances 1 ns per guest instruction,
+        # so the app's "ns per call" is instructions per call: exact, and immune to
+        # the host's noise (but blind to what an instruction costs: a syscall counts 1).
+        opts = ctx.options(args=[str(n)], timeout=900,
+                           qemu_args=["-icount", "shift=0"] if icount else [])
+        status, out = run_capture(images[name].directory, opts)
         if status != 0:
-            raise RuntimeError(f"sysbench ({mode}) failed: {out[-2000:]}")
+            raise RuntimeError(f"sysbench ({name}) failed: {out[-2000:]}")
         return {m.group(1): int(m.group(2)) / 1000.0
                 for m in re.finditer(r"bench (\S+) (\d+)", out)}
 
     ctx.note(f"python -m ukl_build run <sysbench image> --accel {ctx.accel} -- {iterations}")
-    samples = alternate({m: (lambda m=m: sample(m)) for m in MODES}, ctx.rounds)
+    samples = alternate({name: (lambda name=name: sample(name)) for name in VARIANTS}, ctx.rounds)
+    counted = max(iterations // 10, 100)
+    ctx.note(f"python -m ukl_build run <sysbench image> --accel tcg --qemu-arg=-icount "
+             f"--qemu-arg=shift=0 -- {counted}")
+    instructions = {name: sample(name, counted, icount=True) for name in VARIANTS}
     table = {}
     for bench in samples["ukl"][0]:
-        ukl = median(s[bench] for s in samples["ukl"])
-        user = median(s[bench] for s in samples["user"])
-        table[bench] = {"ukl_ns": round(ukl, 1), "user_ns": round(user, 1),
-                        "ratio_ukl_over_user": round(ukl / user, 3)}
-    ctx.results["syscall"] = {"iterations": iterations, "rounds": ctx.rounds, "per_call": table}
+        ns = {name: median(s[bench] for s in samples[name]) for name in VARIANTS}
+        insn = {name: instructions[name][bench] for name in VARIANTS}
+        table[bench] = {**{f"{name}_ns": round(v, 1) for name, v in ns.items()},
+                        "ratio_ukl_over_user": round(ns["ukl"] / ns["user"], 3),
+                        "ratio_shortcuts_over_user": round(ns["shortcuts"] / ns["user"], 3),
+                        "ratio_shortcuts_over_ukl": round(ns["shortcuts"] / ns["ukl"], 3),
+                        **{f"{name}_instructions": round(v) for name, v in insn.items()},
+                        "instructions_ratio_ukl_over_user": round(insn["ukl"] / insn["user"], 3),
+                        "instructions_ratio_shortcuts_over_user":
+                            round(insn["shortcuts"] / insn["user"], 3)}
+    ctx.results["syscall"] = {"iterations": iterations, "icount_iterations": counted,
+                              "rounds": ctx.rounds, "per_call": table}
 
 
 def _debian_cloud_kernel() -> Path | None:
@@ -64,27 +89,62 @@ def _initramfs_cpio(result: Any, dest: Path) -> Path:
     return dest
 
 
+# Compressed-kernel magics in a bzImage/vmlinuz, and the tool that inflates each.
+_PAYLOADS = ((b"\x02\x21\x4c\x18", ["lz4", "-dc"]), (b"\x28\xb5\x2f\xfd", ["zstd", "-dcq"]),
+             (b"\xfd7zXZ\x00", ["xz", "-dcq"]), (b"\x1f\x8b\x08", ["gzip", "-dcq"]))
+
+
+def extract_vmlinux(vmlinuz: Path, dest: Path) -> Path | None:
+    """The ELF kernel inside a compressed kernel image (as the tree's scripts/extract-vmlinux)."""
+    data = vmlinuz.read_bytes()
+    for magic, tool in _PAYLOADS:
+        if shutil.which(tool[0]) is None:
+            continue
+        pos = data.find(magic)
+        while pos >= 0:
+            out = subprocess.run(tool, input=data[pos:], capture_output=True).stdout  # trailing bytes
+            if out.startswith(b"\x7fELF"):
+                dest.write_bytes(out)
+                return dest
+            pos = data.find(magic, pos + 1)
+    return None
+
+
 def boot(ctx: Context) -> None:
-    """QEMU start to the app's first line: UKL, user mode, Debian's cloud kernel + same /init."""
+    """QEMU start to the app's first line: UKL and user mode, bzImage and direct-boot (PVH)
+    vmlinux, against Debian's cloud kernel with the same /init booted both ways."""
     hello = {m: ctx.build("hello", m) for m in MODES}
+    # The pvh format adds nothing to a microvm kernel's configuration: same kernel, vmlinux exported.
+    pvh = ctx.build("hello", "ukl", formats="bzimage;pvh")
     pattern = r"Hello, .* from a unikernel"
     variants = {m: (lambda m=m: boot_to_line(hello[m].images.directory, hello[m].images.manifest,
                                              ctx.options(), pattern)) for m in MODES}
+    variants["ukl-pvh"] = lambda: boot_to_line(pvh.images.directory, pvh.images.manifest,
+                                               ctx.options(image="pvh"), pattern)
     cloud = _debian_cloud_kernel()
     tmp = Path(tempfile.mkdtemp(prefix="ukl-bench-"))
+    res: dict[str, Any] = {}
     if cloud is not None:
         cpio = _initramfs_cpio(hello["user"], tmp / "initramfs.cpio")
         user = hello["user"].images
-        variants["debian-cloud"] = lambda: boot_to_line(
-            user.directory, user.manifest, ctx.options(), pattern, kernel=cloud, initrd=cpio,
-            extra_append="rdinit=/init panic=-1")
+        for name, kernel in (("debian-cloud", cloud),
+                             ("debian-cloud-pvh", extract_vmlinux(cloud, tmp / "vmlinux"))):
+            if kernel is None:
+                res[name] = "could not extract vmlinux (needs lz4/zstd/xz/gzip)"
+                continue
+            variants[name] = lambda kernel=kernel: boot_to_line(
+                user.directory, user.manifest, ctx.options(), pattern, kernel=kernel, initrd=cpio,
+                extra_append="rdinit=/init panic=-1")
     samples = alternate(variants, ctx.rounds)
-    res: dict[str, Any] = {name: round(median(v), 3) for name, v in samples.items()}
+    res.update({name: round(median(v), 3) for name, v in samples.items()})
     res["ratio_ukl_over_user"] = round(res["ukl"] / res["user"], 3)
-    if cloud is not None:
+    if "debian-cloud" in samples:
         res["ratio_ukl_over_debian_cloud"] = round(res["ukl"] / res["debian-cloud"], 3)
+        res["ratio_ukl_pvh_over_debian_cloud"] = round(res["ukl-pvh"] / res["debian-cloud"], 3)
         res["debian_cloud_kernel"] = str(cloud)
-    else:
+    if "debian-cloud-pvh" in samples:
+        res["ratio_ukl_pvh_over_debian_cloud_pvh"] = round(res["ukl-pvh"] / res["debian-cloud-pvh"], 3)
+    if cloud is None:
         res["debian-cloud"] = "not installed (apt-get install linux-image-cloud-amd64)"
     ctx.results["boot_to_first_line_s"] = res
     shutil.rmtree(tmp, ignore_errors=True)
@@ -180,35 +240,36 @@ def _load(port: int, path: str, connections: int, duration: float) -> dict[str, 
 
 
 def httpd(ctx: Context, duration: float, connections: int, sizes: list[int]) -> None:
-    """Keep-alive requests/s and latency through the forwarded port, UKL vs user mode."""
-    results = {m: ctx.build("httpd", m) for m in MODES}
-    ports = {m: _free_port() for m in MODES}
+    """Keep-alive requests/s and latency through the forwarded port: UKL, shortcuts, user mode."""
+    results = _variant_builds(ctx, "httpd")
+    ports = {m: _free_port() for m in VARIANTS}
     threads = {}
-    for m in MODES:  # both VMs up at once; the load alternates between them
+    for m in VARIANTS:  # all VMs up at once; the load alternates between them
         opts = ctx.options(forward=[f"{ports[m]}:8080"], timeout=duration * 4 * len(sizes)
                            * ctx.rounds + 120)
         threads[m] = threading.Thread(target=run_capture, args=(results[m].images.directory, opts),
                                       daemon=True)
         threads[m].start()
     try:
-        for m in MODES:
+        for m in VARIANTS:
             _wait_http(ports[m])
         table: dict[str, Any] = {}
         for size in sizes:
             samples = alternate({m: (lambda m=m, size=size: _load(ports[m], f"/bytes/{size}",
                                                                   connections, duration))
-                                 for m in MODES}, ctx.rounds)
+                                 for m in VARIANTS}, ctx.rounds)
             row = {}
-            for m in MODES:
+            for m in VARIANTS:
                 for k in ("req_per_s", "p50_ms", "p99_ms"):
                     row[f"{m}_{k}"] = round(median(s[k] for s in samples[m]), 2)
-            row["ratio_req_per_s_ukl_over_user"] = round(row["ukl_req_per_s"]
-                                                         / row["user_req_per_s"], 3)
+            for m in ("ukl", "shortcuts"):
+                row[f"ratio_req_per_s_{m}_over_user"] = round(row[f"{m}_req_per_s"]
+                                                              / row["user_req_per_s"], 3)
             table[f"{size}B"] = row
         ctx.results["httpd"] = {"connections": connections, "duration_s": duration,
                                 "rounds": ctx.rounds, "bodies": table}
     finally:
-        for m in MODES:
+        for m in VARIANTS:
             _stop_vms(ports[m])
 
 

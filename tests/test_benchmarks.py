@@ -37,6 +37,13 @@ def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untype
     res = report["results"]
     getppid = res["syscall"]["per_call"]["getppid"]
     assert getppid["ukl_ns"] > 0 and getppid["user_ns"] > 0 and getppid["ratio_ukl_over_user"] > 0
+    assert getppid["shortcuts_ns"] > 0 and getppid["ratio_shortcuts_over_user"] > 0
+    # Instruction counts (-icount) are exact: the shortcut runs fewer than the syscall path.
+    assert 0 < getppid["shortcuts_instructions"] < getppid["ukl_instructions"] \
+        < getppid["user_instructions"]
+    assert res["boot_to_first_line_s"]["ukl-pvh"] > 0
+    assert "python -m ukl_build build benchmarks/apps/sysbench -C mode=ukl -C shortcuts=true" \
+        in report["commands"]
     assert res["boot_to_first_line_s"]["ukl"] > 0 and res["boot_to_first_line_s"]["user"] > 0
     # the user-mode baseline runs on the UKL configuration minus CONFIG_UKL
     assert "python -m ukl_build build benchmarks/apps/sysbench -C mode=user -C recipes=microvm;server" \
@@ -51,8 +58,9 @@ def test_report_renders_every_section() -> None:
         "command": "python -m benchmarks all", "rounds": 3, "commands": ["python -m ukl_build build x"],
         "machine": {"cpus": 2, "accel": "tcg", "kernel": "6.1"},
         "results": {
-            "syscall": {"per_call": {"getppid": {"ukl_ns": 1.0, "user_ns": 2.0,
-                                                 "ratio_ukl_over_user": 0.5}}},
+            "syscall": {"per_call": {"getppid": {"ukl_ns": 1.0, "shortcuts_ns": 0.2, "user_ns": 2.0,
+                                                 "ratio_ukl_over_user": 0.5,
+                                                 "ratio_shortcuts_over_user": 0.1}}},
             "boot_to_first_line_s": {"ukl": 1.0, "user": 1.2, "ratio_ukl_over_user": 0.83},
             "bzimage_bytes": {"hello-ukl": 1},
             "httpd_min_memory_mib": {"ukl": 20},
@@ -66,4 +74,4 @@ def test_report_renders_every_section() -> None:
     for heading in ("System calls", "Boot", "bzImage size", "Smallest guest memory", "httpd",
                     "Rebuilds"):
         assert f"### {heading}" in md
-    assert "| getppid | 1.0 | 2.0 | 0.5 |" in md
+    assert "| getppid | 1.0 | 0.2 | 2.0 | 0.5 | 0.1 |" in md

@@ -99,3 +99,10 @@ def test_cli_passes_app_args(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(cli, "run_image", lambda d, opts: seen.setdefault("args", opts.args) and 0)
     cli.main(["run", str(tmp_path), "--timeout", "5", "--", "threads", "2"])
     assert seen["args"] == ["threads", "2"]
+
+
+def test_extra_qemu_args_come_last(tmp_path: Path) -> None:
+    d = image_dir(tmp_path)
+    argv = qemu_argv(json.loads((d / "manifest.json").read_text()), d,
+                     RunOptions(qemu_args=["-icount", "shift=0"]), "tcg")
+    assert argv[-2:] == ["-icount", "shift=0"]

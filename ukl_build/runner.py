@@ -58,6 +58,7 @@ class RunOptions:
     extra_cmdline: str = ""
     kernel_log: bool = False
     args: list[str] | None = None  # replaces the manifest's app arguments
+    qemu_args: list[str] = field(default_factory=list)  # appended to QEMU's command line
 
 
 class RunError(Exception):
@@ -172,7 +173,7 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
         fwds = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}"
                        for h, g in (_split_forward(f) for f in opts.forward))
         argv += ["-netdev", f"user,id=n0{fwds}", *nic]
-    return argv
+    return argv + list(opts.qemu_args)
 
 
 def _split_forward(spec: str) -> tuple[int, int]:
@@ -294,6 +295,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any])
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--cmdline", default="", help="extra kernel command line")
     parser.add_argument("--kernel-log", action="store_true", help="show the kernel's boot messages")
+    parser.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
+                        help="append ARG to QEMU's command line (repeatable), e.g. "
+                             "--qemu-arg=-icount --qemu-arg=shift=0")
 
 
 def split_app_args(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
@@ -314,7 +318,7 @@ def options_from_args(ns: argparse.Namespace, defaults: dict[str, Any]) -> RunOp
     return RunOptions(accel=ns.accel, machine=ns.machine, memory=ns.memory, smp=ns.smp,
                       forward=forward, timeout=ns.timeout, image=ns.image, qemu=ns.qemu,
                       extra_cmdline=ns.cmdline, kernel_log=ns.kernel_log,
-                      args=getattr(ns, "app_args", None))
+                      args=getattr(ns, "app_args", None), qemu_args=list(ns.qemu_arg))
 
 
 def launcher_main(image_dir: Path, argv: Sequence[str] | None = None) -> int:
