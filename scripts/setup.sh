@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(gcc make flex bison bc cpio perl patch xz-utils binutils libelf-dev libssl-dev
+PACKAGES=(gcc make flex bison bc cpio perl patch xz-utils zstd binutils libelf-dev libssl-dev
           git ccache qemu-system-x86 linux-source-6.1 python3-venv procps)
 
 missing=()

@@ -21,7 +21,7 @@ class Check:
 
 
 DEBIAN_PACKAGES = ("gcc", "make", "flex", "bison", "bc", "cpio", "perl", "patch", "xz-utils",
-                   "libelf-dev", "libssl-dev", "git", "ccache", "qemu-system-x86",
+                   "zstd", "libelf-dev", "libssl-dev", "git", "ccache", "qemu-system-x86",
                    "linux-source-6.1")
 
 
@@ -32,7 +32,7 @@ def checks(kernel_version: str = "6.1") -> list[Check]:
     return [
         tool("gcc", "gcc"), tool("make", "make"), tool("flex", "flex"), tool("bison", "bison"),
         tool("bc", "bc"), tool("cpio", "cpio"), tool("perl", "perl"), tool("patch", "patch"),
-        tool("xz", "xz-utils"), tool("readelf", "binutils"),
+        tool("xz", "xz-utils"), tool("zstd", "zstd"), tool("readelf", "binutils"),
         Check("libelf headers (objtool)", Path("/usr/include/gelf.h").is_file(), "libelf-dev"),
         Check("openssl headers", Path("/usr/include/openssl/ssl.h").is_file(), "libssl-dev"),
         tool("git", "git", optional=True),
