@@ -1,4 +1,4 @@
-"""python -m benchmarks.profile IMAGE_DIR VMLINUX [--interval S] [--until REGEX] [-- APP ARGS]
+"""python -m benchmarks.profile IMAGE_DIR [VMLINUX] [--interval S] [--until REGEX] [-- APP ARGS]
 
 A guest profiler that needs nothing in the guest: while the VM runs, ask
 QEMU's monitor for the vCPU's registers every --interval seconds, map each
@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile",
                                 description=__doc__.split("\n\n")[1])
     p.add_argument("image_dir", type=Path)
-    p.add_argument("vmlinux", type=Path, help="the vmlinux of that image (symbol table)")
+    p.add_argument("vmlinux", type=Path, nargs="?",
+                   help="the vmlinux of that image, for its symbols (default: the image's pvh "
+                        "format, which builds with formats = [\"bzimage\", \"pvh\"])")
     p.add_argument("--interval", type=float, default=0.002, help="seconds between samples")
     p.add_argument("--until", help="stop at the first console line matching this regex")
     p.add_argument("--timeout", type=float, default=60.0)
@@ -167,8 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25)
     ns = p.parse_args(args)
     opts = RunOptions(memory=ns.memory, extra_cmdline=ns.cmdline, kernel_log=True, args=app_args)
+    vmlinux = ns.vmlinux
+    if vmlinux is None:
+        pvh = load_manifest(ns.image_dir).get("images", {}).get("pvh")
+        if pvh is None:
+            p.error("no vmlinux given and the image has no pvh format (build with "
+                    "-C formats=\"bzimage;pvh\")")
+        vmlinux = ns.image_dir / pvh["file"]
     prof = record(ns.image_dir, opts, ns.interval, ns.until, ns.timeout)
-    report(prof, Symbols(ns.vmlinux), ns.top)
+    report(prof, Symbols(vmlinux), ns.top)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,16 @@ def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untype
     assert "python -m ukl_build build benchmarks/apps/sysbench -C mode=user -C recipes=microvm;server" \
         in report["commands"]
     assert "ratio_ukl_over_user" in proc.stdout
+
+    # The guest profiler, on the direct-boot image the boot suite built.
+    image = tmp_path / "work" / "hello-ukl-formats=bzimage;pvh" / "build/ukl-build/image"
+    prof = subprocess.run([sys.executable, "-m", "benchmarks.profile", str(image),
+                           "--until", "exit status", "--timeout", "120"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert prof.returncode == 0, prof.stdout + prof.stderr
+    top = prof.stdout.split("# top functions")[1].split("# timeline")[0]
+    assert re.search(r"^\s+\d+\.\d%\s+\d+\s+\S+$", top, re.M), prof.stdout
+    assert "Hello, world, from a unikernel! (CPL 0)" in prof.stdout
 
 
 def test_report_renders_every_section() -> None:

@@ -45,6 +45,21 @@ def test_rebuild_does_no_kernel_work(hello_build: BuildResult, cache) -> None:  
     assert elapsed < 10, f"no-op rebuild took {elapsed:.1f} s"
 
 
+def test_pvh_vmlinux_boots_directly_from_the_same_kernel(hello_build: BuildResult, cache) -> None:  # type: ignore[no-untyped-def]
+    # microvm kernels carry the PVH entry: the pvh format only exports vmlinux, no new kernel.
+    both = build(hello_build.settings.project_dir, {"mode": "user", "formats": "bzimage;pvh"},
+                 cache=cache)
+    assert not both.kernel_built
+    assert both.kernel.build_dir == hello_build.kernel.build_dir
+    vmlinux = both.images.directory / both.images.manifest["images"]["pvh"]["file"]
+    assert vmlinux.read_bytes()[:4] == b"\x7fELF"
+    proc = run_cli("run", str(both.images.directory), "--image", "pvh", "--timeout", "120",
+                   timeout=180)
+    assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
+    assert proc.returncode == 3, proc.stderr
+    build(hello_build.settings.project_dir, {"mode": "user"}, cache=cache)  # restore for later tests
+
+
 def test_run_project_via_cli_with_args(hello_build: BuildResult) -> None:
     # `run PROJECT` builds (a no-op here) and boots; -C overrides reach the build.
     proc = run_cli("run", str(hello_build.settings.project_dir), "--timeout", "120",
