@@ -201,7 +201,7 @@ def memory(ctx: Context) -> None:
         if not _serves(result, ctx, f"{hi}M"):
             res[m] = None
             continue
-        while hi - lo > 2:
+        while hi - lo > 1:
             mid = (lo + hi) // 2
             if _serves(result, ctx, f"{mid}M"):
                 hi = mid

@@ -47,8 +47,10 @@ def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untype
         in report["commands"]
     assert res["boot_to_first_line_s"]["ukl"] > 0 and res["boot_to_first_line_s"]["user"] > 0
     # the user-mode baseline runs on the UKL configuration minus CONFIG_UKL
-    assert "python -m ukl_build build benchmarks/apps/sysbench -C mode=user -C recipes=microvm;server" \
-        in report["commands"]
+    assert ("python -m ukl_build build benchmarks/apps/sysbench -C mode=user "
+            "-C recipes=net;virtio-net;microvm;server") in report["commands"]
+    # 64-byte TCP round trips over loopback: the network stack's cost, counted exactly
+    assert res["syscall"]["per_call"]["tcp_roundtrip_64B"]["user_instructions"] > 1000
     assert "ratio_ukl_over_user" in proc.stdout
 
     # The guest profiler, on the direct-boot image the boot suite built.

@@ -31,7 +31,7 @@ def test_parse_fragment_rejects_garbage() -> None:
 
 def test_recipes_order_and_requires(tmp_path: Path) -> None:
     names = [n for n, _ in resolve_recipes(["virtio-net", "microvm"], tmp_path)]
-    assert names == ["base", "net", "virtio-net", "microvm"]
+    assert names == ["base", "net", "virtio-net", "pvh", "microvm"]
 
 
 def test_unknown_recipe_lists_known(tmp_path: Path) -> None:
