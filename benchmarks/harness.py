@@ -48,9 +48,10 @@ class Context:
         key = (app, mode, tuple(sorted(settings.items())))
         if key not in self._builds:
             project = self.work / "-".join([app, mode, *(f"{k}={v}" for k, v in key[2])])
-            if not project.exists():
-                shutil.copytree(APPS[app], project,
-                                ignore=shutil.ignore_patterns("build", "dist"))
+            # Refreshed on every run: a --work dir kept from an earlier run must not
+            # benchmark stale sources (its build/ stays, for incremental builds).
+            shutil.copytree(APPS[app], project, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("build", "dist"))
             cs = self.config_settings(project, mode, settings)
             self.note(f"python -m ukl_build build {APPS[app].relative_to(REPO)} "
                       + " ".join(f"-C {k}={v}" for k, v in cs.items()))
