@@ -116,7 +116,7 @@ def toolchain(settings: Settings, sysroot: Path | None) -> Toolchain:
         # hits the stack's guard page (and is reported as such) instead of jumping it.
         cflags += ["-mcmodel=kernel", "-mno-red-zone", "-fno-pic", "-fcf-protection=none",
                    "-fstack-clash-protection", "-DUKL_MODE=1"]
-        if settings.shortcuts:  # see runtime/ukl/arch.h and kernel patch "shortcut entry points"
+        if settings.uses_shortcuts:  # see runtime/ukl/arch.h and kernel patch "shortcut entry points"
             cflags.append("-DUKL_SHORTCUTS=1")
         lds = runtime_dir() / "ukl" / "app.lds"
         # The "executable" of a UKL app is one relocatable object (gcc -r).

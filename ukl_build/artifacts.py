@@ -90,7 +90,7 @@ def write_image_set(
                 "config": {"file": f"{name}.config", "sha256": config.key},
             },
             "app": {"libc": app.libc, "compiler": app.compiler, "sha256": app.sha256,
-                    "shortcuts": settings.mode == "ukl" and settings.shortcuts},
+                    "shortcuts": settings.uses_shortcuts},
             "cmdline": settings.cmdline,
             "args": list(settings.args),
             "network": network,

@@ -103,10 +103,10 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
            reporter: Reporter) -> BuildResult:
     sde = source_date_epoch()
     env = reproducible_env(cache, sde)
-    shortcuts = " + shortcuts" if settings.shortcuts and settings.mode == "ukl" else ""
+    shortcuts = " + shortcuts" if settings.uses_shortcuts else ""
     reporter.stage("config", f"{settings.name} {settings.version}: mode {settings.mode}{shortcuts}, "
                    f"cache {cache.root}")
-    if settings.shortcuts and settings.mode != "ukl":
+    if settings.shortcuts and not settings.uses_shortcuts:
         reporter.stage("config", "shortcuts = true has no effect in user mode")
     tree = prepare_tree(settings, cache, reporter)
     recipes = list(settings.recipes)

@@ -142,6 +142,11 @@ class Settings:
     run: RunSettings = _doc("Defaults for `ukl_build run` and the launcher.", default_factory=RunSettings)
 
     @property
+    def uses_shortcuts(self) -> bool:
+        """Whether the app is built to call the kernel's shortcut entry points (UKL mode only)."""
+        return self.mode == "ukl" and self.shortcuts
+
+    @property
     def dist_name(self) -> str:
         """The distribution name as it appears in file names."""
         return canonicalize_name(self.name).replace("-", "_")
