@@ -63,8 +63,7 @@ class Symbols:
         return self._names[i] if i >= 0 else f"{rip:#x}"
 
 
-def _command(sock: socket.socket, cmd: bytes) -> bytes:
-    sock.sendall(cmd + b"\n")
+def _until_prompt(sock: socket.socket) -> bytes:
     buf = b""
     while not buf.endswith(_PROMPT):
         chunk = sock.recv(65536)
@@ -72,6 +71,11 @@ def _command(sock: socket.socket, cmd: bytes) -> bytes:
             raise EOFError
         buf += chunk
     return buf
+
+
+def _command(sock: socket.socket, cmd: bytes) -> bytes:
+    sock.sendall(cmd + b"\n")
+    return _until_prompt(sock)
 
 
 def record(image_dir: Path, opts: RunOptions, interval: float, until: str | None,
@@ -106,9 +110,7 @@ def record(image_dir: Path, opts: RunOptions, interval: float, until: str | None
                 time.sleep(0.02)
             sock = socket.socket(socket.AF_UNIX)
             sock.connect(str(mon))
-            buf = b""
-            while not buf.endswith(_PROMPT):
-                buf += sock.recv(65536)
+            _until_prompt(sock)  # the monitor's banner
             start = time.monotonic()
             _command(sock, b"cont")
             reader = threading.Thread(target=read_console, daemon=True)
@@ -122,6 +124,7 @@ def record(image_dir: Path, opts: RunOptions, interval: float, until: str | None
                     prof.samples.append((time.monotonic() - start, int(m.group(1), 16)))
                 time.sleep(interval)
             prof.seconds = time.monotonic() - start
+            sock.close()
         finally:
             proc.kill()
             proc.wait()

@@ -41,6 +41,8 @@ def syscall(ctx: Context, iterations: int) -> None:
         # the host's noise (but blind to what an instruction costs: a syscall counts 1).
         opts = ctx.options(args=[str(n)], timeout=900,
                            qemu_args=["-icount", "shift=0"] if icount else [])
+        if icount:
+            opts.accel = "tcg"  # -icount is a TCG feature, whatever --accel says
         status, out = run_capture(images[name].directory, opts)
         if status != 0:
             raise RuntimeError(f"sysbench ({name}) failed: {out[-2000:]}")
@@ -245,8 +247,9 @@ def httpd(ctx: Context, duration: float, connections: int, sizes: list[int]) -> 
     ports = {m: _free_port() for m in VARIANTS}
     threads = {}
     for m in VARIANTS:  # all VMs up at once; the load alternates between them
-        opts = ctx.options(forward=[f"{ports[m]}:8080"], timeout=duration * 4 * len(sizes)
-                           * ctx.rounds + 120)
+        # The load visits each VM in turn: each lives through every variant's samples (x2 margin).
+        busy = duration * len(VARIANTS) * len(sizes) * ctx.rounds
+        opts = ctx.options(forward=[f"{ports[m]}:8080"], timeout=2 * busy + 120)
         threads[m] = threading.Thread(target=run_capture, args=(results[m].images.directory, opts),
                                       daemon=True)
         threads[m].start()
