@@ -35,6 +35,7 @@ UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_t
               **{f"__ukl_sc_{c}": f"ukl_sc_{c}" for c in ("getppid", "read", "write", "sendto",
                                                          "recvfrom")}}
 UKL_PREFIX = "ukl_"
+MARKER_SECTION = ".rodata.ukl_build_app"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class AppBinary:
     libc: str
     compiler: str
     mode: str
+    marker: bytes = b""  # UKL: a string the archive puts into vmlinux's .rodata (see _ukl_archive)
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,17 @@ def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
             shutil.copy2(ukl_arch, include / "arch.h")
         else:
             shutil.copy2(src / "arch-x86_64.h", include / "arch.h")
+        # `make headers`, then copy the .h files ourselves: headers_install would
+        # need rsync for nothing more than this copy.
         reporter.run(
-            ["make", "-C", str(tree.path), f"O={tmp / 'o'}", "ARCH=x86_64", "-s",
-             "headers_install", f"INSTALL_HDR_PATH={tmp}"],
-            step="app (kernel headers_install)", env=env,
+            ["make", "-C", str(tree.path), f"O={tmp / 'o'}", "ARCH=x86_64", "-s", "headers"],
+            step="app (kernel make headers)", env=env,
         )
+        generated = tmp / "o" / "usr" / "include"
+        for header in sorted(generated.rglob("*.h")):
+            dest = include / header.relative_to(generated)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(header, dest)
         shutil.rmtree(tmp / "o")
 
     return cache.entry("sysroots", key, make)
@@ -173,14 +181,16 @@ def build_app(
         assert settings.cmake is not None
         _build_cmake(settings, tc, app_dir, output, reporter, env)
 
+    marker = b""
     if settings.mode == "ukl":
-        output = _ukl_archive(output, app_dir, reporter, env)
+        output, marker = _ukl_archive(output, app_dir, reporter, env)
     else:
         _check_static_elf(output)
-    return AppBinary(output, file_sha256(output), settings.libc, version, settings.mode)
+    return AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker)
 
 
-def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter, env: dict[str, str]) -> Path:
+def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
+                 env: dict[str, str]) -> tuple[Path, bytes]:
     """Prefix every app symbol with ``ukl_`` (no clash with the kernel's), bind the bridge, archive."""
     _check_elf(obj, et_rel=True)
     prefixed = app_dir / "app-ukl.o"
@@ -195,10 +205,18 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter, env: dict[str, st
         names = ", ".join(u.removeprefix(UKL_PREFIX) for u in undefined)
         raise BuildError(f"app: undefined symbols after linking with nolibc: {names}",
                          hint="a UKL app links only against nolibc, ukl-build's runtime and libgcc")
+    # The object's digest, as a string in .rodata: the kernel build checks that
+    # vmlinux and the bzImage hold it before it caches or ships them.
+    marker = f"ukl-build app {file_sha256(prefixed)}".encode()
+    marker_file = app_dir / "app-id"
+    marker_file.write_bytes(marker + b"\0")
+    reporter.run(["objcopy", f"--add-section={MARKER_SECTION}={marker_file}",
+                  f"--set-section-flags={MARKER_SECTION}=alloc,load,readonly,data", prefixed],
+                 step="app (objcopy --add-section)", env=env)
     archive = app_dir / "ukl-app.a"
     archive.unlink(missing_ok=True)
     reporter.run(["ar", "rcsD", archive, prefixed], step="app (ar)", env=env)
-    return archive
+    return archive, marker
 
 
 def _build_cmake(settings: Settings, tc: Toolchain, app_dir: Path, output: Path,
