@@ -57,16 +57,18 @@ class Cache:
         return self.root / kind / key
 
     @contextlib.contextmanager
-    def lock(self, kind: str, key: str) -> Iterator[None]:
-        """An exclusive lock on one entry, held across processes."""
+    def lock(self, kind: str, key: str) -> Iterator[int]:
+        """An exclusive lock on one entry, held across processes; yields its fd.
+
+        The lock belongs to the open file, not to this process: a child given
+        the fd (``Reporter.run(keep_fds=...)``) keeps it held until it exits,
+        so work started under the lock cannot outlive it.
+        """
         lock_dir = self.root / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
         with open(lock_dir / f"{kind}-{key}.lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+            yield f.fileno()
 
     def entry(self, kind: str, key: str, make: Callable[[Path], None]) -> Path:
         """Return the entry ``kind/key``, creating it with ``make(tmpdir)`` if missing.

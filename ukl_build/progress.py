@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ukl_build.errors import BuildError
+from ukl_build.supervise import die_with_parent, supervised
 
 
 class Reporter:
@@ -88,6 +90,7 @@ class Reporter:
         env: Mapping[str, str] | None = None,
         on_line: Callable[[str], None] | None = None,
         error_lines: int = 25,
+        keep_fds: Sequence[int] = (),
     ) -> None:
         """Run a command, its output to the log; raise BuildError naming the step on failure.
 
@@ -97,8 +100,11 @@ class Reporter:
         args = [os.fspath(a) for a in argv]
         self.log(f"$ {subprocess.list2cmdline(args)}" + (f"   (in {cwd})" if cwd else ""))
         lines: list[str] = []
+        # Under a supervisor: the command and everything it forks dies with this
+        # process (even on SIGKILL), and fds in keep_fds (a cache lock) stay held
+        # until the last of them is gone.
         proc = subprocess.Popen(
-            args,
+            supervised(args),
             cwd=cwd,
             env=dict(env) if env is not None else None,
             stdout=subprocess.PIPE,
@@ -106,6 +112,8 @@ class Reporter:
             stdin=subprocess.DEVNULL,
             text=True,
             errors="replace",
+            pass_fds=tuple(keep_fds),
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         assert proc.stdout is not None
         try:
@@ -118,7 +126,7 @@ class Reporter:
                     on_line(line)
             rc = proc.wait()
         except BaseException:
-            proc.kill()
+            proc.terminate()  # the supervisor kills the command's whole process group
             proc.wait()
             raise
         self._end_live()
