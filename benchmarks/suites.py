@@ -16,7 +16,8 @@ from typing import Any
 
 from benchmarks.harness import Context, alternate, boot_to_line, median, percentile, run_capture
 from ukl_build.cache import Cache
-from ukl_build.pipeline import build, initramfs_list
+from ukl_build.kbuild import initramfs_list
+from ukl_build.pipeline import build
 
 MODES = ("ukl", "user")
 # The variants the speed comparisons run: name -> (mode, extra settings).

@@ -10,19 +10,44 @@ are all unchanged finds that entry and runs no make at all.
 
 from __future__ import annotations
 
+import bz2
+import hashlib
+import lzma
 import os
 import re
 import shutil
+import struct
+import subprocess
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256
+from ukl_build.appbuild import AppBinary
+from ukl_build.cache import Cache, atomic_write_bytes, atomic_write_text, digest, file_sha256
+from ukl_build.errors import BuildError
 from ukl_build.kconfig import KernelConfig
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 
 INITRAMFS_LIST = "ukl-initramfs.list"  # matches CONFIG_INITRAMFS_SOURCE in recipes/base.config
+UKL_ARCHIVE = "ukl-app.a"  # matches CONFIG_UKL_ARCHIVE in recipes/ukl.config
+USER_INIT = "ukl-root/init"
+# Written into a build dir after its images were verified to hold the payload
+# they were built for; removed before every make that may change them.
+PAYLOAD_STAMP = ".ukl-build-payload"
+# Everything in a build dir that depends on the app (linked from the archive,
+# or packed from the initramfs list).  Removed before make whenever the dir's
+# stamp does not name the payload at hand, so make rebuilds them because they
+# are missing, never because of a timestamp.
+PAYLOAD_OUTPUTS = (
+    "vmlinux", "vmlinux.o", "vmlinux.a", "System.map", ".tmp_vmlinux*",
+    "usr/initramfs_data.cpio", "usr/initramfs_inc_data", "usr/initramfs_data.o", "usr/built-in.a",
+    "arch/x86/boot/bzImage", "arch/x86/boot/vmlinux.bin",
+    "arch/x86/boot/zoffset.h", "arch/x86/boot/voffset.h",
+    "arch/x86/boot/setup.bin", "arch/x86/boot/setup.elf", "arch/x86/boot/header.o",
+    "arch/x86/boot/compressed/vmlinux*", "arch/x86/boot/compressed/piggy.*",
+)
 _STEP = re.compile(r"^\s{2}([A-Z][A-Z0-9_]*)\s+(\S+)")
 
 
@@ -41,6 +66,30 @@ class Payload:
 
     files: dict[str, Path]  # relative name in the build dir -> source file
     initramfs: str  # the gen_init_cpio list (paths relative to the build dir are resolved)
+    expect: bytes  # bytes that vmlinux and the bzImage must contain once built with it
+
+
+def initramfs_list(init_name: str | None) -> str:
+    """gen_init_cpio input: a console node (or the app's stdout goes nowhere) and /init."""
+    lines = ["dir /dev 0755 0 0", "nod /dev/console 0600 0 0 c 5 1",
+             "nod /dev/null 0666 0 0 c 1 3", "nod /dev/zero 0666 0 0 c 1 5",
+             "dir /proc 0755 0 0", "dir /tmp 01777 0 0"]
+    if init_name is not None:
+        lines.append(f"file /init {init_name} 0755 0 0")
+    return "\n".join(lines) + "\n"
+
+
+def payload_for(app: AppBinary) -> Payload:
+    """UKL: the archive linked into vmlinux, the initramfs only gives it a console.
+    User mode: the app is /init in the built-in initramfs."""
+    if app.mode == "ukl":
+        return Payload({UKL_ARCHIVE: app.path}, initramfs_list(None), app.marker)
+    return Payload({USER_INIT: app.path}, initramfs_list(USER_INIT), app.path.read_bytes())
+
+
+def kernel_make(tree: Path, build: Path, *targets: str) -> list[str]:
+    """``make`` of the kernel tree, out of tree in ``build``."""
+    return ["make", "-C", str(tree), f"O={build}", "ARCH=x86_64", *targets]
 
 
 def reproducible_env(cache: Cache, source_date_epoch: int) -> dict[str, str]:
@@ -74,49 +123,128 @@ def build_kernel(
     env: dict[str, str],
     jobs: int,
 ) -> KernelImages:
+    """The images of ``tree`` + ``config`` with ``payload`` in them, from the cache or built.
+
+    The build dir is shared by every app with this configuration and held
+    under its lock from the first file written into it until the images are
+    verified and copied out.  Nothing here trusts a timestamp: the outputs
+    that depend on the app are removed unless the dir's stamp says they were
+    verified against this very payload, and images go into the cache only
+    after :func:`verify_images` found the payload in them.
+    """
     toolchain = shutil.which("gcc") or "gcc"
     ccache = shutil.which("ccache")
     dir_key = digest("kbuild", tree.key, config.key)
     inputs = {name: file_sha256(path) for name, path in sorted(payload.files.items())}
-    image_key = digest("images", dir_key, inputs, payload.initramfs)
+    image_key = digest("images", 2, dir_key, inputs, payload.initramfs)
     images = cache.path("images", image_key)
     build = cache.path("kbuild", dir_key)
     if (images / "bzImage").is_file():
         reporter.stage("kbuild", "kernel unchanged: reusing cached images (no make run)")
         return KernelImages(images / "bzImage", images / "vmlinux", image_key, False, build)
 
-    with cache.lock("kbuild", dir_key):
+    with cache.lock("kbuild", dir_key) as lock_fd:
+        if (images / "bzImage").is_file():  # made by a build that held the lock before us
+            reporter.stage("kbuild", "kernel unchanged: reusing cached images (no make run)")
+            return KernelImages(images / "bzImage", images / "vmlinux", image_key, False, build)
         build.mkdir(parents=True, exist_ok=True)
         if not (build / ".config").is_file() or file_sha256(build / ".config") != config.key:
-            shutil.copy2(config.path, build / ".config")
+            shutil.copyfile(config.path, build / ".config")
+        stamp = build / PAYLOAD_STAMP
+        if not stamp.is_file() or stamp.read_text() != image_key:
+            stamp.unlink(missing_ok=True)
+            removed = remove_payload_outputs(build)
+            if removed:
+                reporter.log(f"kbuild: removed {removed} app-dependent outputs before relinking")
         for name, src in payload.files.items():
             dest = build / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.is_file() or file_sha256(dest) != inputs[name]:
-                tmp = dest.with_name(dest.name + ".tmp")
-                shutil.copy2(src, tmp)
-                os.replace(tmp, dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(dest, src.read_bytes())  # a new file, with a new mtime
         list_path = build / INITRAMFS_LIST
         if not list_path.is_file() or list_path.read_text() != payload.initramfs:
             atomic_write_text(list_path, payload.initramfs)
 
-        argv = ["make", "-C", str(tree.path), f"O={build}", "ARCH=x86_64", f"-j{jobs}"]
+        argv = kernel_make(tree.path, build, f"-j{jobs}")
         if ccache:
             argv.append(f"CC={ccache} {toolchain}")
         argv.append("bzImage")
-        what = "cold build" if not (build / "vmlinux").exists() else "incremental build"
+        what = "cold build" if not (build / "include/generated").exists() else "incremental build"
         reporter.stage("kbuild", f"{what} of Linux {tree.release} in {build} "
                        f"(-j{jobs}{', ccache' if ccache else ''})")
         counter = _Progress(reporter)
-        reporter.run(argv, step="kernel build (make bzImage)", env=env, on_line=counter)
+        reporter.run(argv, step="kernel build (make bzImage)", env=env, on_line=counter,
+                     keep_fds=(lock_fd,))
         reporter.stage("kbuild", f"done: {counter.count} steps in {counter.elapsed():.0f} s")
+        verify_images(build / "vmlinux", build / "arch/x86/boot/bzImage", payload, env)
+        atomic_write_text(stamp, image_key)
 
         def copy(tmp: Path) -> None:
-            shutil.copy2(build / "arch/x86/boot/bzImage", tmp / "bzImage")
-            shutil.copy2(build / "vmlinux", tmp / "vmlinux")
+            shutil.copyfile(build / "arch/x86/boot/bzImage", tmp / "bzImage")
+            shutil.copyfile(build / "vmlinux", tmp / "vmlinux")
+            verify_images(tmp / "vmlinux", tmp / "bzImage", payload, env)
 
         images = cache.entry("images", image_key, copy)
     return KernelImages(images / "bzImage", images / "vmlinux", image_key, True, build)
+
+
+def remove_payload_outputs(build: Path) -> int:
+    removed = 0
+    for pattern in PAYLOAD_OUTPUTS:
+        for path in build.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def verify_images(vmlinux: Path, bzimage: Path, payload: Payload, env: dict[str, str]) -> None:
+    """Fail unless both images hold the payload: the check that no stale link gets shipped."""
+    for what, data in (("vmlinux", vmlinux.read_bytes()),
+                       ("bzImage", bzimage_kernel(bzimage, env))):
+        if payload.expect not in data:
+            raise BuildError(
+                f"kbuild: the {what} that make produced does not contain this app "
+                f"(payload sha256 {hashlib.sha256(payload.expect).hexdigest()[:16]}); "
+                "not caching or shipping it",
+                hint=f"{vmlinux.parent} may be damaged: python -m ukl_build clean --cache",
+            )
+
+
+def bzimage_kernel(path: Path, env: dict[str, str]) -> bytes:
+    """The decompressed kernel inside a bzImage (boot protocol 2.08+ payload fields)."""
+    data = path.read_bytes()
+    if len(data) < 0x250 or data[0x202:0x206] != b"HdrS":
+        raise BuildError(f"kbuild: {path} is not a bzImage (no HdrS boot header)")
+    setup_sects = data[0x1F1] or 4
+    start = (setup_sects + 1) * 512 + struct.unpack_from("<I", data, 0x248)[0]
+    blob = data[start:start + struct.unpack_from("<I", data, 0x24C)[0]]
+    if blob.startswith(b"\x28\xb5\x2f\xfd"):  # zstd, with the kernel's 4-byte size appended
+        return _decompress_with(["zstd", "-dcq"], blob[:-4], path, env)
+    if blob.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMADecompressor().decompress(blob)
+    if blob.startswith(b"\x1f\x8b"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(blob)
+    if blob.startswith(b"BZh"):
+        return bz2.BZ2Decompressor().decompress(blob)
+    if blob.startswith(b"\x5d\x00\x00"):
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(blob)
+    if blob.startswith(b"\x02\x21\x4c\x18"):
+        return _decompress_with(["lz4", "-dcq"], blob[:-4], path, env)
+    if blob.startswith(b"\x89LZO"):
+        return _decompress_with(["lzop", "-dcq"], blob[:-4], path, env)
+    raise BuildError(f"kbuild: {path}: unknown payload compression {blob[:6].hex()}")
+
+
+def _decompress_with(argv: list[str], blob: bytes, what: Path, env: dict[str, str]) -> bytes:
+    try:
+        proc = subprocess.run(argv, input=blob, capture_output=True, env=env)
+    except OSError as e:
+        raise BuildError(f"kbuild: cannot check {what}: {argv[0]}: {e.strerror}") from None
+    if proc.returncode != 0:
+        raise BuildError(f"kbuild: cannot check {what}: {argv[0]} failed: "
+                         f"{proc.stderr.decode(errors='replace').strip()[:300]}")
+    return proc.stdout
 
 
 class _Progress:
