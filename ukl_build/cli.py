@@ -20,6 +20,7 @@ from ukl_build.runner import (
     add_run_arguments,
     load_manifest,
     options_from_args,
+    run_defaults,
     run_image,
     split_app_args,
 )
@@ -71,10 +72,7 @@ def _image_dir_for(path: Path, ns: argparse.Namespace, tmp: Path) -> Path:
 def cmd_run(ns: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="ukl-run-") as tmp:
         image_dir = _image_dir_for(Path(ns.path), ns, Path(tmp))
-        manifest = load_manifest(image_dir)
-        defaults = manifest.get("run", {})
-        if ns.accel is None:
-            ns.accel = defaults.get("accel", "tcg")
+        defaults = run_defaults(load_manifest(image_dir))
         try:
             return run_image(image_dir, options_from_args(ns, defaults))
         except RunError as e:
@@ -167,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
                        usage="python -m ukl_build run [PATH] [options] [-- APP ARGS...]")
     r.add_argument("path", nargs="?", default=".")
     with_config(r)
-    add_run_arguments(r, {"accel": None})
+    add_run_arguments(r, {})  # defaults come from the image, once it is known
     r.set_defaults(func=cmd_run)
 
     f = sub.add_parser("fetch", help="fetch, verify and patch the kernel source; print its path")

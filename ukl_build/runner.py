@@ -1,7 +1,8 @@
 """Boot an image under QEMU, stream its serial console, return the app's exit status.
 
-Standard library only, and no imports from ukl_build: this file is copied
-verbatim into every app wheel as its launcher (``python -m <app>``).
+Standard library only, and no imports from ukl_build but its sibling
+``supervise.py``: both are copied verbatim into every app wheel as its
+launcher (``python -m <app>``).
 
 The image directory holds ``manifest.json`` (written by ukl_build.artifacts)
 and the image files it names.  How the app's exit status reaches the host,
@@ -34,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from .supervise import die_with_parent
 
 EXIT_TIMEOUT = 124
 EXIT_NO_STATUS = 125
@@ -104,7 +107,8 @@ def probe_kvm(qemu: str, timeout: float = KVM_PROBE_SECONDS) -> tuple[bool, str]
         start = time.monotonic()
         try:
             proc = subprocess.run(argv, capture_output=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL,
+                                  preexec_fn=die_with_parent(signal.SIGKILL))
         except subprocess.TimeoutExpired:
             return False, f"a KVM probe VM did not finish in {timeout:.0f} s (nested or broken KVM)"
         except OSError as e:
@@ -123,6 +127,96 @@ def choose_accel(opts: RunOptions, err: TextIO) -> str:
 
 
 # --- QEMU command -----------------------------------------------------------
+
+# The kernel's command line as init sees it (lib/cmdline.c next_arg(),
+# init/main.c repair_env_string() and set_init_arg()).  x86's
+# COMMAND_LINE_SIZE is 2048 bytes with the NUL; the kernel cuts longer ones.
+COMMAND_LINE_MAX = 2047
+DEFAULT_INIT_ARG_LIMIT = 32  # CONFIG_INIT_ENV_ARG_LIMIT: app arguments the kernel passes on
+# The kernel's isspace(): lib/ctype.c counts 0xa0 (Latin-1 NBSP) as space too.
+_KERNEL_SPACE = frozenset(b" \t\n\v\f\r\xa0")
+
+
+def _cstr(buf: bytearray, start: int) -> bytes:
+    return bytes(buf[start:buf.index(0, start)])
+
+
+def _next_arg(line: bytes, pos: int) -> tuple[bytes, bool, int]:
+    """One word at ``pos``: (what init gets, whether it had a value, next position)."""
+    quoted = line[pos:pos + 1] == b'"'
+    if quoted:
+        pos += 1
+    in_quote, equals, i = quoted, 0, pos
+    while i < len(line):
+        c = line[i]
+        if c in _KERNEL_SPACE and not in_quote:
+            break
+        if equals == 0 and c == ord("="):
+            equals = i - pos
+        if c == ord('"'):
+            in_quote = not in_quote
+        i += 1
+    n = i - pos
+    buf = bytearray(line[pos:i]) + b"\0"
+    val = None
+    if equals:
+        buf[equals] = 0
+        val = equals + 1
+        if buf[val] == ord('"'):
+            val += 1
+            if buf[n - 1] == ord('"'):
+                buf[n - 1] = 0
+    if quoted and n > 0 and buf[n - 1] == ord('"'):
+        buf[n - 1] = 0
+    word = _cstr(buf, 0)
+    if val is not None:  # repair_env_string(): param=val again, without the value's quote
+        word = word + b"=" + _cstr(buf, val)
+    nxt = i + 1 if i < len(line) else i
+    while nxt < len(line) and line[nxt] in _KERNEL_SPACE:
+        nxt += 1
+    return word, val is not None, nxt
+
+
+def kernel_init_args(tail: bytes) -> list[bytes]:
+    """What the kernel makes of the command line after ``--``: init's argv[1:]."""
+    words: list[bytes] = []
+    pos = 0
+    while pos < len(tail) and tail[pos] in _KERNEL_SPACE:
+        pos += 1
+    while pos < len(tail):
+        word, has_value, pos = _next_arg(tail, pos)
+        if not has_value and word == b"--":
+            break  # parse_args() stops at a second "--" too
+        words.append(word)
+    return words
+
+
+def quote_app_args(args: Sequence[str]) -> str:
+    """App arguments as a kernel command line tail that gives back exactly ``args``.
+
+    Raises ValueError naming the first argument the kernel cannot carry.
+    """
+    words = []
+    for i, arg in enumerate(args, 1):
+        raw = arg.encode("utf-8", "surrogateescape")
+        word = b'"' + raw + b'"' if not raw or _KERNEL_SPACE & set(raw) else raw
+        if b"\0" in raw or kernel_init_args(word) != [raw]:
+            why = ("it is '--', where the kernel stops passing arguments" if arg == "--" else
+                   "it holds a NUL byte" if b"\0" in raw else
+                   'the kernel strips or splits \'"\' in it (no escape exists for a quote '
+                   'next to a space, at the start, or after "=")')
+            raise ValueError(f"argument {i} {arg!r} cannot be passed on a kernel command line: {why}")
+        words.append(word.decode("utf-8", "surrogateescape"))
+    return " ".join(words)
+
+
+def check_app_args(args: Sequence[str], limit: int = DEFAULT_INIT_ARG_LIMIT) -> None:
+    """ValueError unless the kernel passes ``args`` to the app exactly."""
+    quote_app_args(args)
+    if len(args) > limit:
+        raise ValueError(f"{len(args)} arguments, but the kernel passes at most {limit} to init "
+                         f"(CONFIG_INIT_ENV_ARG_LIMIT={limit}); more makes it panic")
+
 
 def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel: str,
               check_files: bool = True) -> list[str]:
@@ -158,29 +252,47 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
     if opts.extra_cmdline:
         cmdline.append(opts.extra_cmdline)
     args = opts.args if opts.args is not None else manifest.get("args", [])
+    try:
+        check_app_args(args, int(manifest.get("init_arg_limit", DEFAULT_INIT_ARG_LIMIT)))
+    except ValueError as e:
+        raise RunError(f"app arguments: {e}") from None
     if args:
-        cmdline.append("--")
-        cmdline.extend(args)
+        cmdline += ["--", quote_app_args(args)]
+    append = " ".join(w for w in cmdline if w)
+    size = len(append.encode("utf-8", "surrogateescape"))
+    if size > COMMAND_LINE_MAX:
+        raise RunError(f"kernel command line is {size} bytes; the kernel keeps only "
+                       f"{COMMAND_LINE_MAX} and would drop the rest silently (cmdline, args)")
 
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
             "-serial", "stdio", "-no-reboot",
             "-kernel", str(kernel) if check_files else images[opts.image]["file"],
-            "-append", " ".join(w for w in cmdline if w)]
+            "-append", append]
     if accel == "kvm":
         argv += ["-cpu", "host"]
     if network:
-        fwds = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}"
-                       for h, g in (_split_forward(f) for f in opts.forward))
+        fwds = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in _forwards(opts.forward))
         argv += ["-netdev", f"user,id=n0{fwds}", *nic]
     return argv + list(opts.qemu_args)
 
 
-def _split_forward(spec: str) -> tuple[int, int]:
+def split_forward(spec: str) -> tuple[int, int]:
+    """``HOST:GUEST`` TCP ports; ValueError if it is not that."""
     m = re.fullmatch(r"(\d+):(\d+)", spec)
     if not m:
-        raise RunError(f"--forward {spec!r}: expected HOST:GUEST")
-    return int(m.group(1)), int(m.group(2))
+        raise ValueError(f"{spec!r}: expected HOST:GUEST ports, e.g. 8080:80")
+    ports = int(m.group(1)), int(m.group(2))
+    if not all(1 <= port <= 65535 for port in ports):
+        raise ValueError(f"{spec!r}: ports are 1 to 65535")
+    return ports
+
+
+def _forwards(specs: Sequence[str]) -> list[tuple[int, int]]:
+    try:
+        return [split_forward(f) for f in specs]
+    except ValueError as e:
+        raise RunError(f"--forward {e}") from None
 
 
 # --- running ----------------------------------------------------------------
@@ -198,8 +310,10 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
     start = time.monotonic()
     interactive = sys.stdin is not None and sys.stdin.isatty() and out is sys.stdout
     restore = _exit_on_sigterm()
+    # QEMU dies with us, even on SIGKILL: no orphaned VM holding the forwarded ports.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=None if interactive else subprocess.DEVNULL)
+                            stdin=None if interactive else subprocess.DEVNULL,
+                            preexec_fn=die_with_parent(signal.SIGKILL))
     assert proc.stdout is not None and proc.stderr is not None
     qemu_err: list[bytes] = []
     err_thread = threading.Thread(target=lambda: qemu_err.extend(proc.stderr), daemon=True)
@@ -280,13 +394,22 @@ def _exit_on_sigterm() -> Callable[[], None]:
     return restore
 
 
+def run_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The image's ``run`` table over RunOptions' own defaults: the one place defaults live."""
+    base = RunOptions()
+    out: dict[str, Any] = {"accel": base.accel, "machine": base.machine, "memory": base.memory,
+                           "smp": base.smp, "forward": list(base.forward)}
+    out.update({k: v for k, v in manifest.get("run", {}).items() if k in out})
+    return out
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
-    parser.add_argument("--accel", choices=["tcg", "kvm", "auto"], default=defaults.get("accel", "tcg"),
+    """Run options; ``defaults`` from :func:`run_defaults` (None: filled in later)."""
+    parser.add_argument("--accel", choices=["tcg", "kvm", "auto"], default=defaults.get("accel"),
                         help="accelerator; auto probes KVM with a short timeout (default: %(default)s)")
-    parser.add_argument("--machine", choices=["microvm", "q35"],
-                        default=defaults.get("machine", "microvm"))
-    parser.add_argument("--memory", "-m", default=defaults.get("memory", "256M"))
-    parser.add_argument("--smp", type=int, default=defaults.get("smp", 1))
+    parser.add_argument("--machine", choices=["microvm", "q35"], default=defaults.get("machine"))
+    parser.add_argument("--memory", "-m", default=defaults.get("memory"))
+    parser.add_argument("--smp", type=int, default=defaults.get("smp"))
     parser.add_argument("--forward", "-p", action="append", metavar="HOST:GUEST",
                         help="forward a host TCP port (127.0.0.1) to a guest port")
     parser.add_argument("--timeout", type=float, default=None,
@@ -314,9 +437,14 @@ def split_app_args(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
 
 
 def options_from_args(ns: argparse.Namespace, defaults: dict[str, Any]) -> RunOptions:
-    forward = ns.forward if ns.forward is not None else list(defaults.get("forward", []))
-    return RunOptions(accel=ns.accel, machine=ns.machine, memory=ns.memory, smp=ns.smp,
-                      forward=forward, timeout=ns.timeout, image=ns.image, qemu=ns.qemu,
+    """Options given on the command line, else the image's ``run`` defaults."""
+    def pick(name: str) -> Any:
+        value = getattr(ns, name)
+        return defaults[name] if value is None else value
+
+    forward = ns.forward if ns.forward is not None else list(defaults["forward"])
+    return RunOptions(accel=pick("accel"), machine=pick("machine"), memory=pick("memory"),
+                      smp=pick("smp"), forward=forward, timeout=ns.timeout, image=ns.image, qemu=ns.qemu,
                       extra_cmdline=ns.cmdline, kernel_log=ns.kernel_log,
                       args=getattr(ns, "app_args", None), qemu_args=list(ns.qemu_arg))
 
@@ -328,7 +456,7 @@ def launcher_main(image_dir: Path, argv: Sequence[str] | None = None) -> int:
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    defaults = manifest.get("run", {})
+    defaults = run_defaults(manifest)
     parser = argparse.ArgumentParser(
         prog=f"python -m {manifest.get('module', 'app')}",
         description=f"Boot {manifest.get('name', 'the app')} {manifest.get('version', '')} "
