@@ -6,6 +6,7 @@ readers see the old complete set or the new complete set, never a mix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -18,10 +19,11 @@ from typing import Any
 from ukl_build import __version__
 from ukl_build.appbuild import AppBinary
 from ukl_build.cache import file_sha256
+from ukl_build.errors import ConfigError
 from ukl_build.kbuild import KernelImages
 from ukl_build.kconfig import KernelConfig, read_config
 from ukl_build.patches import PatchedTree
-from ukl_build.runner import RunOptions, qemu_argv
+from ukl_build.runner import DEFAULT_INIT_ARG_LIMIT, RunError, RunOptions, qemu_argv
 from ukl_build.settings import Settings
 
 MANIFEST = "manifest.json"
@@ -93,6 +95,7 @@ def write_image_set(
                     "shortcuts": settings.uses_shortcuts},
             "cmdline": settings.cmdline,
             "args": list(settings.args),
+            "init_arg_limit": int(values.get("INIT_ENV_ARG_LIMIT", DEFAULT_INIT_ARG_LIMIT)),
             "network": network,
             "images": images,
             "run": {
@@ -103,7 +106,10 @@ def write_image_set(
                 "forward": list(settings.run.forward),
             },
         }
-        manifest["qemu"] = {fmt: qemu_example(manifest, fmt) for fmt in images}
+        try:
+            manifest["qemu"] = {fmt: qemu_example(manifest, fmt) for fmt in images}
+        except RunError as e:  # the command line the kernel would cut or mangle
+            raise ConfigError(f"{settings.origin('cmdline')} / {settings.origin('args')}: {e}") from None
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (tmp / SBOM).write_text(json.dumps(sbom(manifest), indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out_dir)
@@ -154,16 +160,68 @@ def sbom(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def owned_files(directory: Path) -> set[str] | None:
+    """The file names of a ukl-build image directory, or None if ``directory`` is not one.
+
+    Ours means: a manifest.json that ukl-build wrote, and nothing in the
+    directory but the files that manifest accounts for.
+    """
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        names = {MANIFEST, SBOM, manifest["kernel"]["config"]["file"],
+                 *(img["file"] for img in manifest["images"].values())}
+        present = {p.name for p in directory.iterdir()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if "ukl_build" not in manifest or not present <= names:
+        return None
+    return present
+
+
+def check_out_dir(out_dir: Path, project_dir: Path, origin: str = "--out") -> None:
+    """Refuse an output directory whose contents ukl-build did not create.
+
+    Allowed: a path that does not exist, an empty directory, or an image
+    directory of ours (see :func:`owned_files`), which is replaced whole.
+    """
+    out_dir = out_dir.resolve()
+    if out_dir == project_dir or out_dir in project_dir.parents:
+        raise ConfigError(f"{origin} {out_dir}: is the project directory or holds it; "
+                          "ukl-build replaces its output directory whole",
+                          hint="name a new directory, e.g. build/image")
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if not out_dir.is_dir() or out_dir.is_symlink():
+        raise ConfigError(f"{origin} {out_dir}: exists and is not a directory")
+    if any(out_dir.iterdir()) and owned_files(out_dir) is None:
+        raise ConfigError(
+            f"{origin} {out_dir}: not empty and not a ukl-build image directory; "
+            "refusing to replace what ukl-build did not create",
+            hint="name a new or empty directory")
+
+
+def remove_owned(directory: Path) -> None:
+    """Remove an image directory of ours (only its own files; else leave it be)."""
+    names = owned_files(directory)
+    if names is None:
+        return
+    for name in names:
+        (directory / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
+
+
 def replace_dir(new: Path, final: Path) -> None:
-    """Put ``new`` at ``final``, replacing what was there."""
+    """Put ``new`` at ``final``, replacing an empty directory or an image directory of ours."""
     if final.exists():
+        if any(final.iterdir()) and owned_files(final) is None:  # appeared since check_out_dir
+            raise ConfigError(f"{final}: files appeared there that ukl-build did not create; "
+                              "not replacing it")
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.rename(final, old)
         os.rename(new, final)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_owned(old)
+        with contextlib.suppress(OSError):
+            old.rmdir()  # the empty directory we replaced
     else:
         os.rename(new, final)
-
-
-def load_image_set(directory: Path) -> ImageSet:
-    return ImageSet(directory, json.loads((directory / MANIFEST).read_text()))

@@ -23,6 +23,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from ukl_build.errors import ConfigError
+from ukl_build.runner import RunOptions, check_app_args, split_forward
 
 MODES = ("ukl", "user")
 LIBCS = ("nolibc", "glibc")
@@ -31,6 +32,8 @@ MACHINES = ("microvm", "q35")
 ACCELS = ("tcg", "kvm", "auto")
 SOURCE_KINDS = ("debian", "url", "path", "git")
 _KCONFIG_NAME = re.compile(r"^[A-Z0-9_]+$")
+_DIST_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)  # PEP 508
+_MEMORY = re.compile(r"^[1-9][0-9]*[KMGT]?$", re.IGNORECASE)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -86,13 +89,34 @@ class CMakeSettings:
 
 @dataclass(frozen=True)
 class RunSettings:
-    machine: str = _doc('QEMU machine: "microvm" (default) or "q35".', default="microvm")
-    memory: str = _doc("Guest memory, QEMU syntax.", default="256M")
-    smp: int = _doc("Virtual CPUs.", default=1)
-    accel: str = _doc('"tcg", "kvm" or "auto" (probes KVM first).', default="tcg")
+    machine: str = _doc('QEMU machine: "microvm" or "q35".', default=RunOptions.machine)
+    memory: str = _doc("Guest memory, QEMU syntax (256M, 1G).", default=RunOptions.memory)
+    smp: int = _doc("Virtual CPUs.", default=RunOptions.smp)
+    accel: str = _doc('"tcg", "kvm" or "auto" (probes KVM first).', default=RunOptions.accel)
     forward: list[str] = _doc(
         'Port forwards "HOST:GUEST" (TCP, user-mode networking).', default_factory=list
     )
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where a settings key came from, for error messages: pyproject.toml or ``-C``."""
+
+    pyproject: str
+    overridden: frozenset[str]  # dotted keys given with -C
+
+    def __call__(self, key: str) -> str:
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in self.overridden:
+                return f"config setting -C {'.'.join(parts[:n])}"
+        table = ".".join(["tool.ukl-build", *parts[:-1]])
+        return f"{self.pyproject}: [{table}] {parts[-1]}"
+
+    def table_of(self, key: str) -> str:
+        """Where the table holding ``key`` came from (for keys that are not in the model)."""
+        where = self(key)
+        return f"{where}:" if where.startswith("config setting") else where.rsplit(" ", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,7 @@ class Settings:
     name: str
     version: str
     summary: str
+    origin: Origins  # where each key came from, for errors found later in the build
     mode: str = _doc(
         '"ukl": the app is linked into vmlinux and runs in ring 0, its system calls are '
         'function calls; "user": the app is a static /init in a built-in initramfs (the '
@@ -158,7 +183,7 @@ class Settings:
 # ---------------------------------------------------------------------------
 # loading
 
-_TOP_LEVEL_ONLY = {"project_dir", "name", "version", "summary"}
+_TOP_LEVEL_ONLY = frozenset({"project_dir", "name", "version", "summary", "origin"})
 
 
 def load_settings(
@@ -194,18 +219,35 @@ def load_settings(
         raise ConfigError(f"{pyproject}: no [tool.ukl-build] table", hint="see docs/configuration.md")
     if not isinstance(raw, dict):
         raise ConfigError(f"{pyproject}: [tool.ukl-build] must be a table")
-    raw = _apply_overrides(raw, dict(config_settings or {}))
+    name = project["name"]
+    if not _DIST_NAME.match(name):
+        raise ConfigError(f"{pyproject}: [project] name: {name!r} is not a valid distribution name",
+                          hint="letters, digits, '-', '_' and '.', starting and ending with a "
+                               "letter or digit (PEP 508)")
+    if not canonicalize_name(name).replace("-", "_").isidentifier():
+        raise ConfigError(f"{pyproject}: [project] name: {name!r} gives the launcher module "
+                          f"{canonicalize_name(name).replace('-', '_')!r}, not a Python identifier",
+                          hint="start the name with a letter")
+    overrides = dict(config_settings or {})
+    origin = Origins(str(pyproject), frozenset(
+        _key(k) for k in overrides if not _frontend_key(k)))
+    raw = _apply_overrides(raw, overrides)
 
-    values = _convert_table(raw, Settings, str(pyproject), "tool.ukl-build", skip=_TOP_LEVEL_ONLY)
+    values = _convert_table(raw, Settings, origin, "", skip=_TOP_LEVEL_ONLY)
     settings = Settings(
         project_dir=project_dir,
-        name=project["name"],
+        name=name,
         version=project["version"],
         summary=str(project.get("description", "")),
+        origin=origin,
         **values,
     )
-    _validate(settings, str(pyproject))
+    _validate(settings, origin)
     return settings
+
+
+def _frontend_key(key: str) -> bool:
+    return key.startswith("build.") or key in ("--build-option", "--global-option")
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +267,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str
         for k in kernel_source_keys:
             out["kernel"].pop(k, None)
     for key, value in overrides.items():
-        if key.startswith("build.") or key in ("--build-option", "--global-option"):
+        if _frontend_key(key):
             continue  # frontend-specific settings meant for other tools
         parts = key.split(".")
         node = out
@@ -251,124 +293,175 @@ def _key(name: str) -> str:
 
 
 def _convert_table(
-    raw: dict[str, Any], cls: type, file: str, table: str, skip: set[str] = frozenset()  # type: ignore[assignment]
+    raw: dict[str, Any], cls: type, origin: Origins, table: str,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
+    """Convert one table; ``table`` is its dotted key below [tool.ukl-build] ("" for the top)."""
     hints = typing.get_type_hints(cls)
     fields = {_key(f.name): f for f in dataclasses.fields(cls) if f.name not in skip}
     out: dict[str, Any] = {}
+    prefix = f"{table}." if table else ""
     for key, value in raw.items():
         f = fields.get(key) or fields.get(_key(key))
         if f is None:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{file}: [{table}] unknown key {key!r}", hint=f"known keys: {known}")
-        out[f.name] = _convert(value, hints[f.name], file, f"[{table}] {_key(f.name)}", table)
+            raise ConfigError(f"{origin.table_of(prefix + _key(key))} unknown key {key!r}",
+                              hint=f"known keys: {known}")
+        out[f.name] = _convert(value, hints[f.name], origin, prefix + _key(f.name))
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in skip and f.name not in out:
+            raise ConfigError(f"{origin(prefix + _key(f.name))}: required key missing"
+                              f"{' in [tool.ukl-build.' + table + ']' if table else ''}")
     return out
 
 
-def _convert(value: Any, tp: Any, file: str, where: str, table: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+def _convert(value: Any, tp: Any, origin: Origins, key: str) -> Any:
+    where = origin(key)
+    origin_tp = typing.get_origin(tp)
+    if origin_tp in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(value, args[0], file, where, table)
+        return _convert(value, args[0], origin, key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{file}: {where}: expected a table, got {value!r}")
-        sub = where.split("] ")[-1]
-        return tp(**_convert_table(value, tp, file, f"{table}.{sub}"))
-    if origin is list:
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return tp(**_convert_table(value, tp, origin, key))
+    if origin_tp is list:
         if isinstance(value, _FromCli):  # "a;b;c"
             value = [v for v in value.split(";") if v]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{file}: {where}: expected a list of strings, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
         return list(value)
-    if origin is dict:
+    if origin_tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{file}: {where}: expected a table, got {value!r}")
-        return {str(k): _kconfig_value(v, file, f"{where}.{k}") for k, v in value.items()}
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return {str(k): _kconfig_value(v, origin(f"{key}.{k}")) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, _FromCli) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
         if not isinstance(value, bool):
-            raise ConfigError(f"{file}: {where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, _FromCli) and value.strip().isdigit():
             return int(value)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{file}: {where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{file}: {where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     raise TypeError(f"unsupported settings type {tp!r}")  # pragma: no cover
 
 
-def _kconfig_value(value: Any, file: str, where: str) -> str:
+def _kconfig_value(value: Any, where: str) -> str:
     if isinstance(value, bool):
         return "y" if value else "n"
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
         return value
-    raise ConfigError(f"{file}: {where}: expected a string, integer or boolean, got {value!r}")
+    raise ConfigError(f"{where}: expected a string, integer or boolean, got {value!r}")
 
 
-def _one_of(value: str, choices: tuple[str, ...], file: str, where: str) -> None:
+def _one_of(value: str, choices: tuple[str, ...], where: str) -> None:
     if value not in choices:
         opts = ", ".join(repr(c) for c in choices)
-        raise ConfigError(f"{file}: {where}: must be one of {opts}, got {value!r}")
+        raise ConfigError(f"{where}: must be one of {opts}, got {value!r}")
 
 
-def _validate(s: Settings, file: str) -> None:
-    t = "[tool.ukl-build]"
-    _one_of(s.mode, MODES, file, f"{t} mode")
-    _one_of(s.libc, LIBCS, file, f"{t} libc")
+def _inside(project_dir: Path, rel: str, where: str) -> None:
+    """App inputs must live in the project: the sdist carries only the project."""
+    path = (project_dir / rel).resolve()
+    if path != project_dir and project_dir not in path.parents:
+        raise ConfigError(f"{where}: {rel!r} is outside the project ({path}); an sdist "
+                          "would not carry it", hint="move it into the project directory")
+
+
+def _validate(s: Settings, origin: Origins) -> None:
+    _one_of(s.mode, MODES, origin("mode"))
+    _one_of(s.libc, LIBCS, origin("libc"))
     if s.mode == "ukl" and s.libc != "nolibc":
-        raise ConfigError(f"{file}: {t} libc: mode 'ukl' supports only 'nolibc'")
+        raise ConfigError(f"{origin('libc')}: mode 'ukl' supports only 'nolibc'")
     for fmt in s.formats:
-        _one_of(fmt, FORMATS, file, f"{t} formats")
+        _one_of(fmt, FORMATS, origin("formats"))
     if not s.formats:
-        raise ConfigError(f"{file}: {t} formats: name at least one format")
+        raise ConfigError(f"{origin('formats')}: name at least one format")
     build_kinds = [k for k in ("sources", "make", "cmake") if getattr(s, k)]
     if len(build_kinds) != 1:
         raise ConfigError(
-            f"{file}: {t}: set exactly one of sources, make, cmake (got {build_kinds or 'none'})"
+            f"{origin(build_kinds[-1] if build_kinds else 'sources')}: set exactly one of "
+            f"sources, make, cmake (got {build_kinds or 'none'})"
         )
+    for src in s.sources:
+        _inside(s.project_dir, src, origin("sources"))
+    if s.make is not None:
+        _inside(s.project_dir, s.make.dir, origin("make.dir"))
+    if s.cmake is not None:
+        _inside(s.project_dir, s.cmake.source_dir, origin("cmake.source-dir"))
+    for recipe in s.recipes:
+        if recipe.endswith(".config"):
+            _inside(s.project_dir, recipe, origin("recipes"))
+    _validate_kconfig(s, origin)
+    _validate_kernel(s.kernel, origin)
+    _validate_run(s, origin)
+
+
+def _validate_kconfig(s: Settings, origin: Origins) -> None:
     for name, value in s.kconfig.items():
+        where = origin(f"kconfig.{name}")
         bare = name.removeprefix("CONFIG_")
         if not _KCONFIG_NAME.match(bare):
-            raise ConfigError(f"{file}: {t} kconfig: {name!r} is not a kernel option name")
+            raise ConfigError(f"{where}: {name!r} is not a kernel option name")
         if value == "m":
-            raise ConfigError(
-                f"{file}: {t} kconfig.{name}: modules are not supported (the kernel has no "
-                "module loader); use \"y\""
-            )
-    k = s.kernel
-    kt = "[tool.ukl-build.kernel]"
+            raise ConfigError(f"{where}: modules are not supported (the kernel has no "
+                              'module loader); use "y"')
+        if bare.startswith("INITRAMFS_COMPRESSION_") and bare != "INITRAMFS_COMPRESSION_NONE":
+            raise ConfigError(f"{where}: the built-in initramfs stays uncompressed (the whole "
+                              "image is compressed already, and the build checks the app in it)")
+
+
+def _validate_kernel(k: KernelSettings, origin: Origins) -> None:
     chosen = [n for n in ("url", "path", "git") if getattr(k, n) is not None]
     if len(chosen) > 1:
-        raise ConfigError(f"{file}: {kt}: set only one of url, path, git (got {', '.join(chosen)})")
+        raise ConfigError(f"{origin('kernel.' + chosen[-1])}: set only one of url, path, git "
+                          f"(got {', '.join(chosen)})")
     kind = k.kind
-    _one_of(k.source, SOURCE_KINDS, file, f"{kt} source")
+    _one_of(k.source, SOURCE_KINDS, origin("kernel.source"))
     if kind != k.source and k.source != "debian":
-        raise ConfigError(f"{file}: {kt} source = {k.source!r} contradicts the {kind} key")
+        raise ConfigError(f"{origin('kernel.source')}: {k.source!r} contradicts the {kind} key")
     if kind in ("url", "path", "git") and not chosen:
-        raise ConfigError(f"{file}: {kt} source = {kind!r} needs the {kind} key")
+        raise ConfigError(f"{origin('kernel.source')}: {kind!r} needs the {kind} key")
     if k.sha256 is not None and not _SHA256.match(k.sha256.lower()):
-        raise ConfigError(f"{file}: {kt} sha256: expected 64 hex digits, got {k.sha256!r}")
+        raise ConfigError(f"{origin('kernel.sha256')}: expected 64 hex digits, got {k.sha256!r}")
     if kind == "url" and not k.sha256:
-        raise ConfigError(
-            f"{file}: {kt} sha256: required with url (a download is only used once verified)"
-        )
+        raise ConfigError(f"{origin('kernel.sha256')}: required with url "
+                          "(a download is only used once verified)")
     if not re.match(r"^\d+\.\d+$", k.version):
-        raise ConfigError(f"{file}: {kt} version: expected e.g. \"6.1\", got {k.version!r}")
+        raise ConfigError(f"{origin('kernel.version')}: expected e.g. \"6.1\", got {k.version!r}")
+    if k.git is not None and not k.git.rev.strip():
+        raise ConfigError(f"{origin('kernel.git.rev')}: must name a commit, tag or branch")
+
+
+def _validate_run(s: Settings, origin: Origins) -> None:
     r = s.run
-    _one_of(r.machine, MACHINES, file, "[tool.ukl-build.run] machine")
-    _one_of(r.accel, ACCELS, file, "[tool.ukl-build.run] accel")
+    _one_of(r.machine, MACHINES, origin("run.machine"))
+    _one_of(r.accel, ACCELS, origin("run.accel"))
+    if not _MEMORY.match(r.memory):
+        raise ConfigError(f"{origin('run.memory')}: expected a size such as 256M or 1G, "
+                          f"got {r.memory!r}")
+    if r.smp < 1:
+        raise ConfigError(f"{origin('run.smp')}: expected at least 1, got {r.smp}")
     for fwd in r.forward:
-        if not re.match(r"^\d+:\d+$", fwd):
-            raise ConfigError(f"{file}: [tool.ukl-build.run] forward: expected HOST:GUEST, got {fwd!r}")
+        try:
+            split_forward(fwd)
+        except ValueError as e:
+            raise ConfigError(f"{origin('run.forward')}: {e}") from None
+    try:
+        check_app_args(s.args)
+    except ValueError as e:
+        raise ConfigError(f"{origin('args')}: {e}") from None
 
 
 def settings_schema_markdown() -> str:
@@ -381,7 +474,7 @@ def settings_schema_markdown() -> str:
         nested: list[tuple[type, str]] = []
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in _TOP_LEVEL_ONLY:
+            if cls is Settings and f.name in _TOP_LEVEL_ONLY:
                 continue
             if f.default is not dataclasses.MISSING:
                 default = repr(f.default)
