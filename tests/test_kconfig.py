@@ -66,11 +66,25 @@ def test_merge_into(tmp_path: Path) -> None:
 def test_dropped_option_reported_by_name(patched_tree, cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # VIRTIO_NET needs NET and a virtio transport: with neither recipe it cannot survive.
     with Reporter(None) as r, pytest.raises(BuildError) as e:
-        configure(patched_tree, [], [("VIRTIO_NET", "y"), ("NO_SUCH_OPTION_X", "y")],
+        configure(patched_tree, [], [("VIRTIO_NET", "y"), ("NR_CPUS", "4")],
                   tmp_path, cache, r, dict(os.environ))
     msg = str(e.value)
     assert "2 requested option(s) did not survive" in msg
     assert "CONFIG_VIRTIO_NET=y (from [tool.ukl-build] kconfig.VIRTIO_NET) became not set" in msg
-    assert "depends on" in msg
-    assert "CONFIG_NO_SUCH_OPTION_X=y" in msg and "no such option" in msg
+    assert "depends on VIRTIO" in msg
+    assert "CONFIG_NR_CPUS=4" in msg and "range" in msg
     assert not [p for p in (cache.root / "kconfig").iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.kernel
+def test_bad_values_and_unknown_options_refused_before_make(patched_tree, cache,  # type: ignore[no-untyped-def]
+                                                            tmp_path: Path) -> None:
+    with Reporter(None) as r, pytest.raises(ConfigError) as e:
+        configure(patched_tree, [], [("HZ_100", "abc"), ("PANIC_TIMEOUT", "soon"),
+                                     ("NO_SUCH_OPTION_X", "y"), ("DEFAULT_HOSTNAME", "fine")],
+                  tmp_path, cache, r, dict(os.environ))
+    msg = str(e.value)
+    assert "kconfig.HZ_100 = abc: a bool option takes y or n" in msg
+    assert "kconfig.PANIC_TIMEOUT = soon: an int option takes a decimal integer" in msg
+    assert "kconfig.NO_SUCH_OPTION_X = y: no such option in this kernel" in msg
+    assert "DEFAULT_HOSTNAME" not in msg and "depends on" not in msg

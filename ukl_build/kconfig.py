@@ -12,6 +12,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ukl_build.cache import Cache, digest, file_sha256
 from ukl_build.errors import BuildError, ConfigError
@@ -148,27 +149,78 @@ def dropped_options(config: Path, options: list[Option]) -> list[tuple[Option, s
     return dropped
 
 
-def dependency_hint(tree: Path, name: str) -> str:
-    """The 'depends on' lines of a symbol, or a note that the kernel has no such symbol."""
-    pattern = re.compile(rf"^\s*(?:menu)?config\s+{re.escape(name)}\s*$")
-    deps: list[str] = []
-    found = False
+@dataclass(frozen=True)
+class Symbol:
+    """What the tree's Kconfig files say of one option."""
+
+    name: str
+    type: str | None  # bool, tristate, int, hex, string; None: no such option
+    depends: tuple[str, ...] = ()
+    ranges: tuple[str, ...] = ()
+
+    def value_error(self, value: str) -> str | None:
+        """Why ``value`` is not a value of this option's type (None: it is one)."""
+        ok = {"bool": r"[yn]", "tristate": r"[yn]", "int": r"-?\d+",
+              "hex": r"(0[xX])?[0-9a-fA-F]+", "string": r'".*"'}.get(self.type or "")
+        if ok is None or re.fullmatch(ok, value):
+            return None
+        expected = {"bool": "y or n", "tristate": "y or n", "int": "a decimal integer",
+                    "hex": "a hexadecimal number", "string": "a string"}[self.type or "string"]
+        article = "an" if self.type == "int" else "a"
+        return f"{article} {self.type} option takes {expected}"
+
+    def hint(self) -> str:
+        if self.type is None:
+            return "no such option in this kernel"
+        facts = [f"range {r}" for r in self.ranges] + list(self.depends)
+        return "; ".join(facts) or "check its dependencies (select/choice)"
+
+
+_TYPE = re.compile(r"^(bool|tristate|int|hex|string|def_bool|def_tristate)\b")
+_BLOCK_END = re.compile(r"^(config|menuconfig|choice|endchoice|menu|endmenu|if|endif|source)\b")
+
+
+def find_symbols(tree: Path, names: set[str]) -> dict[str, Symbol]:
+    """Type, ranges and dependencies of each option in ``names``, in one pass over Kconfig files."""
+    wanted = re.compile(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$")
+    found: dict[str, dict[str, Any]] = {}
     for kconfig in tree.rglob("Kconfig*"):
-        if not kconfig.is_file():
-            continue
+        rel = kconfig.relative_to(tree).parts
+        if not kconfig.is_file() or (rel[0] == "arch" and rel[1] not in ("x86", "Kconfig")):
+            continue  # other architectures' definitions would only mislead
         lines = kconfig.read_text(errors="replace").splitlines()
         for i, line in enumerate(lines):
-            if pattern.match(line):
-                found = True
-                for follow in lines[i + 1 : i + 40]:
-                    s = follow.strip()
-                    if re.match(r"^(config|menuconfig|choice|endchoice|menu|endmenu|if|endif|source)\b", s):
-                        break
-                    if s.startswith("depends on"):
-                        deps.append(s)
-    if not found:
-        return "no such option in this kernel"
-    return "; ".join(sorted(set(deps))) or "check its dependencies (select/choice)"
+            m = wanted.match(line)
+            if not m or m.group(1) not in names:
+                continue
+            facts = found.setdefault(m.group(1), {"type": None, "depends": set(), "ranges": set()})
+            for follow in lines[i + 1: i + 40]:
+                text = follow.strip()
+                if _BLOCK_END.match(text):
+                    break
+                if t := _TYPE.match(text):
+                    facts["type"] = facts["type"] or t.group(1).removeprefix("def_")
+                elif text.startswith("depends on"):
+                    facts["depends"].add(text)
+                elif text.startswith("range "):
+                    facts["ranges"].add(text.removeprefix("range ").strip())
+    return {n: Symbol(n, f["type"], tuple(sorted(f["depends"])), tuple(sorted(f["ranges"])))
+            if (f := found.get(n)) else Symbol(n, None) for n in names}
+
+
+def check_values(tree: Path, options: list[Option]) -> None:
+    """Refuse, before any make, app options the kernel does not have or values of the wrong type."""
+    mine = [o for o in options if o.origin.startswith("[tool.ukl-build]")]
+    symbols = find_symbols(tree, {o.name for o in mine})
+    bad = []
+    for o in mine:
+        sym = symbols[o.name]
+        if sym.type is None:
+            bad.append(f"    {o.origin} = {o.value}: no such option in this kernel")
+        elif why := sym.value_error(o.value):
+            bad.append(f"    {o.origin} = {o.value}: {why}")
+    if bad:
+        raise ConfigError("kconfig: option values the kernel cannot take:\n" + "\n".join(bad))
 
 
 def configure(
@@ -186,6 +238,7 @@ def configure(
     key = digest("kconfig", tree.key, fragments, [(o.name, o.value) for o in options])
 
     def make(tmp: Path) -> None:
+        check_values(tree.path, options)  # a cached entry was checked when it was made
         build = tmp / "o"
         reporter.stage("kconfig", f"tinyconfig + {', '.join(n for n, _ in recipes)}")
         base = ["make", "-C", str(tree.path), f"O={build}", "ARCH=x86_64", "-s"]
@@ -194,9 +247,10 @@ def configure(
         reporter.run([*base, "olddefconfig"], step="kconfig (make olddefconfig)", env=make_env)
         dropped = dropped_options(build / ".config", options)
         if dropped:
+            symbols = find_symbols(tree.path, {o.name for o, _ in dropped})
             lines = [
                 f"    CONFIG_{o.name}={o.value} (from {o.origin}) became {became}: "
-                f"{dependency_hint(tree.path, o.name)}"
+                f"{symbols[o.name].hint()}"
                 for o, became in dropped
             ]
             raise BuildError(

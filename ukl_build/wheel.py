@@ -3,7 +3,7 @@
 Tag: ``py3-none-any``.  The wheel holds no code that runs on the host's CPU:
 the launcher is pure Python and the images are data for QEMU, which runs an
 x86-64 guest on any host (TCG everywhere, KVM on x86-64 hosts).  The guest
-architecture is recorded in the manifest (``arch``) and checked at boot.  A
+architecture is recorded in the manifest (``arch``) for people and tools.  A
 ``linux_x86_64`` tag would be wrong twice: PyPI refuses it, and it would deny
 the wheel to an aarch64 or macOS host that can boot the image perfectly well.
 """
@@ -78,6 +78,15 @@ def launcher_files(settings: Settings) -> dict[str, bytes]:
     return {"__init__.py": init, "__main__.py": main, "_runner.py": runner, "supervise.py": supervise}
 
 
+def _new_tmp(directory: Path, filename: str) -> str:
+    """A temp file beside the final one, readable like any file a build tool writes
+    (mkstemp's 0600 would follow the wheel into every install and upload)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=directory)
+    os.fchmod(fd, 0o644)
+    os.close(fd)
+    return tmp
+
+
 def _zip_time(epoch: int) -> tuple[int, int, int, int, int, int]:
     return time.gmtime(max(epoch, 315532800))[:6]
 
@@ -103,8 +112,7 @@ def write_wheel(settings: Settings, images: ImageSet, wheel_dir: Path, epoch: in
     entries.append((f"{info}/sboms/{SBOM}", images.directory / SBOM))
 
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=wheel_dir)
-    os.close(fd)
+    tmp = _new_tmp(wheel_dir, filename)
     try:
         stamp = _zip_time(epoch)
         records = []
@@ -138,8 +146,7 @@ def write_sdist(settings: Settings, sdist_dir: Path, epoch: int) -> str:
     base = f"{settings.dist_name}-{settings.version}"
     filename = f"{base}.tar.gz"
     sdist_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=sdist_dir)
-    os.close(fd)
+    tmp = _new_tmp(sdist_dir, filename)
 
     def add(tar: tarfile.TarFile, arcname: str, data: bytes, mode: int = 0o644) -> None:
         ti = tarfile.TarInfo(arcname)
