@@ -106,3 +106,55 @@ def test_extra_qemu_args_come_last(tmp_path: Path) -> None:
     argv = qemu_argv(json.loads((d / "manifest.json").read_text()), d,
                      RunOptions(qemu_args=["-icount", "shift=0"]), "tcg")
     assert argv[-2:] == ["-icount", "shift=0"]
+
+
+AWKWARD = ["two words", "", 'quo""te', "tab\there", "a=b", "=lead", "é à", "-x", "trailing ",
+           "  lead", "x=", "nbsp\xa0inside", 'last"odd']
+
+
+def test_app_args_round_trip_through_the_kernels_parser() -> None:
+    from ukl_build.runner import kernel_init_args, quote_app_args
+
+    tail = quote_app_args(AWKWARD)
+    assert kernel_init_args(tail.encode()) == [a.encode() for a in AWKWARD]
+
+
+@pytest.mark.parametrize("bad", ['x="y z"', '"lead', "--", 'a "b c'])
+def test_args_the_kernel_cannot_carry_are_refused(tmp_path: Path, bad: str) -> None:
+    d = image_dir(tmp_path)
+    with pytest.raises(RunError, match="cannot be passed on a kernel command line"):
+        qemu_argv(json.loads((d / "manifest.json").read_text()), d,
+                  RunOptions(args=["ok", bad]), "tcg")
+
+
+def test_cmdline_length_and_arg_count_checked(tmp_path: Path) -> None:
+    d = image_dir(tmp_path, init_arg_limit=4)
+    manifest = json.loads((d / "manifest.json").read_text())
+    with pytest.raises(RunError, match="5 arguments, but the kernel passes at most 4"):
+        qemu_argv(manifest, d, RunOptions(args=list("abcde")), "tcg")
+    with pytest.raises(RunError, match=r"kernel command line is 2[0-9]{3} bytes"):
+        qemu_argv(manifest, d, RunOptions(args=["y" * 2040]), "tcg")
+
+
+def test_run_takes_machine_memory_smp_from_the_image(tmp_path: Path) -> None:
+    from ukl_build.cli import parser
+    from ukl_build.runner import options_from_args, run_defaults
+
+    d = image_dir(tmp_path, run={"machine": "q35", "memory": "512M", "smp": 2, "accel": "tcg",
+                                 "forward": ["18080:8080"]})
+    defaults = run_defaults(json.loads((d / "manifest.json").read_text()))
+    opts = options_from_args(parser().parse_args(["run", str(d)]), defaults)
+    assert (opts.machine, opts.memory, opts.smp, opts.forward) == ("q35", "512M", 2, ["18080:8080"])
+    opts = options_from_args(parser().parse_args(["run", str(d), "--smp", "1", "-m", "1G"]), defaults)
+    assert (opts.machine, opts.memory, opts.smp) == ("q35", "1G", 1)
+    # an image without a run table gets RunOptions' own defaults
+    plain = run_defaults({})
+    assert (plain["machine"], plain["memory"], plain["smp"]) == ("microvm", "256M", 1)
+
+
+def test_an_odd_quote_would_swallow_the_next_argument() -> None:
+    from ukl_build.runner import quote_app_args
+
+    assert quote_app_args(['quo"te']) == 'quo"te'  # last: fine
+    with pytest.raises(ValueError, match=r"argument 1 'quo\"te' cannot be passed.*odd number"):
+        quote_app_args(['quo"te', "next"])

@@ -91,3 +91,71 @@ def test_schema_lists_every_table() -> None:
 def test_configuration_reference_is_current() -> None:
     doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
     assert doc.read_text() == settings_schema_markdown() + "\n", "run: make docs"
+
+
+# --- errors name their real source; everything is checked when settings load
+
+
+def test_cli_override_errors_name_the_config_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_settings(project(tmp_path), {"mode": "kernel"})
+    assert str(e.value).startswith("config setting -C mode: must be one of")
+    assert "pyproject.toml" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^config setting -C run.smp: expected an integer"):
+        load_settings(project(tmp_path), {"run.smp": "two"})
+    with pytest.raises(ConfigError, match=r"^config setting -C colour: unknown key 'colour'"):
+        load_settings(project(tmp_path), {"colour": "blue"})
+    # the same mistake in the file names the file and the table
+    with pytest.raises(ConfigError, match=r"pyproject.toml: \[tool.ukl-build\] mode: must be one of"):
+        load_settings(project(tmp_path, "mode = 'kernel'\n"))
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("[tool.ukl-build.run]\nmemory = 'lots'\n", r"run\] memory: expected a size such as 256M"),
+    ("[tool.ukl-build.run]\nmemory = '0M'\n", r"run\] memory: expected a size"),
+    ("[tool.ukl-build.run]\nsmp = 0\n", r"run\] smp: expected at least 1"),
+    ("[tool.ukl-build.run]\nforward = ['8080']\n", r"run\] forward: '8080': expected HOST:GUEST"),
+    ("[tool.ukl-build.run]\nforward = ['70000:80']\n", r"run\] forward: '70000:80': ports are 1 to 65535"),
+    ("[tool.ukl-build.kernel.git]\nurl = '/srv/linux.git'\n",
+     r"\[tool.ukl-build.kernel.git\] rev: required key missing"),
+    ("args = ['x=\"y z\"']\n", r"\] args: argument 1 'x=\"y z\"' cannot be passed on a kernel command line"),
+    ("args = ['--']\n", r"argument 1 '--' cannot be passed.*stops passing arguments"),
+    (f"args = {['a'] * 33!r}\n", r"33 arguments, but the kernel passes at most 32"),
+    (f"cmdline = '{'x' * 2100}'\n", r"kernel command line is \d+ bytes; the kernel keeps only 2047"),
+    ("[tool.ukl-build.kconfig]\nINITRAMFS_COMPRESSION_GZIP = 'y'\n", r"initramfs stays uncompressed"),
+])
+def test_checked_at_configuration_time(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(project(tmp_path, extra))
+
+
+def test_app_sources_must_be_inside_the_project(tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    proj.mkdir()
+    base = BASE.replace('sources = ["main.c"]', 'sources = ["../outside.c"]')
+    with pytest.raises(ConfigError, match=r"sources: '../outside.c' is outside the project"):
+        load_settings(project(proj, base=base))
+    base = BASE.replace('sources = ["main.c"]', 'make = { dir = "/usr/src" }')
+    with pytest.raises(ConfigError, match=r"make\] dir: '/usr/src' is outside the project"):
+        load_settings(project(proj, base=base))
+    with pytest.raises(ConfigError, match=r"-C recipes: '../x.config' is outside the project"):
+        load_settings(project(proj), {"recipes": "microvm;../x.config"})
+
+
+@pytest.mark.parametrize("name", ["hello world!", "-dash", "trailing.", "1app"])
+def test_project_name_must_be_a_distribution_name(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[project\] name: "):
+        load_settings(project(tmp_path, base=BASE.replace("demo-app", name)))
+
+
+def test_run_defaults_come_from_runoptions(tmp_path: Path) -> None:
+    from ukl_build.runner import RunOptions
+
+    run = load_settings(project(tmp_path)).run
+    base = RunOptions()
+    assert (run.machine, run.memory, run.smp, run.accel) == (base.machine, base.memory, base.smp,
+                                                             base.accel)
+
+
+def test_schema_documents_kernel_version() -> None:
+    assert "| `version` | `'6.1'` |" in settings_schema_markdown()

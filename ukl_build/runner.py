@@ -194,20 +194,26 @@ def kernel_init_args(tail: bytes) -> list[bytes]:
 def quote_app_args(args: Sequence[str]) -> str:
     """App arguments as a kernel command line tail that gives back exactly ``args``.
 
-    Raises ValueError naming the first argument the kernel cannot carry.
+    Quotes what needs quoting, then checks the whole line against the model
+    of the kernel's parser above; ValueError names the first argument that
+    no quoting can carry.
     """
-    words = []
-    for i, arg in enumerate(args, 1):
-        raw = arg.encode("utf-8", "surrogateescape")
-        word = b'"' + raw + b'"' if not raw or _KERNEL_SPACE & set(raw) else raw
-        if b"\0" in raw or kernel_init_args(word) != [raw]:
-            why = ("it is '--', where the kernel stops passing arguments" if arg == "--" else
-                   "it holds a NUL byte" if b"\0" in raw else
-                   'the kernel strips or splits \'"\' in it (no escape exists for a quote '
-                   'next to a space, at the start, or after "=")')
-            raise ValueError(f"argument {i} {arg!r} cannot be passed on a kernel command line: {why}")
-        words.append(word.decode("utf-8", "surrogateescape"))
-    return " ".join(words)
+    raw = [a.encode("utf-8", "surrogateescape") for a in args]
+    words = [b'"' + r + b'"' if not r or _KERNEL_SPACE & set(r) else r for r in raw]
+    line = b" ".join(words)
+    if kernel_init_args(line) != raw:
+        i = next(i for i in range(len(raw))
+                 if kernel_init_args(b" ".join(words[:i + 1])) != raw[:i + 1])
+        if i > 0 and raw[i - 1].count(b'"') % 2:
+            i -= 1  # an odd quote in the one before swallowed this one
+        arg = args[i]
+        why = ("it is '--', where the kernel stops passing arguments" if arg == "--" else
+               "it holds a NUL byte" if "\0" in arg else
+               'the kernel has no escape for \'"\': a quote at its start, after "=", next to '
+               "a space, or an odd number of them (which swallows what follows) is mangled")
+        raise ValueError(f"argument {i + 1} {arg!r} cannot be passed on a kernel command line: "
+                         f"{why}")
+    return line.decode("utf-8", "surrogateescape")
 
 
 def check_app_args(args: Sequence[str], limit: int = DEFAULT_INIT_ARG_LIMIT) -> None:
@@ -218,32 +224,14 @@ def check_app_args(args: Sequence[str], limit: int = DEFAULT_INIT_ARG_LIMIT) -> 
                          f"(CONFIG_INIT_ENV_ARG_LIMIT={limit}); more makes it panic")
 
 
-def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel: str,
-              check_files: bool = True) -> list[str]:
-    images = manifest.get("images", {})
-    if opts.image not in images:
-        have = ", ".join(sorted(images)) or "none"
-        raise RunError(f"image format {opts.image!r} is not in this build (have: {have})")
-    kernel = image_dir / images[opts.image]["file"]
-    if check_files and not kernel.is_file():
-        raise RunError(f"{kernel}: missing")
-    if check_files and shutil.which(opts.qemu) is None:
-        raise RunError(f"{opts.qemu} not found (apt-get install qemu-system-x86)")
-    network = bool(opts.forward or manifest.get("network"))
-    if opts.machine == "microvm":
-        # No ACPI, and no automatic virtio_mmio.device= on the command line: QEMU
-        # would append it after "--", where it would land in the app's argv.
-        machine = "microvm,x-option-roms=off,acpi=off,auto-kernel-cmdline=off"
-        nic = ["-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"]
-        devices = [MICROVM_NIC_PARAM] if network else []
-    elif opts.machine == "q35":
-        machine = "q35"
-        nic = ["-device", "virtio-net-pci,netdev=n0"]
-        devices = []
-    else:
-        raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
+def kernel_cmdline(manifest: dict[str, Any], opts: RunOptions, network: bool) -> str:
+    """The kernel command line of a boot: ours, the image's, then ``--`` and the app's argv.
 
-    cmdline = ["console=ttyS0", "reboot=t", *devices]
+    RunError if the kernel would not hand the app its arguments exactly.
+    """
+    cmdline = ["console=ttyS0", "reboot=t"]
+    if network and opts.machine == "microvm":
+        cmdline.append(MICROVM_NIC_PARAM)
     if manifest.get("cmdline"):
         cmdline.append(manifest["cmdline"])
     if opts.kernel_log:
@@ -263,6 +251,33 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
     if size > COMMAND_LINE_MAX:
         raise RunError(f"kernel command line is {size} bytes; the kernel keeps only "
                        f"{COMMAND_LINE_MAX} and would drop the rest silently (cmdline, args)")
+    return append
+
+
+def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel: str,
+              check_files: bool = True) -> list[str]:
+    images = manifest.get("images", {})
+    if opts.image not in images:
+        have = ", ".join(sorted(images)) or "none"
+        raise RunError(f"image format {opts.image!r} is not in this build (have: {have})")
+    kernel = image_dir / images[opts.image]["file"]
+    if check_files and not kernel.is_file():
+        raise RunError(f"{kernel}: missing")
+    if check_files and shutil.which(opts.qemu) is None:
+        raise RunError(f"{opts.qemu} not found (apt-get install qemu-system-x86)")
+    network = bool(opts.forward or manifest.get("network"))
+    if opts.machine == "microvm":
+        # No ACPI, and no automatic virtio_mmio.device= on the command line: QEMU
+        # would append it after "--", where it would land in the app's argv.
+        machine = "microvm,x-option-roms=off,acpi=off,auto-kernel-cmdline=off"
+        nic = ["-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"]
+    elif opts.machine == "q35":
+        machine = "q35"
+        nic = ["-device", "virtio-net-pci,netdev=n0"]
+    else:
+        raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
+
+    append = kernel_cmdline(manifest, opts, network)
 
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",

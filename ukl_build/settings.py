@@ -23,7 +23,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from ukl_build.errors import ConfigError
-from ukl_build.runner import RunOptions, check_app_args, split_forward
+from ukl_build.runner import RunError, RunOptions, check_app_args, kernel_cmdline, split_forward
 
 MODES = ("ukl", "user")
 LIBCS = ("nolibc", "glibc")
@@ -462,6 +462,11 @@ def _validate_run(s: Settings, origin: Origins) -> None:
         check_app_args(s.args)
     except ValueError as e:
         raise ConfigError(f"{origin('args')}: {e}") from None
+    try:  # the longest line a boot of this image can have (microvm adds its NIC)
+        kernel_cmdline({"cmdline": s.cmdline, "args": s.args}, RunOptions(machine=r.machine),
+                       network=True)
+    except RunError as e:
+        raise ConfigError(f"{origin('cmdline')} / {origin('args')}: {e}") from None
 
 
 def settings_schema_markdown() -> str:

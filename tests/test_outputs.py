@@ -1,0 +1,93 @@
+"""Output paths: ukl-build replaces only what it created, and writes files others can read."""
+
+from __future__ import annotations
+
+import json
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ukl_build.artifacts import ImageSet, check_out_dir, owned_files, remove_owned, replace_dir
+from ukl_build.errors import ConfigError
+from ukl_build.settings import load_settings
+from ukl_build.wheel import write_sdist, write_wheel
+
+from conftest import copy_example, run_cli
+
+
+def fake_image_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    manifest = {"ukl_build": "0", "kernel": {"config": {"file": "a.config"}},
+                "images": {"bzimage": {"file": "a.bzImage"}}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("a.config", "a.bzImage", "sbom.cdx.json"):
+        (path / name).write_text("{}")
+    return path
+
+
+def test_out_dir_rules(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    check_out_dir(tmp_path / "new", project)  # does not exist yet: fine
+    (tmp_path / "empty").mkdir()
+    check_out_dir(tmp_path / "empty", project)
+    ours = fake_image_dir(tmp_path / "ours")
+    check_out_dir(ours, project)
+    assert owned_files(ours) == {"manifest.json", "a.config", "a.bzImage", "sbom.cdx.json"}
+    for refused in (project, tmp_path):  # the project, or a directory holding it
+        with pytest.raises(ConfigError, match="is the project directory or holds it"):
+            check_out_dir(refused, project)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty and not a ukl-build image directory"):
+        check_out_dir(foreign, project)
+    (ours / "notes.txt").write_text("added by the user")  # ours no longer: refused too
+    with pytest.raises(ConfigError):
+        check_out_dir(ours, project)
+
+
+def test_failure_cleanup_and_replace_touch_only_our_files(tmp_path: Path) -> None:
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("x")
+    remove_owned(foreign)
+    assert (foreign / "keep.txt").read_text() == "x"
+    ours = fake_image_dir(tmp_path / "ours")
+    new = fake_image_dir(tmp_path / "new")
+    replace_dir(new, ours)
+    assert owned_files(ours) is not None and not new.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    (ours / "keep.txt").write_text("x")  # appeared after the check: not replaced
+    with pytest.raises(ConfigError, match="did not create"):
+        replace_dir(fake_image_dir(tmp_path / "new2"), ours)
+    assert (ours / "keep.txt").exists()
+
+
+def test_cli_build_out_refuses_the_project_and_foreign_dirs(tmp_path: Path) -> None:
+    project = copy_example("hello", tmp_path)
+    before = sorted(p.name for p in project.iterdir())
+    proc = run_cli("build", str(project), "--out", str(project))
+    assert proc.returncode == 1 and "is the project directory" in proc.stderr
+    foreign = tmp_path / "stuff"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("precious")
+    proc = run_cli("build", str(project), "--out", str(foreign))
+    assert proc.returncode == 1 and "refusing to replace what ukl-build did not create" in proc.stderr
+    assert (foreign / "data.txt").read_text() == "precious"
+    assert sorted(p.name for p in project.iterdir()) == before  # no build dir either
+
+
+def test_wheel_and_sdist_are_world_readable(tmp_path: Path) -> None:
+    project = copy_example("hello", tmp_path)
+    settings = load_settings(project)
+    sdist = tmp_path / "dist" / write_sdist(settings, tmp_path / "dist", 315532800)
+    images = ImageSet(fake_image_dir(tmp_path / "img"),
+                      json.loads((tmp_path / "img/manifest.json").read_text()))
+    wheel = tmp_path / "dist" / write_wheel(settings, images, tmp_path / "dist", 315532800)
+    for f in (sdist, wheel):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    with tarfile.open(sdist) as tar:
+        assert "ukl_hello-0.1.0/src/hello.c" in tar.getnames()
