@@ -16,7 +16,8 @@ from typing import Any
 
 from benchmarks.harness import Context, alternate, boot_to_line, median, percentile, run_capture
 from ukl_build.cache import Cache
-from ukl_build.kbuild import initramfs_list
+from ukl_build.errors import UklError
+from ukl_build.kbuild import bzimage_kernel, initramfs_list
 from ukl_build.pipeline import build
 
 MODES = ("ukl", "user")
@@ -92,25 +93,16 @@ def _initramfs_cpio(result: Any, dest: Path) -> Path:
     return dest
 
 
-# Compressed-kernel magics in a bzImage/vmlinuz, and the tool that inflates each.
-_PAYLOADS = ((b"\x02\x21\x4c\x18", ["lz4", "-dc"]), (b"\x28\xb5\x2f\xfd", ["zstd", "-dcq"]),
-             (b"\xfd7zXZ\x00", ["xz", "-dcq"]), (b"\x1f\x8b\x08", ["gzip", "-dcq"]))
-
-
 def extract_vmlinux(vmlinuz: Path, dest: Path) -> Path | None:
     """The ELF kernel inside a compressed kernel image (as the tree's scripts/extract-vmlinux)."""
-    data = vmlinuz.read_bytes()
-    for magic, tool in _PAYLOADS:
-        if shutil.which(tool[0]) is None:
-            continue
-        pos = data.find(magic)
-        while pos >= 0:
-            out = subprocess.run(tool, input=data[pos:], capture_output=True).stdout  # trailing bytes
-            if out.startswith(b"\x7fELF"):
-                dest.write_bytes(out)
-                return dest
-            pos = data.find(magic, pos + 1)
-    return None
+    try:
+        data = bzimage_kernel(vmlinuz, dict(os.environ))
+    except UklError:
+        return None
+    if not data.startswith(b"\x7fELF"):
+        return None
+    dest.write_bytes(data)
+    return dest
 
 
 def boot(ctx: Context) -> None:

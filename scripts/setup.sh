@@ -5,8 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(gcc make flex bison bc cpio perl patch xz-utils zstd binutils libelf-dev libssl-dev
-          git ccache qemu-system-x86 linux-source-6.1 python3-venv procps)
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null || { echo "setup: $PYTHON not found (Debian: apt-get install python3)"; exit 1; }
+# The one list of Debian packages: ukl_build/host_packages.py (doctor and the
+# restricted-PATH test read it too).
+mapfile -t PACKAGES < <("$PYTHON" ukl_build/host_packages.py --names)
+[ ${#PACKAGES[@]} -gt 0 ] || { echo "setup: ukl_build/host_packages.py listed no packages"; exit 1; }
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -20,7 +24,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ukl_build.errors import UklError
-from ukl_build.source import debian_tarball
+from ukl_build.host_packages import PACKAGES
 
 
 @dataclass(frozen=True)
@@ -20,28 +20,18 @@ class Check:
     optional: bool = False
 
 
-DEBIAN_PACKAGES = ("gcc", "make", "flex", "bison", "bc", "cpio", "perl", "patch", "xz-utils",
-                   "zstd", "libelf-dev", "libssl-dev", "git", "ccache", "qemu-system-x86",
-                   "linux-source-6.1")
-
-
-def checks(kernel_version: str = "6.1") -> list[Check]:
-    def tool(name: str, pkg: str, optional: bool = False) -> Check:
-        return Check(f"{name} on PATH", shutil.which(name) is not None, pkg, optional)
-
-    return [
-        tool("gcc", "gcc"), tool("make", "make"), tool("flex", "flex"), tool("bison", "bison"),
-        tool("bc", "bc"), tool("cpio", "cpio"), tool("perl", "perl"), tool("patch", "patch"),
-        tool("xz", "xz-utils"), tool("zstd", "zstd"), tool("readelf", "binutils"),
-        Check("libelf headers (objtool)", Path("/usr/include/gelf.h").is_file(), "libelf-dev"),
-        Check("openssl headers", Path("/usr/include/openssl/ssl.h").is_file(), "libssl-dev"),
-        tool("git", "git", optional=True),
-        tool("ccache", "ccache", optional=True),
-        tool("qemu-system-x86_64", "qemu-system-x86"),
-        Check(f"Debian kernel source {debian_tarball(kernel_version)}",
-              debian_tarball(kernel_version).is_file(), f"linux-source-{kernel_version}",
-              optional=True),
-    ]
+def checks() -> list[Check]:
+    """One check per command or file of each package in :data:`PACKAGES`."""
+    out = []
+    for pkg in PACKAGES:
+        if pkg.tests_only:
+            continue
+        for cmd in pkg.commands:
+            out.append(Check(f"{cmd} on PATH ({pkg.why})", shutil.which(cmd) is not None,
+                             pkg.name, pkg.optional))
+        for f in pkg.files:
+            out.append(Check(f"{f} ({pkg.why})", Path(f).is_file(), pkg.name, pkg.optional))
+    return out
 
 
 def report(install: bool) -> int:

@@ -1,0 +1,61 @@
+"""The Debian packages ukl-build runs commands from: the one list.
+
+``scripts/setup.sh`` installs them (it runs this file as a script, before any
+virtualenv exists, so: standard library only), ``python -m ukl_build doctor``
+checks them, and ``tests/test_install.py`` builds and boots with ``PATH``
+holding only the commands of these packages plus Debian's ``Priority:
+required`` set, so a command missing from this list fails CI on any machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HostPackage:
+    name: str
+    commands: tuple[str, ...] = ()  # what ukl-build (or the kernel build) runs from it
+    files: tuple[str, ...] = ()  # what it provides that is not a command
+    why: str = ""
+    optional: bool = False  # only some builds need it
+    tests_only: bool = False  # the test suite's own tools
+
+
+PACKAGES: tuple[HostPackage, ...] = (
+    HostPackage("gcc", ("gcc",), why="the app and the kernel"),
+    HostPackage("make", ("make",), why="kernel builds, make-driven apps"),
+    HostPackage("flex", ("flex",), why="kconfig and dtc lexers"),
+    HostPackage("bison", ("bison",), why="kconfig parser"),
+    HostPackage("bc", ("bc",), why="kernel timeconst.h"),
+    HostPackage("perl", ("perl",), why="kernel headers and build scripts"),
+    HostPackage("patch", ("patch",), why="applies the UKL series"),
+    HostPackage("xz-utils", ("xz",), why="xz-compressed kernels and sources"),
+    HostPackage("zstd", ("zstd",), why="compresses the kernel; checks the bzImage payload"),
+    HostPackage("binutils", ("ld", "as", "objcopy", "nm", "ar", "readelf"),
+                why="linking the app into vmlinux, checking ELF files"),
+    HostPackage("libelf-dev", files=("/usr/include/gelf.h",), why="objtool"),
+    HostPackage("libssl-dev", files=("/usr/include/openssl/ssl.h",), why="kernel host tools"),
+    HostPackage("qemu-system-x86", ("qemu-system-x86_64",), why="run, the launcher, tests"),
+    HostPackage("linux-source-6.1", files=("/usr/src/linux-source-6.1.tar.xz",),
+                why="the offline default kernel source", optional=True),
+    HostPackage("ccache", ("ccache",), why="compiler cache for kernel builds", optional=True),
+    HostPackage("git", ("git",), why="kernel sources from git", optional=True),
+    HostPackage("python3-venv", why="scripts/setup.sh makes .venv", tests_only=True),
+    HostPackage("procps", ("pgrep", "pkill"), why="tests look for left-over VMs", tests_only=True),
+)
+
+
+def main(argv: list[str]) -> int:
+    """``--names``: the package names, one a line (for scripts/setup.sh)."""
+    if argv != ["--names"]:
+        print("usage: host_packages.py --names", file=sys.stderr)
+        return 2
+    for p in PACKAGES:
+        print(p.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
