@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ import pytest
 from ukl_build.errors import BuildError
 from ukl_build.pipeline import BuildResult, build
 
-from conftest import check_httpd, copy_example, run_cli
+from conftest import check_httpd, copy_example, free_port, run_cli
 
 pytestmark = pytest.mark.kernel
 
@@ -155,3 +157,59 @@ def test_python_build_sdist_and_wheel(hello_build: BuildResult, tmp_path: Path) 
     assert names == ["ukl_hello-0.1.0-py3-none-any.whl", "ukl_hello-0.1.0.tar.gz"]
     manifest = run_cli("inspect", "--json", str(out / names[0]))
     assert json.loads(manifest.stdout)["name"] == "ukl-hello"
+
+
+def _boot_httpd(image_dir: Path, *app_args: str) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ukl_build", "run", str(image_dir), "--forward", f"{port}:8080",
+         "--timeout", "240", "--", "--port", "8080", *app_args],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "listening on port 8080" in line:
+            return proc, port
+    raise AssertionError("httpd did not start")
+
+
+def test_httpd_times_out_half_sent_requests(httpd_build: BuildResult) -> None:
+    proc, port = _boot_httpd(httpd_build.images.directory, "--idle-timeout", "2")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # no blank line: never complete
+            start = time.monotonic()
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+            waited = time.monotonic() - start
+        assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
+        assert 1.0 < waited < 10, waited
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_httpd_idle_connections_cannot_lock_clients_out(httpd_build: BuildResult) -> None:
+    proc, port = _boot_httpd(httpd_build.images.directory, "--max-conns", "8")
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(12)]
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b"Hello from ukl-build httpd!\n"
+        conn.close()
+        closed = 0
+        for s in idle:  # the longest-idle ones made room
+            s.settimeout(5)
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                continue
+            finally:
+                s.close()
+        assert closed >= 4, closed
+    finally:
+        proc.kill()
+        proc.wait()

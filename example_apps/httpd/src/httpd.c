@@ -6,7 +6,12 @@
  *   GET /bytes/N   N bytes of body (0 <= N <= 64 MiB)
  *
  * Anything it cannot parse gets 400 and the connection is closed; the
- * server keeps running.  Usage: httpd [--port N]   (default 8080)
+ * server keeps running.  A connection idle for --idle-timeout seconds is
+ * closed (408 if it stopped mid-request); when --max-conns are open, the
+ * longest-idle connection makes room for a new one.
+ *
+ * Usage: httpd [--port N] [--idle-timeout S] [--max-conns N]
+ *        (defaults 8080, 30 s, 1000)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +36,7 @@ struct conn {
 	size_t body_left;
 	int close_after;	/* close once the response is out */
 	int want_out;		/* EPOLLOUT armed */
+	long last;		/* when it last made progress (seconds) */
 };
 
 /*
@@ -42,6 +48,18 @@ static struct conn *conns[MAX_CONNS];
 static char filler[65536];
 static int epfd;
 static unsigned long served;
+static long idle_timeout = 30;
+static int max_conns = 1000;	/* below MAX_CONNS: stdio, the listener, epoll */
+static int live;
+static long now;
+
+static void tick(void)
+{
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	now = tv.tv_sec;
+}
 
 static const char greeting[] = "Hello from ukl-build httpd!\n";
 
@@ -51,6 +69,7 @@ static void drop(struct conn *c)
 	close(c->fd);
 	conns[c->fd] = NULL;
 	free(c);
+	live--;
 }
 
 static void arm(struct conn *c, int want_out)
@@ -171,6 +190,7 @@ static int flush_out(struct conn *c)
 		if (c->body)
 			c->body += w;
 		c->body_left -= w;
+		c->last = now;
 	}
 	return 1;
 }
@@ -229,10 +249,79 @@ static void on_readable(struct conn *c)
 		if (r < 0)
 			break;
 		c->in_len += r;
+		c->last = now;
 		if (!serve(c))
 			return;
 	}
 	serve(c);
+}
+
+/* Close connections idle too long; a half-sent request gets a 408 first. */
+static void sweep(void)
+{
+	int fd;
+
+	for (fd = 0; fd < MAX_CONNS; fd++) {
+		struct conn *c = conns[fd];
+
+		if (!c || now - c->last < idle_timeout)
+			continue;
+		if (c->in_len && !responding(c)) {
+			c->close_after = 1;
+			respond(c, 408, "Request Timeout", "request timeout\n", 16);
+			flush_out(c);
+		}
+		drop(c);
+	}
+}
+
+/* Make room for a new connection: drop the one idle longest (not mid-response). */
+static int evict_oldest(void)
+{
+	struct conn *oldest = NULL;
+	int fd;
+
+	for (fd = 0; fd < MAX_CONNS; fd++) {
+		struct conn *c = conns[fd];
+
+		if (c && !responding(c) && (!oldest || c->last < oldest->last))
+			oldest = c;
+	}
+	if (!oldest)
+		return 0;
+	drop(oldest);
+	return 1;
+}
+
+static void accept_all(int lfd)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+
+	for (;;) {
+		int one = 1;
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if ((errno == EMFILE || errno == ENFILE) && evict_oldest())
+				continue;
+			return;
+		}
+		if (fd >= MAX_CONNS || (live >= max_conns && !evict_oldest())) {
+			close(fd);	/* nothing to evict: every connection is mid-response */
+			continue;
+		}
+		conns[fd] = calloc(1, sizeof(struct conn));
+		if (!conns[fd]) {
+			close(fd);
+			return;
+		}
+		live++;
+		conns[fd]->fd = fd;
+		conns[fd]->last = now;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		ev.data.u64 = fd;
+		epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+	}
 }
 
 static int listen_on(int port)
@@ -261,12 +350,19 @@ int main(int argc, char **argv)
 {
 	struct epoll_event ev = { .events = EPOLLIN }, evs[64];
 	int port = 8080, lfd, i, n;
+	long swept = 0;
 
 	for (i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--port") && i + 1 < argc) {
 			port = atoi(argv[++i]);
+		} else if (!strcmp(argv[i], "--idle-timeout") && i + 1 < argc &&
+			   atoi(argv[i + 1]) > 0) {
+			idle_timeout = atoi(argv[++i]);
+		} else if (!strcmp(argv[i], "--max-conns") && i + 1 < argc &&
+			   atoi(argv[i + 1]) > 0 && atoi(argv[i + 1]) <= 1000) {
+			max_conns = atoi(argv[++i]);
 		} else {
-			fprintf(stderr, "usage: httpd [--port N]\n");
+			fprintf(stderr, "usage: httpd [--port N] [--idle-timeout S] [--max-conns N]\n");
 			return 2;
 		}
 	}
@@ -280,33 +376,25 @@ int main(int argc, char **argv)
 	epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev);
 	printf("httpd: listening on port %d\n", port);
 
+	tick();
 	for (;;) {
-		n = epoll_wait(epfd, evs, 64, -1);
+		n = epoll_wait(epfd, evs, 64, 1000);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
 			perror("epoll_wait");
 			return 1;
 		}
+		tick();
+		if (now != swept) {
+			swept = now;
+			sweep();
+		}
 		for (i = 0; i < n; i++) {
 			unsigned long slot = evs[i].data.u64;
 
 			if (slot == MAX_CONNS) {
-				int fd;
-
-				while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-					int one = 1;
-
-					if (fd >= MAX_CONNS || !(conns[fd] = calloc(1, sizeof(struct conn)))) {
-						close(fd);
-						continue;
-					}
-					conns[fd]->fd = fd;
-					setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-					ev.events = EPOLLIN;
-					ev.data.u64 = fd;
-					epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
-				}
+				accept_all(lfd);
 				continue;
 			}
 			if (!conns[slot])
