@@ -84,6 +84,17 @@ def test_stress_four_apps_at_once_twice(builds: Builds, tmp_path: Path) -> None:
             boots_own_app(p, tags[t])
 
 
+def test_two_builds_of_one_project_take_turns(builds: Builds, tmp_path: Path) -> None:
+    builds("hello", "ukl")
+    project = hello_variant(tmp_path, "same", "ukl")
+    procs = [subprocess.Popen(cli("build", str(project)), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=900)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sum("waiting for another build of" in e for e in errs) == 1
+    boots_own_app(project, "same")
+
+
 def _ours_running(cache: Cache, owner: int) -> list[str]:
     """Processes still working in the cache or supervising for ``owner``."""
     left = []

@@ -64,11 +64,8 @@ class Cache:
         the fd (``Reporter.run(keep_fds=...)``) keeps it held until it exits,
         so work started under the lock cannot outlive it.
         """
-        lock_dir = self.root / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f"{kind}-{key}.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            yield f.fileno()
+        with file_lock(self.root / "locks" / f"{kind}-{key}.lock") as fd:
+            yield fd
 
     def entry(self, kind: str, key: str, make: Callable[[Path], None]) -> Path:
         """Return the entry ``kind/key``, creating it with ``make(tmpdir)`` if missing.
@@ -95,6 +92,25 @@ class Cache:
     def clean(self) -> None:
         if self.root.exists():
             shutil.rmtree(self.root)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator[int]:
+    """An exclusive flock on ``path`` (created if need be); yields its fd.
+
+    ``waiting`` is called once if another process holds the lock.  Released
+    when every holder of the open file has closed it (never unlocked
+    explicitly, see :meth:`Cache.lock`).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield f.fileno()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

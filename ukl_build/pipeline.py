@@ -7,13 +7,14 @@ stage reaches back.  The engine knows nothing of PEP 517 or the CLI.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from ukl_build.appbuild import build_app
 from ukl_build.artifacts import ImageSet, check_out_dir, remove_owned, write_image_set
-from ukl_build.cache import Cache
+from ukl_build.cache import Cache, file_lock
 from ukl_build.errors import ConfigError, UklError
 from ukl_build.kbuild import KernelImages, build_kernel, payload_for, reproducible_env
 from ukl_build.kconfig import configure
@@ -75,7 +76,13 @@ def build(
     out_dir = (out_dir or bdir / "image").resolve()
     check_out_dir(out_dir, settings.project_dir)
     bdir.mkdir(parents=True, exist_ok=True)
-    with Reporter(bdir / "build.log", stream) as reporter:
+
+    def waiting() -> None:
+        print(f"[ukl-build] waiting for another build of {settings.project_dir} to finish",
+              file=stream or sys.stderr, flush=True)
+
+    # One build of a project at a time: they share its app dir and build.log.
+    with file_lock(bdir / ".lock", waiting), Reporter(bdir / "build.log", stream) as reporter:
         try:
             return _build(settings, cache, bdir, out_dir, reporter)
         except UklError as e:
