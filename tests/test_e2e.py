@@ -213,3 +213,22 @@ def test_httpd_idle_connections_cannot_lock_clients_out(httpd_build: BuildResult
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_pip_wheel_with_build_isolation_from_a_local_wheel(hello_build: BuildResult,
+                                                           tmp_path: Path) -> None:
+    # What the README tells users until ukl-build is on an index.
+    repo = Path(__file__).resolve().parent.parent
+    wheels = tmp_path / "wheels"
+    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels),
+                           str(repo)], capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stdout + made.stderr
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--find-links", str(wheels),
+         "-C", "mode=user", "-w", str(out), str(hello_build.settings.project_dir)],
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (wheel,) = out.glob("*.whl")
+    run = run_cli("run", str(wheel), "--timeout", "120", timeout=180)
+    assert "Hello, world, from a unikernel! (CPL 3)" in run.stdout, run.stderr
