@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TextIO
 
 from ukl_build.errors import BuildError
-from ukl_build.supervise import die_with_parent, supervised
+from ukl_build.runner import die_with_parent
+from ukl_build.supervise import supervised
 
 
 class Reporter:

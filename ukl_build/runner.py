@@ -1,8 +1,7 @@
 """Boot an image under QEMU, stream its serial console, return the app's exit status.
 
-Standard library only, and no imports from ukl_build but its sibling
-``supervise.py``: both are copied verbatim into every app wheel as its
-launcher (``python -m <app>``).
+Standard library only, and no imports from ukl_build: this file is copied
+verbatim into every app wheel as its launcher (``python -m <app>``).
 
 The image directory holds ``manifest.json`` (written by ukl_build.artifacts)
 and the image files it names.  How the app's exit status reaches the host,
@@ -20,6 +19,7 @@ On microvm, ``reboot=t`` (triple fault) is the reboot method that ends QEMU.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import re
@@ -35,8 +35,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-
-from .supervise import die_with_parent
 
 EXIT_TIMEOUT = 124
 EXIT_NO_STATUS = 125
@@ -81,6 +79,30 @@ def wait_status_to_exit(code: int) -> int:
     if code & 0x7F == 0:
         return (code >> 8) & 0xFF
     return 128 + (code & 0x7F)
+
+
+# --- child processes --------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn``: deliver ``sig`` to the child when its parent dies.
+
+    Checks the parent after arming, so a parent that died between fork and
+    prctl is not missed.  The "parent" is the thread that forked: call from
+    the thread that also waits for the child.
+    """
+    parent = os.getpid()
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return arm
 
 
 # --- accelerator ------------------------------------------------------------

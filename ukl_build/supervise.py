@@ -1,16 +1,10 @@
 """Child processes that never outlive their owner.
 
-Standard library only, no imports from ukl_build: the launcher vendored into
-app wheels imports :func:`die_with_parent` from here (``runner.py`` and this
-file travel together), and ukl-build runs this file as a script.
-
-Two tools:
-
-- :func:`die_with_parent` (a ``preexec_fn``): the child gets a signal when
-  the thread that started it dies, however it dies (``PR_SET_PDEATHSIG``).
-  Enough for a process that forks nothing (QEMU).
-- ``python supervise.py PARENT_PID -- COMMAND...``: for commands that fork
-  trees of their own (make -> sh -> gcc).  The supervisor dies-with-parent
+Standard library only and no imports from ukl_build: ukl-build runs this
+file as a script (``python supervise.py PARENT_PID -- COMMAND...``), so it
+needs no import path.  For a process that forks nothing (QEMU),
+``runner.die_with_parent`` is enough; this is for commands that fork trees
+of their own (make -> sh -> gcc).  The supervisor dies-with-parent
   on SIGTERM, runs COMMAND in a process group of its own and adopts every
   orphan below it (``PR_SET_CHILD_SUBREAPER``).  On SIGTERM/SIGINT/SIGHUP it
   kills the whole group and returns only when every descendant is reaped.
@@ -25,34 +19,17 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def _prctl(option: int, arg: int) -> None:
+def _prctl(option: int, arg: int) -> None:  # runner.py has its own: each file stands alone
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(option, arg, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
-    """A ``preexec_fn``: deliver ``sig`` to the child when its parent dies.
-
-    Checks the parent after arming, so a parent that died between fork and
-    prctl is not missed.  The "parent" is the thread that forked: call from
-    the thread that also waits for the child.
-    """
-    parent = os.getpid()
-
-    def arm() -> None:
-        _prctl(_PR_SET_PDEATHSIG, sig)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), sig)
-
-    return arm
 
 
 def supervised(argv: Sequence[str]) -> list[str]:

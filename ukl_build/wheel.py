@@ -61,9 +61,7 @@ def write_metadata_dir(settings: Settings, directory: Path) -> str:
 
 
 def launcher_files(settings: Settings) -> dict[str, bytes]:
-    here = Path(__file__).parent
-    runner = (here / "runner.py").read_bytes()
-    supervise = (here / "supervise.py").read_bytes()  # runner.py imports it as .supervise
+    runner = Path(__file__).with_name("runner.py").read_bytes()
     init = (f'"""{settings.name} {settings.version}: a ukl-build unikernel image and its launcher."""\n\n'
             "from pathlib import Path\n\n"
             f'__version__ = "{settings.version}"\n'
@@ -75,7 +73,7 @@ def launcher_files(settings: Settings) -> dict[str, bytes]:
             b"    return launcher_main(IMAGE_DIR, sys.argv[1:])\n\n\n"
             b'if __name__ == "__main__":\n'
             b"    sys.exit(main())\n")
-    return {"__init__.py": init, "__main__.py": main, "_runner.py": runner, "supervise.py": supervise}
+    return {"__init__.py": init, "__main__.py": main, "_runner.py": runner}
 
 
 def _new_tmp(directory: Path, filename: str) -> str:
