@@ -134,3 +134,10 @@ def test_ukl_shortcuts_bind_the_kernels_direct_entry_points(tmp_path: Path, patc
     plain = build(tmp_path / "plain", patched_tree, cache, 'sources = ["src/app.c"]',
                   source=SHORTCUT_APP, mode="ukl")
     assert _nm(plain, "-u") == {"ukl_syscall"}
+
+
+def test_freestanding_headers_user_mode(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    source = (Path(__file__).parent / "apps/stdheaders/src/stdheaders.c").read_text()
+    binary = build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', source)
+    proc = runs_natively(binary)
+    assert proc.returncode == 0 and proc.stdout.startswith("stdheaders: ok"), proc.stdout

@@ -110,3 +110,10 @@ def test_stack_overflow_ends_the_vm_with_a_report(builds: Builds) -> None:
     rc, out, err = run(builds("probe", "ukl").images.directory, "--", "overflow", timeout=90)
     assert rc not in (0, 124), out + err
     assert "ukl: application stack overflow in ukl_overflow" in out, out
+
+
+def test_freestanding_headers_in_ring0(builds: Builds) -> None:
+    # limits.h, float.h, stdarg.h, ... from the compiler, with nolibc, linked into vmlinux
+    rc, out, err = run(builds("stdheaders", "ukl").images.directory)
+    assert "stdheaders: ok" in out, err
+    assert rc == 0, err
