@@ -21,7 +21,7 @@ from typing import Any
 
 from ukl_build.cache import Cache
 from ukl_build.pipeline import BuildResult, build
-from ukl_build.runner import RunOptions, qemu_argv, run_image
+from ukl_build.runner import RunOptions, die_with_parent, qemu_argv, run_image
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = {
@@ -123,7 +123,7 @@ def boot_to_line(image_dir: Path, manifest: dict[str, Any], opts: RunOptions, pa
     rx = re.compile(pattern)
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
     assert proc.stdout is not None
     timer = threading.Timer(timeout, proc.kill)  # a silent, hung guest must not hang us
     timer.start()

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ukl_build.runner import RunOptions, load_manifest, qemu_argv
+from ukl_build.runner import RunOptions, die_with_parent, load_manifest, qemu_argv
 
 _RIP = re.compile(rb"RIP=([0-9a-f]{16})")
 _PROMPT = b"(qemu) "
@@ -88,7 +88,7 @@ def record(image_dir: Path, opts: RunOptions, interval: float, until: str | None
         argv += ["-monitor", f"unix:{mon},server=on,wait=on", "-S"]  # start paused
         prof = Profile()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
         assert proc.stdout is not None
         done = threading.Event()
         rx = re.compile(until) if until else None
