@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ukl_build.errors import BuildError
+from ukl_build.errors import BuildError, UklError
 from ukl_build.pipeline import BuildResult, build
 
 from conftest import check_httpd, copy_example, free_port, run_cli
@@ -232,3 +233,37 @@ def test_pip_wheel_with_build_isolation_from_a_local_wheel(hello_build: BuildRes
     (wheel,) = out.glob("*.whl")
     run = run_cli("run", str(wheel), "--timeout", "120", timeout=180)
     assert "Hello, world, from a unikernel! (CPL 3)" in run.stdout, run.stderr
+
+
+def test_make_app_from_a_verified_archive(hello_build: BuildResult, cache,  # type: ignore[no-untyped-def]
+                                          tmp_path: Path) -> None:
+    # The app's source is a tarball named by path + sha256, not files in the project.
+    src = tmp_path / "upstream" / "tiny-1.0"
+    src.mkdir(parents=True)
+    (src / "Makefile").write_text("tiny: tiny.c\n\t$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)\n")
+    (src / "tiny.c").write_text('#include <stdio.h>\n'
+                                'int main(void) { printf("tiny from a tarball\\n"); return 4; }\n')
+    project = tmp_path / "proj"
+    project.mkdir()
+    subprocess.run(["tar", "-czf", str(project / "tiny-1.0.tar.gz"), "-C", str(src.parent),
+                    "tiny-1.0"], check=True)
+    digest = hashlib.sha256((project / "tiny-1.0.tar.gz").read_bytes()).hexdigest()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "tiny"\nversion = "1.0"\n[tool.ukl-build]\nmode = "user"\n'
+        '[tool.ukl-build.make]\noutput = "tiny"\n'
+        f'source = {{ path = "tiny-1.0.tar.gz", sha256 = "{digest}" }}\n')
+    result = build(project, cache=cache)
+    app = result.images.manifest["app"]
+    assert app["source"] == {"kind": "path", "path": str(project / "tiny-1.0.tar.gz"),
+                             "sha256": digest}
+    sbom = json.loads((result.images.directory / "sbom.cdx.json").read_text())
+    (comp,) = [c for c in sbom["components"] if c["bom-ref"] == "app-source"]
+    assert comp["hashes"] == [{"alg": "SHA-256", "content": digest}]
+    proc = run_cli("run", str(result.images.directory), "--timeout", "120", timeout=180)
+    assert "tiny from a tarball" in proc.stdout and proc.returncode == 4, proc.stderr
+    # a wrong digest: refused, nothing built, nothing shipped
+    bad = (project / "pyproject.toml").read_text().replace(digest, "0" * 64)
+    (project / "pyproject.toml").write_text(bad)
+    with pytest.raises(UklError, match="sha256 mismatch"):
+        build(project, cache=cache)
+    assert not (project / "build/ukl-build/image").exists()

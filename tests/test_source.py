@@ -17,8 +17,8 @@ import pytest
 from ukl_build.cache import Cache
 from ukl_build.errors import SourceError
 from ukl_build.progress import Reporter
-from ukl_build.settings import GitSettings, KernelSettings
-from ukl_build.source import fetch_source
+from ukl_build.settings import AppSourceSettings, GitSettings, KernelSettings
+from ukl_build.source import AppSource, fetch_app_source, fetch_source
 
 MAKEFILE = b"VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 99\nEXTRAVERSION =\n"
 
@@ -211,3 +211,55 @@ def test_dirty_directory_refused(tmp_path: Path) -> None:
 def test_debian_missing_says_how_to_install(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"apt-get install linux-source-9\.9"):
         fetch(KernelSettings(version="9.9"), tmp_path)
+
+
+# --- app sources: the same fetch, verification and safety rules -------------
+
+APP_MAKEFILE = b"app: app.c\n\t$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)\n"
+APP_C = b'#include <stdio.h>\nint main(void) { printf("from a tarball\\n"); return 0; }\n'
+
+
+def app_tarball(path: Path) -> Path:
+    return make_tarball(path, [("app-1.0/Makefile", APP_MAKEFILE), ("app-1.0/app.c", APP_C)])
+
+
+def fetch_app(spec: AppSourceSettings, tmp_path: Path) -> tuple[AppSource, Cache]:
+    cache = Cache(tmp_path / "cache")
+    with Reporter(None) as r:
+        return fetch_app_source(spec, "[tool.ukl-build.make] source", tmp_path, cache, r), cache
+
+
+def test_app_source_from_url(tmp_path: Path, http_server: str) -> None:
+    tb = app_tarball(tmp_path / "www" / "app-1.0.tar.gz")
+    url = f"{http_server}/app-1.0.tar.gz"
+    src, _ = fetch_app(AppSourceSettings(url=url, sha256=sha(tb)), tmp_path)
+    assert (src.path / "app.c").read_bytes() == APP_C  # the archive's single top dir
+    assert src.origin == {"kind": "url", "url": url, "sha256": sha(tb)}
+
+
+def test_app_source_wrong_sha256_leaves_nothing(tmp_path: Path, http_server: str) -> None:
+    app_tarball(tmp_path / "www" / "app-1.0.tar.gz")
+    with pytest.raises(SourceError, match=r"\[tool.ukl-build.make\] source url: sha256 mismatch"):
+        fetch_app(AppSourceSettings(url=f"{http_server}/app-1.0.tar.gz", sha256="2" * 64), tmp_path)
+    assert not list((tmp_path / "cache" / "downloads").iterdir())
+    assert not (tmp_path / "cache" / "sources").exists()
+
+
+def test_app_source_unsafe_archive_refused(tmp_path: Path) -> None:
+    tb = make_tarball(tmp_path / "evil.tar.gz", [("app/Makefile", APP_MAKEFILE),
+                                                 ("app/../../escape", b"x")])
+    with pytest.raises(SourceError, match="refusing unsafe archive member"):
+        fetch_app(AppSourceSettings(path=str(tb)), tmp_path)
+    assert not (tmp_path / "escape").exists()
+
+
+def test_app_source_from_git_and_directory(tmp_path: Path, git_repo: Path) -> None:
+    src, _ = fetch_app(AppSourceSettings(git=GitSettings(url=str(git_repo), rev="v6.1.99")),
+                       tmp_path)
+    assert (src.path / "README").read_text() == "first\n" and src.origin["kind"] == "git"
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "app.c").write_bytes(APP_C)
+    src, _ = fetch_app(AppSourceSettings(path="local"), tmp_path)
+    assert src.path != local and (src.path / "app.c").read_bytes() == APP_C
+    assert src.origin["kind"] == "path" and "tree_sha256" in src.origin

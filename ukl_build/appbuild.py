@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ukl_build.cache import Cache, digest, file_sha256
 from ukl_build.errors import BuildError
@@ -24,6 +25,7 @@ from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import runtime_dir
 from ukl_build.settings import Settings
+from ukl_build.source import AppSource, fetch_app_source
 
 NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h", "stdlib.h",
                 "string.h", "sys.h", "time.h", "types.h", "unistd.h")
@@ -46,6 +48,7 @@ class AppBinary:
     compiler: str
     mode: str
     marker: bytes = b""  # UKL: a string the archive puts into vmlinux's .rodata (see _ukl_archive)
+    source: dict[str, Any] | None = None  # where a fetched source tree came from (its digest)
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ def build_app(
                if settings.libc == "nolibc" else None)
     tc = toolchain(settings, sysroot)
     version = compiler_version(tc.cc)
+    source: AppSource | None = None
     app_dir = build_dir / "app"
     if app_dir.exists():
         shutil.rmtree(app_dir)
@@ -167,7 +171,12 @@ def build_app(
         )
     elif settings.make is not None:
         work = app_dir / "src"
-        shutil.copytree(settings.project_dir, work, ignore=_IGNORE, symlinks=True)
+        root = settings.project_dir
+        if settings.make.source is not None:
+            source = fetch_app_source(settings.make.source, settings.origin("make.source"),
+                                      settings.project_dir, cache, reporter)
+            root = source.path
+        shutil.copytree(root, work, ignore=_IGNORE, symlinks=True)  # make writes in its tree
         mdir = work / settings.make.dir
         menv = dict(env, CC=tc.cc, CFLAGS=" ".join(tc.cflags), LDFLAGS=" ".join(tc.ldflags),
                     LDLIBS=" ".join(tc.ldlibs))
@@ -179,14 +188,20 @@ def build_app(
         shutil.copy2(produced, output)
     else:
         assert settings.cmake is not None
-        _build_cmake(settings, tc, app_dir, output, reporter, env)
+        root = settings.project_dir
+        if settings.cmake.source is not None:
+            source = fetch_app_source(settings.cmake.source, settings.origin("cmake.source"),
+                                      settings.project_dir, cache, reporter)
+            root = source.path  # CMake builds out of tree: the cached tree stays pristine
+        _build_cmake(settings, root, tc, app_dir, output, reporter, env)
 
     marker = b""
     if settings.mode == "ukl":
         output, marker = _ukl_archive(output, app_dir, reporter, env)
     else:
         _check_static_elf(output)
-    return AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker)
+    return AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker,
+                     source.origin if source is not None else None)
 
 
 def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
@@ -219,7 +234,7 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
     return archive, marker
 
 
-def _build_cmake(settings: Settings, tc: Toolchain, app_dir: Path, output: Path,
+def _build_cmake(settings: Settings, root: Path, tc: Toolchain, app_dir: Path, output: Path,
                  reporter: Reporter, env: dict[str, str]) -> None:
     cm = settings.cmake
     assert cm is not None
@@ -238,7 +253,7 @@ def _build_cmake(settings: Settings, tc: Toolchain, app_dir: Path, output: Path,
         f'set(CMAKE_C_STANDARD_LIBRARIES "{" ".join(tc.ldlibs)}")\n'
         "set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)\n"
     )
-    src = (settings.project_dir / cm.source_dir).resolve()
+    src = (root / cm.source_dir).resolve()
     bdir = app_dir / "cmake"
     reporter.stage("app", f"cmake + ninja, target {cm.target} ({settings.libc}, {settings.mode} mode)")
     reporter.run([cmake, "-S", src, "-B", bdir, "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}",

@@ -92,7 +92,8 @@ def write_image_set(
                 "config": {"file": f"{name}.config", "sha256": config.key},
             },
             "app": {"libc": app.libc, "compiler": app.compiler, "sha256": app.sha256,
-                    "shortcuts": settings.uses_shortcuts},
+                    "shortcuts": settings.uses_shortcuts,
+                    **({"source": app.source} if app.source is not None else {})},
             "cmdline": settings.cmdline,
             "args": list(settings.args),
             "init_arg_limit": int(values.get("INIT_ENV_ARG_LIMIT", DEFAULT_INIT_ARG_LIMIT)),
@@ -126,7 +127,7 @@ def sbom(manifest: dict[str, Any]) -> dict[str, Any]:
     hashes = [{"alg": "SHA-256", "content": h} for h in (src.get("sha256"),) if h]
     app_ref = f"app:{manifest['name']}@{manifest['version']}"
     kernel_ref = f"linux@{kernel['release']}"
-    return {
+    doc: dict[str, Any] = {
         "bomFormat": "CycloneDX",
         "specVersion": "1.5",
         "version": 1,
@@ -158,6 +159,28 @@ def sbom(manifest: dict[str, Any]) -> dict[str, Any]:
         ],
         "dependencies": [{"ref": "image", "dependsOn": [app_ref, kernel_ref]}],
     }
+    source = manifest["app"].get("source")
+    if source is not None:  # the fetched source tree the app was built from
+        doc["components"].append(app_source_component(manifest["name"], source))
+        doc["dependencies"].append({"ref": app_ref, "dependsOn": ["app-source"]})
+    return doc
+
+
+def app_source_component(name: str, source: dict[str, Any]) -> dict[str, Any]:
+    digest = source.get("sha256") or source.get("tree_sha256")
+    if source["kind"] == "git":
+        ref = {"type": "vcs", "url": source["url"]}
+    else:
+        ref = {"type": "distribution", "url": source.get("url") or source["path"]}
+    component: dict[str, Any] = {
+        "type": "application", "bom-ref": "app-source", "name": f"{name}-source",
+        "externalReferences": [ref],
+        "properties": [{"name": "ukl-build:source-kind", "value": source["kind"]}]}
+    if source["kind"] == "git":
+        component["version"] = source["commit"]
+    if digest:
+        component["hashes"] = [{"alg": "SHA-256", "content": digest}]
+    return component
 
 
 def owned_files(directory: Path) -> set[str] | None:

@@ -74,17 +74,38 @@ class KernelSettings:
 
 
 @dataclass(frozen=True)
+class AppSourceSettings:
+    url: str | None = _doc("Source archive URL (http, https or file); needs `sha256`.", default=None)
+    sha256: str | None = _doc(
+        "Expected sha256 of the archive: mandatory with `url`, checked for a `path` tarball.",
+        default=None)
+    path: str | None = _doc("Local tarball or directory, relative to the project.", default=None)
+    git: GitSettings | None = _doc("Git repository and revision.", default=None)
+
+    @property
+    def kind(self) -> str:
+        return next((n for n in ("url", "path", "git") if getattr(self, n) is not None), "none")
+
+
+_SOURCE_DOC = ("The app's source tree, fetched and verified like the kernel's (url + sha256, "
+               "path, or git) instead of the project directory; paths below are relative to it.")
+
+
+@dataclass(frozen=True)
 class MakeSettings:
-    dir: str = _doc("Directory to run make in, relative to the project.", default=".")
+    dir: str = _doc("Directory to run make in, relative to the project (or `source`).", default=".")
     output: str = _doc("The executable make produces, relative to `dir`.", default="app")
     args: list[str] = _doc("Extra make arguments (targets, variables).", default_factory=list)
+    source: AppSourceSettings | None = _doc(_SOURCE_DOC, default=None)
 
 
 @dataclass(frozen=True)
 class CMakeSettings:
-    source_dir: str = _doc("CMake source directory, relative to the project.", default=".")
+    source_dir: str = _doc("CMake source directory, relative to the project (or `source`).",
+                           default=".")
     target: str = _doc("The executable target to build.", default="app")
     args: list[str] = _doc("Extra `-D...` arguments for configure.", default_factory=list)
+    source: AppSourceSettings | None = _doc(_SOURCE_DOC, default=None)
 
 
 @dataclass(frozen=True)
@@ -371,10 +392,13 @@ def _one_of(value: str, choices: tuple[str, ...], where: str) -> None:
         raise ConfigError(f"{where}: must be one of {opts}, got {value!r}")
 
 
-def _inside(project_dir: Path, rel: str, where: str) -> None:
-    """App inputs must live in the project: the sdist carries only the project."""
+def _inside(project_dir: Path, rel: str, where: str, fetched: bool = False) -> None:
+    """App inputs must live in the project (the sdist carries only the project), or in
+    the fetched source tree."""
     path = (project_dir / rel).resolve()
     if path != project_dir and project_dir not in path.parents:
+        if fetched:
+            raise ConfigError(f"{where}: {rel!r} leaves the fetched source tree")
         raise ConfigError(f"{where}: {rel!r} is outside the project ({path}); an sdist "
                           "would not carry it", hint="move it into the project directory")
 
@@ -396,10 +420,16 @@ def _validate(s: Settings, origin: Origins) -> None:
         )
     for src in s.sources:
         _inside(s.project_dir, src, origin("sources"))
-    if s.make is not None:
-        _inside(s.project_dir, s.make.dir, origin("make.dir"))
-    if s.cmake is not None:
-        _inside(s.project_dir, s.cmake.source_dir, origin("cmake.source-dir"))
+    for table, sub in (("make", "dir"), ("cmake", "source-dir")):
+        build_settings = getattr(s, table)
+        if build_settings is None:
+            continue
+        rel = getattr(build_settings, sub.replace("-", "_"))
+        if build_settings.source is None:
+            _inside(s.project_dir, rel, origin(f"{table}.{sub}"))
+        else:  # relative to the fetched tree, which must not be left
+            _inside(Path("/source"), rel, origin(f"{table}.{sub}"), fetched=True)
+            _validate_app_source(build_settings.source, f"{table}.source", origin)
     for recipe in s.recipes:
         if recipe.endswith(".config"):
             _inside(s.project_dir, recipe, origin("recipes"))
@@ -442,6 +472,19 @@ def _validate_kernel(k: KernelSettings, origin: Origins) -> None:
         raise ConfigError(f"{origin('kernel.version')}: expected e.g. \"6.1\", got {k.version!r}")
     if k.git is not None and not k.git.rev.strip():
         raise ConfigError(f"{origin('kernel.git.rev')}: must name a commit, tag or branch")
+
+
+def _validate_app_source(src: AppSourceSettings, key: str, origin: Origins) -> None:
+    chosen = [n for n in ("url", "path", "git") if getattr(src, n) is not None]
+    if len(chosen) != 1:
+        raise ConfigError(f"{origin(key)}: set exactly one of url, path, git (got {chosen or 'none'})")
+    if src.sha256 is not None and not _SHA256.match(src.sha256.lower()):
+        raise ConfigError(f"{origin(key + '.sha256')}: expected 64 hex digits, got {src.sha256!r}")
+    if src.url is not None and not src.sha256:
+        raise ConfigError(f"{origin(key + '.sha256')}: required with url "
+                          "(a download is only used once verified)")
+    if src.git is not None and not src.git.rev.strip():
+        raise ConfigError(f"{origin(key + '.git.rev')}: must name a commit, tag or branch")
 
 
 def _validate_run(s: Settings, origin: Origins) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from ukl_build.cache import Cache, digest, file_sha256
 from ukl_build.errors import SourceError
 from ukl_build.progress import Reporter
-from ukl_build.settings import KernelSettings
+from ukl_build.settings import AppSourceSettings, KernelSettings
 
 TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
 
@@ -83,7 +83,9 @@ def fetch_source(
             raise SourceError(f"[tool.ukl-build.kernel] path: {path} does not exist")
     elif kind == "git":
         assert kernel.git
-        tree, origin = _tree_from_git(kernel.git.url, kernel.git.rev, project_dir, cache, reporter)
+        top, origin = _tree_from_git(kernel.git.url, kernel.git.rev, project_dir, cache, reporter,
+                                     "[tool.ukl-build.kernel]")
+        tree = _tree_root(top)
     else:  # pragma: no cover - validated in settings
         raise SourceError(f"unknown kernel source kind {kind!r}")
 
@@ -146,7 +148,8 @@ def _verify_dpkg_md5(path: Path, package: str) -> str:
 
 # --- kinds ------------------------------------------------------------------
 
-def _download(url: str, sha256: str, cache: Cache, reporter: Reporter) -> Path:
+def _download(url: str, sha256: str, cache: Cache, reporter: Reporter,
+              where: str = "[tool.ukl-build.kernel]") -> Path:
     suffix = next((s for s in TARBALL_SUFFIXES if url.split("?")[0].endswith(s)), ".tar")
     dest = cache.root / "downloads" / f"{sha256}{suffix}"
     if dest.is_file():
@@ -164,19 +167,20 @@ def _download(url: str, sha256: str, cache: Cache, reporter: Reporter) -> Path:
         got = h.hexdigest()
         if got != sha256:
             raise SourceError(
-                f"[tool.ukl-build.kernel] url: sha256 mismatch for {url}\n"
+                f"{where} url: sha256 mismatch for {url}\n"
                 f"    expected {sha256}\n    got      {got}",
                 hint="the download was discarded; check the URL and the sha256 key",
             )
         os.replace(tmp, dest)
     except (urllib.error.URLError, OSError) as e:
-        raise SourceError(f"[tool.ukl-build.kernel] url: cannot download {url}: {e}") from None
+        raise SourceError(f"{where} url: cannot download {url}: {e}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return dest
 
 
-def _tree_from_tarball(archive: Path, sha: str, cache: Cache, reporter: Reporter) -> Path:
+def _extract_tarball(archive: Path, sha: str, cache: Cache, reporter: Reporter) -> Path:
+    """The archive's contents, extracted safely into a cache entry keyed by its sha256."""
     key = digest("tarball", sha)
 
     def make(tmp: Path) -> None:
@@ -184,8 +188,11 @@ def _tree_from_tarball(archive: Path, sha: str, cache: Cache, reporter: Reporter
         with tarfile.open(archive) as tar:
             safe_extract(tar, tmp / "tree", str(archive))
 
-    entry = cache.entry("sources", key, make)
-    return _tree_root(entry / "tree")
+    return cache.entry("sources", key, make) / "tree"
+
+
+def _tree_from_tarball(archive: Path, sha: str, cache: Cache, reporter: Reporter) -> Path:
+    return _tree_root(_extract_tarball(archive, sha, cache, reporter))
 
 
 def safe_extract(tar: tarfile.TarFile, dest: Path, what: str) -> None:
@@ -252,19 +259,24 @@ def _tree_from_directory(path: Path, cache: Cache, reporter: Reporter) -> tuple[
             )
     reporter.stage("source", f"hashing directory {path}")
     dig = directory_digest(path)
-    key = digest("directory", dig)
+    return _copy_directory(path, dig, cache, reporter), {"kind": "path", "path": str(path),
+                                                        "tree_sha256": dig}
 
+
+def _copy_directory(path: Path, dig: str, cache: Cache, reporter: Reporter) -> Path:
+    """A copy of a directory tree, cached by its content digest (``.git`` left out).
+
+    A copy, not the user's tree: later edits there must not change a cached build.
+    """
     def make(tmp: Path) -> None:
         reporter.stage("source", f"copying {path}")
-        # A copy, not the user's tree: later edits there must not change a cached build.
-        subprocess.run(
-            ["cp", "-a", "--reflink=auto", f"{path}/.", str(tmp / "tree")],
-            check=True,
-        )
+        proc = subprocess.run(["cp", "-a", "--reflink=auto", f"{path}/.", str(tmp / "tree")],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SourceError(f"cannot copy {path}: {proc.stderr.strip()}")
         shutil.rmtree(tmp / "tree" / ".git", ignore_errors=True)
 
-    entry = cache.entry("sources", key, make)
-    return entry / "tree", {"kind": "path", "path": str(path), "tree_sha256": dig}
+    return cache.entry("sources", digest("directory", dig), make) / "tree"
 
 
 def _git(args: list[str], cwd: Path | None = None) -> str:
@@ -274,18 +286,19 @@ def _git(args: list[str], cwd: Path | None = None) -> str:
     return proc.stdout.strip()
 
 
-def _resolve(mirror: Path, rev: str, url: str) -> str:
+def _resolve(mirror: Path, rev: str, url: str, where: str) -> str:
     for candidate in (f"refs/tags/{rev}", f"refs/remotes/src/{rev}", rev):
         try:
             return _git(["rev-parse", "--verify", "-q", f"{candidate}^{{commit}}"], cwd=mirror)
         except SourceError:
             continue
-    raise SourceError(f"[tool.ukl-build.kernel] git: revision {rev!r} not found in {url}")
+    raise SourceError(f"{where} git: revision {rev!r} not found in {url}")
 
 
 def _tree_from_git(
-    url: str, rev: str, project_dir: Path, cache: Cache, reporter: Reporter
+    url: str, rev: str, project_dir: Path, cache: Cache, reporter: Reporter, where: str
 ) -> tuple[Path, dict[str, Any]]:
+    """The files of ``rev`` (tag, branch or full commit id) of a git repository, cached by commit."""
     if shutil.which("git") is None:
         raise SourceError("kernel source: git is not installed", hint="apt-get install git")
     if "://" not in url and not url.startswith("git@") and (project_dir / url).exists():
@@ -309,9 +322,9 @@ def _tree_from_git(
             # Servers that refuse a bare commit id still serve their refs.
             _git(["fetch", "-q", url, "+refs/heads/*:refs/remotes/src/*",
                   "+refs/tags/*:refs/tags/*"], cwd=mirror)
-            commit = _resolve(mirror, rev, url)
+            commit = _resolve(mirror, rev, url, where)
     if re.fullmatch(r"[0-9a-f]{40}", rev) and commit != rev:
-        raise SourceError(f"[tool.ukl-build.kernel] git: {url} resolved {rev} to {commit}")
+        raise SourceError(f"{where} git: {url} resolved {rev} to {commit}")
     key = digest("git", commit)
 
     def make(tmp: Path) -> None:
@@ -325,4 +338,53 @@ def _tree_from_git(
             raise SourceError(f"git archive {commit} failed in {mirror}")
 
     entry = cache.entry("sources", key, make)
-    return _tree_root(entry / "tree"), {"kind": "git", "url": url, "rev": rev, "commit": commit}
+    return entry / "tree", {"kind": "git", "url": url, "rev": rev, "commit": commit}
+
+
+# --- app sources ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AppSource:
+    """An app's source tree fetched and verified like the kernel's (never to be written to)."""
+
+    path: Path
+    origin: dict[str, Any]
+
+
+def fetch_app_source(spec: AppSourceSettings, where: str, project_dir: Path, cache: Cache,
+                     reporter: Reporter) -> AppSource:
+    """``[tool.ukl-build.make] source`` (or cmake): a URL + sha256, a local tarball or
+    directory, or a git revision, with the kernel source's safety rules."""
+    if spec.url is not None:
+        assert spec.sha256 is not None  # settings require it
+        sha = spec.sha256.lower()
+        archive = _download(spec.url, sha, cache, reporter, where)
+        return AppSource(_single_root(_extract_tarball(archive, sha, cache, reporter)),
+                         {"kind": "url", "url": spec.url, "sha256": sha})
+    if spec.git is not None:
+        top, origin = _tree_from_git(spec.git.url, spec.git.rev, project_dir, cache, reporter, where)
+        return AppSource(top, origin)
+    assert spec.path is not None
+    path = (project_dir / spec.path).resolve()
+    if path.is_file():
+        reporter.stage("app", f"hashing {path}")
+        sha = file_sha256(path)
+        if spec.sha256 and sha != spec.sha256.lower():
+            raise SourceError(f"{where} path: sha256 mismatch for {path}\n"
+                              f"    expected {spec.sha256.lower()}\n    got      {sha}")
+        return AppSource(_single_root(_extract_tarball(path, sha, cache, reporter)),
+                         {"kind": "path", "path": str(path), "sha256": sha})
+    if path.is_dir():
+        reporter.stage("app", f"hashing directory {path}")
+        dig = directory_digest(path)
+        return AppSource(_copy_directory(path, dig, cache, reporter),
+                         {"kind": "path", "path": str(path), "tree_sha256": dig})
+    raise SourceError(f"{where} path: {path} does not exist")
+
+
+def _single_root(top: Path) -> Path:
+    """An archive's top directory, or the one directory it holds (project-1.0/)."""
+    entries = list(top.iterdir())
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        return entries[0]
+    return top
