@@ -159,3 +159,20 @@ def test_run_defaults_come_from_runoptions(tmp_path: Path) -> None:
 
 def test_schema_documents_kernel_version() -> None:
     assert "| `version` | `'6.1'` |" in settings_schema_markdown()
+
+
+def test_app_source_needs_exactly_one_kind_and_a_digest_for_urls(tmp_path: Path) -> None:
+    base = BASE.replace('sources = ["main.c"]', "[tool.ukl-build.make]\nsource = {}")
+    with pytest.raises(ConfigError, match=r"make\] source: set exactly one of url, path, git, debian"):
+        load_settings(project(tmp_path, base=base))
+    base = BASE.replace('sources = ["main.c"]',
+                        "[tool.ukl-build.make]\nsource = { url = 'http://127.0.0.1/x.tar.gz' }")
+    with pytest.raises(ConfigError, match=r"sha256: required with url"):
+        load_settings(project(tmp_path, base=base))
+    base = BASE.replace('sources = ["main.c"]',
+                        "[tool.ukl-build.make]\ndir = '../x'\nsource = { debian = 'redis' }")
+    with pytest.raises(ConfigError, match=r"'../x' leaves the fetched source tree"):
+        load_settings(project(tmp_path, base=base))
+    s = load_settings(project(tmp_path, base=BASE.replace(
+        'sources = ["main.c"]', "[tool.ukl-build.make]\ndir = 'src'\nsource = { debian = 'redis' }")))
+    assert s.make is not None and s.make.source is not None and s.make.source.debian == "redis"

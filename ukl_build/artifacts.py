@@ -170,14 +170,16 @@ def app_source_component(name: str, source: dict[str, Any]) -> dict[str, Any]:
     digest = source.get("sha256") or source.get("tree_sha256")
     if source["kind"] == "git":
         ref = {"type": "vcs", "url": source["url"]}
+    elif source["kind"] == "debian":
+        ref = {"type": "distribution", "url": f"debian-source:{source['package']}"}
     else:
         ref = {"type": "distribution", "url": source.get("url") or source["path"]}
     component: dict[str, Any] = {
         "type": "application", "bom-ref": "app-source", "name": f"{name}-source",
         "externalReferences": [ref],
         "properties": [{"name": "ukl-build:source-kind", "value": source["kind"]}]}
-    if source["kind"] == "git":
-        component["version"] = source["commit"]
+    if source["kind"] in ("git", "debian"):
+        component["version"] = source.get("commit") or source["version"]
     if digest:
         component["hashes"] = [{"alg": "SHA-256", "content": digest}]
     return component

@@ -81,14 +81,16 @@ class AppSourceSettings:
         default=None)
     path: str | None = _doc("Local tarball or directory, relative to the project.", default=None)
     git: GitSettings | None = _doc("Git repository and revision.", default=None)
+    debian: str | None = _doc(
+        "A Debian source package (e.g. \"redis\"): its upstream tarball, as apt verifies it "
+        "against Debian's signed index; needs deb-src entries (scripts/setup.sh adds them).",
+        default=None)
 
-    @property
-    def kind(self) -> str:
-        return next((n for n in ("url", "path", "git") if getattr(self, n) is not None), "none")
 
-
+_APP_SOURCE_KINDS = ("url", "path", "git", "debian")
 _SOURCE_DOC = ("The app's source tree, fetched and verified like the kernel's (url + sha256, "
-               "path, or git) instead of the project directory; paths below are relative to it.")
+               "path, git or debian) instead of the project directory; paths below are "
+               "relative to it.")
 
 
 @dataclass(frozen=True)
@@ -475,9 +477,10 @@ def _validate_kernel(k: KernelSettings, origin: Origins) -> None:
 
 
 def _validate_app_source(src: AppSourceSettings, key: str, origin: Origins) -> None:
-    chosen = [n for n in ("url", "path", "git") if getattr(src, n) is not None]
+    chosen = [n for n in _APP_SOURCE_KINDS if getattr(src, n) is not None]
     if len(chosen) != 1:
-        raise ConfigError(f"{origin(key)}: set exactly one of url, path, git (got {chosen or 'none'})")
+        raise ConfigError(f"{origin(key)}: set exactly one of {', '.join(_APP_SOURCE_KINDS)} "
+                          f"(got {chosen or 'none'})")
     if src.sha256 is not None and not _SHA256.match(src.sha256.lower()):
         raise ConfigError(f"{origin(key + '.sha256')}: expected 64 hex digits, got {src.sha256!r}")
     if src.url is not None and not src.sha256:

@@ -354,7 +354,8 @@ class AppSource:
 def fetch_app_source(spec: AppSourceSettings, where: str, project_dir: Path, cache: Cache,
                      reporter: Reporter) -> AppSource:
     """``[tool.ukl-build.make] source`` (or cmake): a URL + sha256, a local tarball or
-    directory, or a git revision, with the kernel source's safety rules."""
+    directory, a git revision or a Debian source package, with the kernel source's
+    safety rules."""
     if spec.url is not None:
         assert spec.sha256 is not None  # settings require it
         sha = spec.sha256.lower()
@@ -364,6 +365,8 @@ def fetch_app_source(spec: AppSourceSettings, where: str, project_dir: Path, cac
     if spec.git is not None:
         top, origin = _tree_from_git(spec.git.url, spec.git.rev, project_dir, cache, reporter, where)
         return AppSource(top, origin)
+    if spec.debian is not None:
+        return _debian_source(spec.debian, where, cache, reporter)
     assert spec.path is not None
     path = (project_dir / spec.path).resolve()
     if path.is_file():
@@ -388,3 +391,46 @@ def _single_root(top: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         return entries[0]
     return top
+
+
+_APT_URI = re.compile(r"^'(?P<uri>[^']+)' (?P<name>\S+) (?P<size>\d+) SHA256:(?P<sha>[0-9a-f]{64})$")
+
+
+def _debian_source(package: str, where: str, cache: Cache, reporter: Reporter) -> AppSource:
+    """The upstream tarball of a Debian source package (Debian's patches not applied).
+
+    apt names the file and its sha256 from the signed index (``--print-uris``)
+    and checks the download against it; we check the file again before use.
+    """
+    listing = subprocess.run(["apt-get", "source", "--print-uris", package],
+                             capture_output=True, text=True)
+    if listing.returncode != 0:
+        tail = (listing.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SourceError(f"{where} debian: apt-get source --print-uris {package} failed: {tail}",
+                          hint="apt needs deb-src entries (scripts/setup.sh derives them from the "
+                               "machine's Debian entries) and a current 'apt-get update'")
+    files = {m["name"]: m["sha"] for ln in listing.stdout.splitlines() if (m := _APT_URI.match(ln))}
+    dsc = next((n for n in files if n.endswith(".dsc")), None)
+    upstream = [n for n in files if re.search(r"\.orig\.tar\.(gz|xz|bz2)$", n)] or \
+        [n for n in files if re.search(r"\.tar\.(gz|xz|bz2)$", n) and ".debian." not in n]
+    if dsc is None or len(upstream) != 1:
+        raise SourceError(f"{where} debian: cannot tell the upstream tarball of {package} from "
+                          f"apt's file list: {sorted(files)}")
+    name, sha = upstream[0], files[upstream[0]]
+    version = dsc.removesuffix(".dsc").split("_", 1)[1]
+    dest = cache.root / "downloads" / f"{sha}{name[name.index('.tar'):]}"
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        reporter.stage("app", f"downloading Debian source package {package} {version}")
+        with tempfile.TemporaryDirectory(prefix=".tmp-apt-", dir=dest.parent) as tmp:
+            got = subprocess.run(["apt-get", "source", "--download-only", f"{package}={version}"],
+                                 cwd=tmp, capture_output=True, text=True)
+            if got.returncode != 0:
+                tail = (got.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise SourceError(f"{where} debian: apt-get source {package}={version}: {tail}")
+            if file_sha256(Path(tmp) / name) != sha:
+                raise SourceError(f"{where} debian: {name} does not match apt's sha256 {sha}")
+            os.replace(Path(tmp) / name, dest)
+    tree = _single_root(_extract_tarball(dest, sha, cache, reporter))
+    return AppSource(tree, {"kind": "debian", "package": package, "version": version,
+                            "file": name, "sha256": sha})
