@@ -85,7 +85,7 @@ def _initramfs_cpio(result: Any, dest: Path) -> Path:
     directory is shared by every app of that configuration).
     """
     listing = dest.with_suffix(".list")
-    app = result.settings.project_dir / "build/ukl-build/app/init"
+    app = result.app.path
     listing.write_text(initramfs_list(str(app)))
     with open(dest, "wb") as out:
         subprocess.run([str(result.kernel.build_dir / "usr/gen_init_cpio"), str(listing)],

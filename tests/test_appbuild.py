@@ -141,3 +141,49 @@ def test_freestanding_headers_user_mode(tmp_path: Path, patched_tree, cache) -> 
     binary = build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', source)
     proc = runs_natively(binary)
     assert proc.returncode == 0 and proc.stdout.startswith("stdheaders: ok"), proc.stdout
+
+
+TWO_FILES_MAKEFILE = ("app: a.o b.o\n\t$(CC) $(LDFLAGS) -o $@ a.o b.o $(LDLIBS)\n"
+                      "%.o: %.c\n\t$(CC) $(CFLAGS) -c -o $@ $<\n")
+
+
+def test_incremental_make_builds(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    """No compiler for an unchanged project; one changed file recompiles that file only."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "Makefile").write_text(TWO_FILES_MAKEFILE)
+    (proj / "a.c").write_text('#include <stdio.h>\nint b(void);\n'
+                              'int main(void) { printf("a%d\\n", b()); return 0; }\n')
+    (proj / "b.c").write_text("int b(void) { return 1; }\n")
+    table = 'make = { output = "app" }'
+
+    def build_once(cflags: str = "") -> tuple[Path, str]:
+        (proj / "pyproject.toml").write_text(
+            f'[project]\nname = "t"\nversion = "1"\n[tool.ukl-build]\nmode = "user"\n{cflags}{table}\n')
+        settings = load_settings(proj)
+        log = tmp_path / "log"
+        with Reporter(log) as r:
+            app = build_app(settings, patched_tree, proj / "build", cache, r, dict(os.environ))
+        return app.path, log.read_text()
+
+    binary, log = build_once()
+    assert runs_natively(binary).stdout == "a1\n"
+    assert "-c -o a.o a.c" in log and "-c -o b.o b.c" in log
+    _, log = build_once()
+    assert "no compiler run" in log and "$ make" not in log and "gcc" not in log
+    (proj / "b.c").write_text("int b(void) { return 2; }\n")
+    binary, log = build_once()
+    assert "-c -o b.o b.c" in log and "-c -o a.o a.c" not in log
+    assert runs_natively(binary).stdout == "a2\n"
+    # other flags: a directory of their own, so switching back costs nothing
+    binary, log = build_once('cflags = ["-DUNUSED=1"]\n')
+    assert "-c -o a.o a.c" in log and "-DUNUSED=1" in log
+    binary, log = build_once()
+    assert "no compiler run" in log
+    # a build that did not finish (no record) starts its directory afresh
+    record = binary.parent / "record.json"
+    record.unlink()
+    (record.parent / "src/a.o").write_bytes(b"truncated by a kill")
+    binary, log = build_once()
+    assert "-c -o a.o a.c" in log and "-c -o b.o b.c" in log
+    assert runs_natively(binary).stdout == "a2\n"

@@ -41,7 +41,7 @@ def _symbols(path: Path, defined_only: bool = True) -> dict[str, int]:
 
 def test_vmlinux_holds_app_symbols_only_prefixed(builds: Builds) -> None:
     result = builds("hello", "ukl")
-    app_object = result.settings.project_dir / "build/ukl-build/app/init"  # before prefixing
+    app_object = result.app.path.parent / "init"  # before prefixing
     app = _symbols(app_object)
     kernel = _symbols(result.kernel.vmlinux)
     assert "main" in app and "ukl_main" in kernel and "main" not in kernel

@@ -12,6 +12,8 @@ file (CMake + Ninja), each in a copy of the project inside the build dir.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache, digest, file_sha256
+from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256
 from ukl_build.errors import BuildError
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
@@ -29,7 +31,9 @@ from ukl_build.source import AppSource, fetch_app_source
 
 NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h", "stdlib.h",
                 "string.h", "sys.h", "time.h", "types.h", "unistd.h")
-_IGNORE = shutil.ignore_patterns("build", "dist", ".git", "__pycache__", "*.whl", ".venv")
+_SKIP_DIRS = frozenset({"build", "dist", ".git", "__pycache__", ".venv"})
+APP_FORMAT = 1  # bump when the app build changes what it makes from the same inputs
+APP_RECORD = "record.json"
 
 
 # Symbols of the app that must bind to the kernel: app-side name -> kernel name.
@@ -145,15 +149,41 @@ def build_app(
     reporter: Reporter,
     env: dict[str, str],
 ) -> AppBinary:
+    """The app, compiled for its mode and libc; reused when nothing it is made from changed.
+
+    One work directory per configuration (mode, libc, toolchain, flags) keeps
+    make's and CMake's own incremental state; a record written after each
+    successful build names the inputs' digest and the output's, so an
+    unchanged project runs no compiler, and a build that did not finish (no
+    record) starts that directory afresh.  Contents, not timestamps, decide.
+    """
     sysroot = (make_sysroot(tree, settings.mode, cache, reporter, env)
                if settings.libc == "nolibc" else None)
     tc = toolchain(settings, sysroot)
     version = compiler_version(tc.cc)
-    source: AppSource | None = None
-    app_dir = build_dir / "app"
-    if app_dir.exists():
-        shutil.rmtree(app_dir)
-    app_dir.mkdir(parents=True)
+    spec = (settings.make.source if settings.make is not None else
+            settings.cmake.source if settings.cmake is not None else None)
+    source = None
+    if spec is not None:
+        table = "make" if settings.make is not None else "cmake"
+        source = fetch_app_source(spec, settings.origin(f"{table}.source"), settings.project_dir,
+                                  cache, reporter)
+    root = source.path if source is not None else settings.project_dir
+    config_key = digest("app-config", APP_FORMAT, settings.mode, settings.libc, settings.sources,
+                        settings.make, settings.cmake, tc, version, str(sysroot),
+                        tree_digest(runtime_dir()))
+    inputs_key = digest(config_key, tree_digest(settings.project_dir),
+                        source.origin if source is not None else None)
+    app_dir = build_dir / "app" / config_key[:16]
+    reused = _reuse(app_dir, inputs_key, settings, version, source)
+    if reused is not None:
+        reporter.stage("app", f"unchanged: reusing {reused.path.name} (no compiler run)")
+        return reused
+    record = app_dir / APP_RECORD
+    if not record.is_file() and app_dir.exists():
+        shutil.rmtree(app_dir)  # a build that did not finish: its make state is unknown
+    record.unlink(missing_ok=True)
+    app_dir.mkdir(parents=True, exist_ok=True)
     output = app_dir / "init"
 
     if settings.sources:
@@ -161,7 +191,7 @@ def build_app(
         for s in settings.sources:
             p = (settings.project_dir / s).resolve()
             if not p.is_file():
-                raise BuildError(f"[tool.ukl-build] sources: {s} does not exist ({p})")
+                raise BuildError(f"{settings.origin('sources')}: {s} does not exist ({p})")
             srcs.append(p)
         what = f"{', '.join(settings.sources)} ({settings.libc}, {settings.mode} mode)"
         reporter.stage("app", f"compiling {what}")
@@ -171,28 +201,20 @@ def build_app(
         )
     elif settings.make is not None:
         work = app_dir / "src"
-        root = settings.project_dir
-        if settings.make.source is not None:
-            source = fetch_app_source(settings.make.source, settings.origin("make.source"),
-                                      settings.project_dir, cache, reporter)
-            root = source.path
-        shutil.copytree(root, work, ignore=_IGNORE, symlinks=True)  # make writes in its tree
+        changed = sync_tree(root, work)  # make works in its own copy, incrementally
         mdir = work / settings.make.dir
         menv = dict(env, CC=tc.cc, CFLAGS=" ".join(tc.cflags), LDFLAGS=" ".join(tc.ldflags),
                     LDLIBS=" ".join(tc.ldlibs))
-        reporter.stage("app", f"make in {settings.make.dir} ({settings.libc}, {settings.mode} mode)")
+        reporter.stage("app", f"make in {settings.make.dir} ({settings.libc}, {settings.mode} mode, "
+                       f"{changed} changed file{'s' if changed != 1 else ''})")
         reporter.run(["make", "-C", mdir, *settings.make.args], step="app build (make)", env=menv)
         produced = mdir / settings.make.output
         if not produced.is_file():
-            raise BuildError(f"[tool.ukl-build.make] output: make did not produce {settings.make.output}")
-        shutil.copy2(produced, output)
+            raise BuildError(f"{settings.origin('make.output')}: make did not produce "
+                             f"{settings.make.output}")
+        shutil.copyfile(produced, output)
+        shutil.copymode(produced, output)
     else:
-        assert settings.cmake is not None
-        root = settings.project_dir
-        if settings.cmake.source is not None:
-            source = fetch_app_source(settings.cmake.source, settings.origin("cmake.source"),
-                                      settings.project_dir, cache, reporter)
-            root = source.path  # CMake builds out of tree: the cached tree stays pristine
         _build_cmake(settings, root, tc, app_dir, output, reporter, env)
 
     marker = b""
@@ -200,8 +222,84 @@ def build_app(
         output, marker = _ukl_archive(output, app_dir, reporter, env)
     else:
         _check_static_elf(output)
-    return AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker,
+    app = AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker,
+                    source.origin if source is not None else None)
+    atomic_write_text(record, json.dumps({"key": inputs_key, "output": output.name,
+                                          "sha256": app.sha256, "marker": marker.hex()}))
+    return app
+
+
+def _reuse(app_dir: Path, inputs_key: str, settings: Settings, version: str,
+           source: AppSource | None) -> AppBinary | None:
+    """The last build's output if its record names these inputs and the file is intact."""
+    try:
+        record = json.loads((app_dir / APP_RECORD).read_text())
+        output = app_dir / record["output"]
+        if record["key"] != inputs_key or file_sha256(output) != record["sha256"]:
+            return None
+        marker = bytes.fromhex(record["marker"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return AppBinary(output, record["sha256"], settings.libc, version, settings.mode, marker,
                      source.origin if source is not None else None)
+
+
+def tree_digest(root: Path) -> str:
+    """Content digest of a project tree, without what builds and tools put there."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            h.update(f"{path.relative_to(root)}\0{os.lstat(path).st_mode:o}\0".encode())
+            if path.is_symlink():
+                h.update(os.readlink(path).encode())
+            elif path.is_file() and not name.endswith(".whl"):
+                h.update(file_sha256(path).encode())
+    return h.hexdigest()
+
+
+def sync_tree(root: Path, work: Path) -> int:
+    """Make ``work`` a copy of ``root`` (less build outputs) by content; return files written.
+
+    Files whose bytes changed are rewritten, so they are newer than what make
+    built from them; unchanged files keep their times, so make rebuilds only
+    what changed.  Files that left ``root`` are removed (only those we copied:
+    make's outputs stay).
+    """
+    listing = work.parent / (work.name + ".files")
+    previous = set(listing.read_text().splitlines()) if listing.is_file() else set()
+    current: set[str] = set()
+    written = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        for name in filenames:
+            src = Path(dirpath) / name
+            rel = str(src.relative_to(root))
+            dest = work / rel
+            current.add(rel)
+            if src.is_symlink():
+                if not dest.is_symlink() or os.readlink(dest) != os.readlink(src):
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.unlink(missing_ok=True)
+                    dest.symlink_to(os.readlink(src))
+                    written += 1
+                continue
+            if dest.is_file() and not dest.is_symlink() and _same_bytes(src, dest):
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.unlink(missing_ok=True)
+            shutil.copyfile(src, dest)
+            shutil.copymode(src, dest)
+            written += 1
+    for rel in previous - current:
+        (work / rel).unlink(missing_ok=True)
+    atomic_write_text(listing, "\n".join(sorted(current)))
+    return written
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
 def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
@@ -244,7 +342,7 @@ def _build_cmake(settings: Settings, root: Path, tc: Toolchain, app_dir: Path, o
         raise BuildError("[tool.ukl-build] cmake: cmake and ninja are needed",
                          hint="pip install cmake ninja (pip wheel/build install them for you)")
     toolchain_file = app_dir / "toolchain.cmake"
-    toolchain_file.write_text(
+    text = (
         "set(CMAKE_SYSTEM_NAME Linux)\n"
         "set(CMAKE_SYSTEM_PROCESSOR x86_64)\n"
         f'set(CMAKE_C_COMPILER "{tc.cc}")\n'
@@ -253,6 +351,8 @@ def _build_cmake(settings: Settings, root: Path, tc: Toolchain, app_dir: Path, o
         f'set(CMAKE_C_STANDARD_LIBRARIES "{" ".join(tc.ldlibs)}")\n'
         "set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)\n"
     )
+    if not toolchain_file.is_file() or toolchain_file.read_text() != text:
+        toolchain_file.write_text(text)  # rewritten only when it changes: CMake tracks it
     src = (root / cm.source_dir).resolve()
     bdir = app_dir / "cmake"
     reporter.stage("app", f"cmake + ninja, target {cm.target} ({settings.libc}, {settings.mode} mode)")

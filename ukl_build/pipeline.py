@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ukl_build.appbuild import build_app
+from ukl_build.appbuild import AppBinary, build_app
 from ukl_build.artifacts import ImageSet, check_out_dir, remove_owned, write_image_set
 from ukl_build.cache import Cache, file_lock
 from ukl_build.errors import ConfigError, UklError
@@ -34,6 +34,7 @@ class BuildResult:
     images: ImageSet
     log: Path
     kernel: KernelImages
+    app: AppBinary
 
     @property
     def kernel_built(self) -> bool:
@@ -118,4 +119,4 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
     images = write_image_set(settings, out_dir, tree, config, app, kernel, sde)
     for fmt, info in images.manifest["images"].items():
         reporter.stage("package", f"{fmt}: {out_dir / info['file']} ({info['size']} bytes)")
-    return BuildResult(settings, images, reporter.log_path or bdir / "build.log", kernel)
+    return BuildResult(settings, images, reporter.log_path or bdir / "build.log", kernel, app)
