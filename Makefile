@@ -21,7 +21,8 @@ demo-httpd: setup
 	bash scripts/demo-httpd.sh
 
 test: setup
-	$(PY) -m ruff check ukl_build tests
+	$(PY) -m ruff check ukl_build tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest -v --durations=15
 
 # UKL vs user mode (vs Debian's cloud kernel), side by side; see docs/performance.md.

@@ -12,7 +12,6 @@ file (CMake + Ninja), each in a copy of the project inside the build dir.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import runtime_dir
 from ukl_build.settings import Settings
-from ukl_build.source import AppSource, fetch_app_source
+from ukl_build.source import AppSource, directory_digest, fetch_app_source
 
 NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h", "stdlib.h",
                 "string.h", "sys.h", "time.h", "types.h", "unistd.h")
@@ -171,8 +170,8 @@ def build_app(
     root = source.path if source is not None else settings.project_dir
     config_key = digest("app-config", APP_FORMAT, settings.mode, settings.libc, settings.sources,
                         settings.make, settings.cmake, tc, version, str(sysroot),
-                        tree_digest(runtime_dir()))
-    inputs_key = digest(config_key, tree_digest(settings.project_dir),
+                        directory_digest(runtime_dir()))
+    inputs_key = digest(config_key, directory_digest(settings.project_dir, _SKIP_DIRS),
                         source.origin if source is not None else None)
     app_dir = build_dir / "app" / config_key[:16]
     reused = _reuse(app_dir, inputs_key, settings, version, source)
@@ -242,21 +241,6 @@ def _reuse(app_dir: Path, inputs_key: str, settings: Settings, version: str,
         return None
     return AppBinary(output, record["sha256"], settings.libc, version, settings.mode, marker,
                      source.origin if source is not None else None)
-
-
-def tree_digest(root: Path) -> str:
-    """Content digest of a project tree, without what builds and tools put there."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            h.update(f"{path.relative_to(root)}\0{os.lstat(path).st_mode:o}\0".encode())
-            if path.is_symlink():
-                h.update(os.readlink(path).encode())
-            elif path.is_file() and not name.endswith(".whl"):
-                h.update(file_sha256(path).encode())
-    return h.hexdigest()
 
 
 def sync_tree(root: Path, work: Path) -> int:

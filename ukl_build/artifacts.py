@@ -39,7 +39,8 @@ class ImageSet:
         return sorted(p for p in self.directory.iterdir() if p.is_file())
 
     def image(self, fmt: str) -> Path:
-        return self.directory / self.manifest["images"][fmt]["file"]
+        name: str = self.manifest["images"][fmt]["file"]
+        return self.directory / name
 
 
 def qemu_example(manifest: dict[str, Any], fmt: str) -> str:

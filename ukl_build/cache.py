@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 
 def default_root() -> Path:
@@ -41,11 +42,21 @@ def digest(*parts: object) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+def hash_file(path: Path | str, *hashers: _Hasher) -> None:
+    """Stream a file once through every hasher given (1 MiB at a time)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            for h in hashers:
+                h.update(chunk)
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    hash_file(path, h)
     return h.hexdigest()
 
 

@@ -69,7 +69,8 @@ class RunError(Exception):
 def load_manifest(image_dir: Path) -> dict[str, Any]:
     path = image_dir / "manifest.json"
     try:
-        return json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        return manifest
     except FileNotFoundError:
         raise RunError(f"{path}: not found (not a ukl-build image directory)") from None
 
@@ -353,7 +354,8 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
                             preexec_fn=die_with_parent(signal.SIGKILL))
     assert proc.stdout is not None and proc.stderr is not None
     qemu_err: list[bytes] = []
-    err_thread = threading.Thread(target=lambda: qemu_err.extend(proc.stderr), daemon=True)
+    stderr = proc.stderr
+    err_thread = threading.Thread(target=lambda: qemu_err.extend(stderr), daemon=True)
     err_thread.start()
     timer: threading.Timer | None = None
     timed_out = threading.Event()

@@ -345,7 +345,7 @@ def _convert(value: Any, tp: Any, origin: Origins, key: str) -> Any:
     if origin_tp in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _convert(value, args[0], origin, key)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return tp(**_convert_table(value, tp, origin, key))
@@ -534,9 +534,8 @@ def settings_schema_markdown() -> str:
             else:
                 default = "(required)"
             tp = hints[f.name]
-            sub = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-            if dataclasses.is_dataclass(tp):
-                sub = [tp]
+            sub = [a for a in (tp, *typing.get_args(tp))
+                   if isinstance(a, type) and dataclasses.is_dataclass(a)]
             if sub:
                 nested.append((sub[0], f"{name}.{_key(f.name)}"))
                 default = "table"

@@ -27,7 +27,7 @@ def _has_table() -> bool:
         return False
 
 
-class build_ukl(Command):
+class build_ukl(Command):  # type: ignore[misc]  # setuptools ships no types
     description = "build the ukl-build unikernel images into the package"
     user_options: ClassVar[list[tuple[str, str | None, str]]] = []
 

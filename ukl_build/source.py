@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache, digest, file_sha256
+from ukl_build.cache import Cache, digest, file_sha256, hash_file
 from ukl_build.errors import SourceError
 from ukl_build.progress import Reporter
 from ukl_build.settings import AppSourceSettings, KernelSettings
@@ -134,10 +134,7 @@ def _verify_dpkg_md5(path: Path, package: str) -> str:
     if expected is None:
         raise SourceError(f"{md5sums}: no entry for {path}")
     md5, sha = hashlib.md5(), hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            md5.update(chunk)
-            sha.update(chunk)
+    hash_file(path, md5, sha)
     if md5.hexdigest() != expected:
         raise SourceError(
             f"{path}: does not match the checksum dpkg recorded for {package}",
@@ -161,7 +158,7 @@ def _download(url: str, sha256: str, cache: Cache, reporter: Reporter,
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
+            while chunk := resp.read(1 << 20):
                 h.update(chunk)
                 out.write(chunk)
         got = h.hexdigest()
@@ -228,11 +225,12 @@ def _tree_root(top: Path) -> Path:
     raise SourceError(f"{top}: the archive holds no Linux tree (no top-level Makefile)")
 
 
-def directory_digest(path: Path) -> str:
-    """Content digest of a directory tree (paths, modes, file bytes, link targets); skips .git."""
+def directory_digest(path: Path, skip: frozenset[str] = frozenset({".git"})) -> str:
+    """Content digest of a directory tree (paths, modes, file bytes, link targets),
+    leaving out directories named in ``skip`` (wherever they are)."""
     h = hashlib.sha256()
     for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d != ".git")
+        dirs[:] = sorted(d for d in dirs if d not in skip)
         rel_root = os.path.relpath(root, path)
         for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(root, d))]):
             full = os.path.join(root, name)
@@ -241,10 +239,8 @@ def directory_digest(path: Path) -> str:
             h.update(f"{rel}\0{st.st_mode:o}\0".encode())
             if os.path.islink(full):
                 h.update(os.readlink(full).encode())
-            else:
-                with open(full, "rb") as f:
-                    for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                        h.update(chunk)
+            elif os.path.isfile(full):
+                hash_file(full, h)
             h.update(b"\0")
     return h.hexdigest()
 
