@@ -267,3 +267,15 @@ def test_make_app_from_a_verified_archive(hello_build: BuildResult, cache,  # ty
     with pytest.raises(UklError, match="sha256 mismatch"):
         build(project, cache=cache)
     assert not (project / "build/ukl-build/image").exists()
+
+
+def test_hello_on_musl_boots_as_init(hello_build: BuildResult, cache) -> None:  # type: ignore[no-untyped-def]
+    result = build(hello_build.settings.project_dir, {"mode": "user", "libc": "musl"}, cache=cache)
+    libc = result.images.manifest["app"]["libc_source"]
+    assert libc["name"] == "musl" and libc["kind"] == "debian" and len(libc["sha256"]) == 64
+    sbom = json.loads((result.images.directory / "sbom.cdx.json").read_text())
+    assert any(c["bom-ref"] == "libc" and c["name"] == "musl" for c in sbom["components"])
+    proc = run_cli("run", str(result.images.directory), "--timeout", "120", timeout=180)
+    assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
+    assert proc.returncode == 3
+    build(hello_build.settings.project_dir, {"mode": "user"}, cache=cache)  # restore for later tests

@@ -176,3 +176,10 @@ def test_app_source_needs_exactly_one_kind_and_a_digest_for_urls(tmp_path: Path)
     s = load_settings(project(tmp_path, base=BASE.replace(
         'sources = ["main.c"]', "[tool.ukl-build.make]\ndir = 'src'\nsource = { debian = 'redis' }")))
     assert s.make is not None and s.make.source is not None and s.make.source.debian == "redis"
+
+
+def test_musl_is_user_mode_only_for_now(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"mode 'ukl' supports only 'nolibc' so far \('musl' works"):
+        load_settings(project(tmp_path), {"libc": "musl"})
+    s = load_settings(project(tmp_path), {"libc": "musl", "mode": "user"})
+    assert s.musl.debian == "musl"  # Debian's source package unless [tool.ukl-build.musl] says

@@ -22,6 +22,7 @@ from typing import Any
 
 from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256
 from ukl_build.errors import BuildError
+from ukl_build.libc import MuslSysroot, build_musl, musl_toolchain_flags
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import runtime_dir
@@ -52,6 +53,7 @@ class AppBinary:
     mode: str
     marker: bytes = b""  # UKL: a string the archive puts into vmlinux's .rodata (see _ukl_archive)
     source: dict[str, Any] | None = None  # where a fetched source tree came from (its digest)
+    libc_source: dict[str, Any] | None = None  # musl: its version and source
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,20 @@ def compiler_version(cc: str) -> str:
     return out.splitlines()[0]
 
 
-def toolchain(settings: Settings, sysroot: Path | None) -> Toolchain:
-    cc = os.environ.get("UKL_CC", "gcc")
+def compiler() -> str:
+    return os.environ.get("UKL_CC", "gcc")
+
+
+def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None = None) -> Toolchain:
+    cc = compiler()
     common = ["-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident",
               "-ffile-prefix-map=" + str(settings.project_dir) + "=."]
     if settings.libc == "glibc":
         return Toolchain(cc, (*common, *settings.cflags), ("-static",), ())
+    if settings.libc == "musl":
+        assert musl is not None
+        cflags, ldflags, ldlibs = musl_toolchain_flags(cc, musl.path)
+        return Toolchain(cc, (*common, *cflags, *settings.cflags), tuple(ldflags), tuple(ldlibs))
     assert sysroot is not None
     gcc_include = subprocess.run([cc, "-print-file-name=include"], capture_output=True,
                                  text=True, check=True).stdout.strip()
@@ -158,8 +168,9 @@ def build_app(
     """
     sysroot = (make_sysroot(tree, settings.mode, cache, reporter, env)
                if settings.libc == "nolibc" else None)
-    tc = toolchain(settings, sysroot)
-    version = compiler_version(tc.cc)
+    version = compiler_version(compiler())
+    musl = build_musl(settings, version, cache, reporter, env) if settings.libc == "musl" else None
+    tc = toolchain(settings, sysroot, musl)
     spec = (settings.make.source if settings.make is not None else
             settings.cmake.source if settings.cmake is not None else None)
     source = None
@@ -174,7 +185,7 @@ def build_app(
     inputs_key = digest(config_key, directory_digest(settings.project_dir, _SKIP_DIRS),
                         source.origin if source is not None else None)
     app_dir = build_dir / "app" / config_key[:16]
-    reused = _reuse(app_dir, inputs_key, settings, version, source)
+    reused = _reuse(app_dir, inputs_key, settings, version, source, musl)
     if reused is not None:
         reporter.stage("app", f"unchanged: reusing {reused.path.name} (no compiler run)")
         return reused
@@ -222,14 +233,18 @@ def build_app(
     else:
         _check_static_elf(output)
     app = AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker,
-                    source.origin if source is not None else None)
+                    source.origin if source is not None else None, _libc_source(musl))
     atomic_write_text(record, json.dumps({"key": inputs_key, "output": output.name,
                                           "sha256": app.sha256, "marker": marker.hex()}))
     return app
 
 
+def _libc_source(musl: MuslSysroot | None) -> dict[str, Any] | None:
+    return None if musl is None else {"name": "musl", "version": musl.version, **musl.origin}
+
+
 def _reuse(app_dir: Path, inputs_key: str, settings: Settings, version: str,
-           source: AppSource | None) -> AppBinary | None:
+           source: AppSource | None, musl: MuslSysroot | None) -> AppBinary | None:
     """The last build's output if its record names these inputs and the file is intact."""
     try:
         record = json.loads((app_dir / APP_RECORD).read_text())
@@ -240,7 +255,7 @@ def _reuse(app_dir: Path, inputs_key: str, settings: Settings, version: str,
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return AppBinary(output, record["sha256"], settings.libc, version, settings.mode, marker,
-                     source.origin if source is not None else None)
+                     source.origin if source is not None else None, _libc_source(musl))
 
 
 def sync_tree(root: Path, work: Path) -> int:

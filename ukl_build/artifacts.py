@@ -94,7 +94,8 @@ def write_image_set(
             },
             "app": {"libc": app.libc, "compiler": app.compiler, "sha256": app.sha256,
                     "shortcuts": settings.uses_shortcuts,
-                    **({"source": app.source} if app.source is not None else {})},
+                    **({"source": app.source} if app.source is not None else {}),
+                    **({"libc_source": app.libc_source} if app.libc_source is not None else {})},
             "cmdline": settings.cmdline,
             "args": list(settings.args),
             "init_arg_limit": int(values.get("INIT_ENV_ARG_LIMIT", DEFAULT_INIT_ARG_LIMIT)),
@@ -162,12 +163,21 @@ def sbom(manifest: dict[str, Any]) -> dict[str, Any]:
     }
     source = manifest["app"].get("source")
     if source is not None:  # the fetched source tree the app was built from
-        doc["components"].append(app_source_component(manifest["name"], source))
+        doc["components"].append(app_source_component("app-source", f"{manifest['name']}-source",
+                                                      source))
         doc["dependencies"].append({"ref": app_ref, "dependsOn": ["app-source"]})
+    libc = manifest["app"].get("libc_source")
+    if libc is not None:  # a libc built from source and linked into the app
+        component = app_source_component("libc", libc["name"], libc)
+        component["type"] = "library"
+        component["version"] = libc["version"]
+        component["licenses"] = [{"license": {"id": "MIT"}}]
+        doc["components"].append(component)
+        doc["dependencies"].append({"ref": app_ref, "dependsOn": ["libc"]})
     return doc
 
 
-def app_source_component(name: str, source: dict[str, Any]) -> dict[str, Any]:
+def app_source_component(ref_name: str, name: str, source: dict[str, Any]) -> dict[str, Any]:
     digest = source.get("sha256") or source.get("tree_sha256")
     if source["kind"] == "git":
         ref = {"type": "vcs", "url": source["url"]}
@@ -176,7 +186,7 @@ def app_source_component(name: str, source: dict[str, Any]) -> dict[str, Any]:
     else:
         ref = {"type": "distribution", "url": source.get("url") or source["path"]}
     component: dict[str, Any] = {
-        "type": "application", "bom-ref": "app-source", "name": f"{name}-source",
+        "type": "application", "bom-ref": ref_name, "name": name,
         "externalReferences": [ref],
         "properties": [{"name": "ukl-build:source-kind", "value": source["kind"]}]}
     if source["kind"] in ("git", "debian"):

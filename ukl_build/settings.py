@@ -26,7 +26,7 @@ from ukl_build.errors import ConfigError
 from ukl_build.runner import RunError, RunOptions, check_app_args, kernel_cmdline, split_forward
 
 MODES = ("ukl", "user")
-LIBCS = ("nolibc", "glibc")
+LIBCS = ("nolibc", "glibc", "musl")
 FORMATS = ("bzimage", "pvh")
 MACHINES = ("microvm", "q35")
 ACCELS = ("tcg", "kvm", "auto")
@@ -156,8 +156,9 @@ class Settings:
         default="ukl",
     )
     libc: str = _doc(
-        '"nolibc" (the fetched tree\'s tools/include/nolibc + ukl-build runtime) or '
-        '"glibc" (static, user mode only).',
+        '"nolibc" (the fetched tree\'s tools/include/nolibc + ukl-build runtime), '
+        '"musl" (built from `[tool.ukl-build.musl]`, static; user mode for now) or '
+        '"glibc" (the host\'s, static, user mode only).',
         default="nolibc",
     )
     shortcuts: bool = _doc(
@@ -187,6 +188,10 @@ class Settings:
         default_factory=lambda: ["bzimage"],
     )
     kernel: KernelSettings = _doc("The kernel source.", default_factory=KernelSettings)
+    musl: AppSourceSettings = _doc(
+        'Where musl comes from for libc = "musl" (same keys as a make source); '
+        "default: Debian's musl source package.",
+        default_factory=lambda: AppSourceSettings(debian="musl"))
     run: RunSettings = _doc("Defaults for `ukl_build run` and the launcher.", default_factory=RunSettings)
 
     @property
@@ -409,7 +414,10 @@ def _validate(s: Settings, origin: Origins) -> None:
     _one_of(s.mode, MODES, origin("mode"))
     _one_of(s.libc, LIBCS, origin("libc"))
     if s.mode == "ukl" and s.libc != "nolibc":
-        raise ConfigError(f"{origin('libc')}: mode 'ukl' supports only 'nolibc'")
+        raise ConfigError(f"{origin('libc')}: mode 'ukl' supports only 'nolibc' so far "
+                          f"({s.libc!r} works in user mode)")
+    if s.libc == "musl":
+        _validate_app_source(s.musl, "musl", origin)
     for fmt in s.formats:
         _one_of(fmt, FORMATS, origin("formats"))
     if not s.formats:
