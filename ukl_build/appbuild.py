@@ -217,7 +217,8 @@ def build_app(
                     LDLIBS=" ".join(tc.ldlibs))
         reporter.stage("app", f"make in {settings.make.dir} ({settings.libc}, {settings.mode} mode, "
                        f"{changed} changed file{'s' if changed != 1 else ''})")
-        reporter.run(["make", "-C", mdir, *settings.make.args], step="app build (make)", env=menv)
+        reporter.run(["make", "-C", mdir, f"-j{os.cpu_count() or 1}", *settings.make.args],
+                     step="app build (make)", env=menv)
         produced = mdir / settings.make.output
         if not produced.is_file():
             raise BuildError(f"{settings.origin('make.output')}: make did not produce "

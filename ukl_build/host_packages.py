@@ -44,6 +44,8 @@ PACKAGES: tuple[HostPackage, ...] = (
     HostPackage("git", ("git",), why="kernel sources from git", optional=True),
     HostPackage("python3-venv", why="scripts/setup.sh makes .venv", tests_only=True),
     HostPackage("procps", ("pgrep", "pkill"), why="tests look for left-over VMs", tests_only=True),
+    HostPackage("redis-tools", ("redis-cli", "redis-benchmark"), why="tests talk to Redis",
+                tests_only=True),
 )
 
 

@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ukl_build.cache import Cache, digest
+from ukl_build.cache import Cache, atomic_write_text, digest
 from ukl_build.errors import BuildError
 from ukl_build.progress import Reporter
 from ukl_build.settings import Settings
@@ -71,21 +71,44 @@ def build_musl(settings: Settings, compiler: str, cache: Cache, reporter: Report
     return MuslSysroot(entry / "sysroot", source.origin, version)
 
 
-def gcc_file(cc: str, name: str) -> str:
-    """A file of the compiler's own installation (its include dir, crtbeginT.o, ...)."""
-    proc = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"app: {cc} -print-file-name={name} failed: {proc.stderr.strip()}")
-    return proc.stdout.strip()
+def musl_specs(sysroot: Path) -> Path:
+    """A GCC specs file that makes ``gcc`` compile and link against this musl alone.
+
+    Flags in CFLAGS/LDFLAGS are not enough: build systems such as Redis's put
+    their own libraries last and never pass LDLIBS, so the C library, libgcc
+    and the start and end files must come from the compiler driver itself.
+    Written beside the cache entry (entries are immutable once renamed into
+    place); the text depends only on the entry's path, so concurrent writers
+    agree.
+    """
+    lib = sysroot / "lib"
+    # Only plain overrides (no %rename): make rules pass CFLAGS and LDFLAGS
+    # together, so the file is often read twice in one command.
+    text = "\n".join([
+        "*link_libgcc:", f"-L{lib} -L .%s", "",
+        "*libgcc:", "libgcc.a%s %:if-exists(libgcc_eh.a%s)", "",
+        "*startfile:", f"{lib}/crt1.o {lib}/crti.o crtbeginT.o%s", "",
+        "*endfile:", f"crtend.o%s {lib}/crtn.o", "",
+        "*link:", "-nostdlib -static %{rdynamic:-export-dynamic}", "",
+    ])
+    entry = sysroot.parent
+    specs = entry.parent / f"{entry.name}.specs"
+    if not specs.is_file() or specs.read_text() != text:
+        atomic_write_text(specs, text)
+    return specs
 
 
 def musl_toolchain_flags(cc: str, sysroot: Path) -> tuple[list[str], list[str], list[str]]:
     """(cflags, ldflags, ldlibs) for a static, non-PIE program on musl alone."""
-    lib = sysroot / "lib"
+    specs = f"-specs={musl_specs(sysroot)}"
     cflags = ["-nostdinc", "-isystem", str(sysroot / "include"),
               "-isystem", gcc_file(cc, "include"), "-fno-pie"]
-    ldflags = ["-static", "-no-pie", "-nostdlib", "-nostartfiles", f"-L{lib}",
-               str(lib / "crt1.o"), str(lib / "crti.o"), gcc_file(cc, "crtbeginT.o")]
-    ldlibs = ["-Wl,--start-group", "-lc", "-lgcc", "-lgcc_eh", "-Wl,--end-group",
-              gcc_file(cc, "crtend.o"), str(lib / "crtn.o")]
-    return cflags, ldflags, ldlibs
+    return [*cflags, specs], [specs, "-static", "-no-pie"], []
+
+
+def gcc_file(cc: str, name: str) -> str:
+    """A file of the compiler's own installation (its include directory, say)."""
+    proc = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"app: {cc} -print-file-name={name} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()

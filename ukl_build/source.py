@@ -419,11 +419,15 @@ def _debian_source(package: str, where: str, cache: Cache, reporter: Reporter) -
         dest.parent.mkdir(parents=True, exist_ok=True)
         reporter.stage("app", f"downloading Debian source package {package} {version}")
         with tempfile.TemporaryDirectory(prefix=".tmp-apt-", dir=dest.parent) as tmp:
-            got = subprocess.run(["apt-get", "source", "--download-only", f"{package}={version}"],
+            # Not pinned with =version: the file names drop the epoch (redis is 5:7.0.15-...);
+            # apt picks the same candidate it listed, and the digest check below holds it to that.
+            got = subprocess.run(["apt-get", "source", "--download-only", package],
                                  cwd=tmp, capture_output=True, text=True)
             if got.returncode != 0:
                 tail = (got.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise SourceError(f"{where} debian: apt-get source {package}={version}: {tail}")
+                raise SourceError(f"{where} debian: apt-get source {package}: {tail}")
+            if not (Path(tmp) / name).is_file():
+                raise SourceError(f"{where} debian: apt-get source {package} did not fetch {name}")
             if file_sha256(Path(tmp) / name) != sha:
                 raise SourceError(f"{where} debian: {name} does not match apt's sha256 {sha}")
             os.replace(Path(tmp) / name, dest)
