@@ -22,7 +22,7 @@ from typing import Any
 
 from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256
 from ukl_build.errors import BuildError
-from ukl_build.libc import MuslSysroot, build_musl, musl_toolchain_flags
+from ukl_build.libc import MuslSysroot, build_musl, gcc_file, musl_toolchain_flags
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import runtime_dir
@@ -125,8 +125,7 @@ def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None
         cflags, ldflags, ldlibs = musl_toolchain_flags(cc, musl.path)
         return Toolchain(cc, (*common, *cflags, *settings.cflags), tuple(ldflags), tuple(ldlibs))
     assert sysroot is not None
-    gcc_include = subprocess.run([cc, "-print-file-name=include"], capture_output=True,
-                                 text=True, check=True).stdout.strip()
+    gcc_include = gcc_file(cc, "include")
     cflags = [
         *common, "-std=gnu11", "-fno-stack-protector", "-fno-pie", "-nostdinc",
         "-isystem", str(runtime_dir() / "include"),
@@ -312,6 +311,8 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
     redefine = [f"--redefine-sym={UKL_PREFIX}{a}={k}" for a, k in UKL_BRIDGE.items()]
     reporter.run(["objcopy", *redefine, prefixed], step="app (objcopy --redefine-sym)", env=env)
     proc = subprocess.run(["nm", "-u", str(prefixed)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:  # an empty answer from a failed nm must not pass the check
+        raise BuildError(f"app: nm -u {prefixed.name} failed: {proc.stderr.strip()}")
     undefined = sorted({ln.split()[-1] for ln in proc.stdout.splitlines() if ln.strip()}
                        - set(UKL_BRIDGE.values()))
     if undefined:
@@ -381,6 +382,8 @@ def _check_elf(path: Path, et_rel: bool) -> None:
 def _check_static_elf(path: Path) -> None:
     _check_elf(path, et_rel=False)
     proc = subprocess.run(["readelf", "-l", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"app: readelf -l {path.name} failed: {proc.stderr.strip()}")
     if "INTERP" in proc.stdout:
         raise BuildError(f"app: {path.name} is dynamically linked; the initramfs holds no loader",
                          hint="link statically (-static)")

@@ -2,11 +2,16 @@
 
 Layout under the cache root (``$UKL_BUILD_CACHE``, else ``$XDG_CACHE_HOME/ukl-build``)::
 
-    downloads/<sha256>.<ext>     verified source archives
-    trees/<key>/                 extracted + patched kernel trees
+    downloads/<sha256>.<ext>     verified source archives (kernel, apps, musl)
+    sources/<key>/tree/          extracted archives, git exports, copied directories
+    git/<key>/                   bare repositories that git sources are fetched into
+    trees/<key>/                 patched kernel trees
     sysroots/<key>/              nolibc + UAPI headers of one tree
+    libcs/<key>/sysroot/         musl builds (and <key>.specs beside each)
     kconfig/<key>/.config        resolved kernel configurations
     kbuild/<key>/                out-of-tree kernel build dirs (O=), one per .config
+    images/<key>/                verified bzImage + vmlinux of one build dir and app
+    locks/                       the flock files of the entries above
     ccache/                      compiler cache for kernel builds
 
 An entry is built in a temporary sibling and renamed into place, so an
