@@ -84,7 +84,7 @@ def test_bad_values_and_unknown_options_refused_before_make(patched_tree, cache,
                                      ("NO_SUCH_OPTION_X", "y"), ("DEFAULT_HOSTNAME", "fine")],
                   tmp_path, cache, r, dict(os.environ))
     msg = str(e.value)
-    assert "kconfig.HZ_100 = abc: a bool option takes y or n" in msg
-    assert "kconfig.PANIC_TIMEOUT = soon: an int option takes a decimal integer" in msg
+    assert "kconfig.HZ_100 = \"abc\": a bool option takes y or n" in msg
+    assert "kconfig.PANIC_TIMEOUT = \"soon\": an int option takes a decimal integer" in msg
     assert "kconfig.NO_SUCH_OPTION_X = y: no such option in this kernel" in msg
     assert "DEFAULT_HOSTNAME" not in msg and "depends on" not in msg

@@ -117,7 +117,7 @@ def test_cli_override_errors_name_the_config_setting(tmp_path: Path) -> None:
     ("[tool.ukl-build.run]\nforward = ['8080']\n", r"run\] forward: '8080': expected HOST:GUEST"),
     ("[tool.ukl-build.run]\nforward = ['70000:80']\n", r"run\] forward: '70000:80': ports are 1 to 65535"),
     ("[tool.ukl-build.kernel.git]\nurl = '/srv/linux.git'\n",
-     r"\[tool.ukl-build.kernel.git\] rev: required key missing"),
+     r"\[tool.ukl-build.kernel.git\] required key 'rev' missing"),
     ("args = ['x=\"y z\"']\n", r"\] args: argument 1 'x=\"y z\"' cannot be passed on a kernel command line"),
     ("args = ['--']\n", r"argument 1 '--' cannot be passed.*stops passing arguments"),
     (f"args = {['a'] * 33!r}\n", r"33 arguments, but the kernel passes at most 32"),
@@ -183,3 +183,9 @@ def test_musl_is_user_mode_only_for_now(tmp_path: Path) -> None:
         load_settings(project(tmp_path), {"libc": "musl"})
     s = load_settings(project(tmp_path), {"libc": "musl", "mode": "user"})
     assert s.musl.debian == "musl"  # Debian's source package unless [tool.ukl-build.musl] says
+
+
+def test_a_table_made_by_config_settings_is_blamed_on_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^config setting -C kernel.git.url: \[tool.ukl-build"
+                                          r".kernel.git\] required key 'rev' missing"):
+        load_settings(project(tmp_path), {"kernel.git.url": "/srv/linux.git"})

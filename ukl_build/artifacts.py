@@ -112,7 +112,7 @@ def write_image_set(
         try:
             manifest["qemu"] = {fmt: qemu_example(manifest, fmt) for fmt in images}
         except RunError as e:  # the command line the kernel would cut or mangle
-            raise ConfigError(f"{settings.origin('cmdline')} / {settings.origin('args')}: {e}") from None
+            raise ConfigError(f"{settings.origin('cmdline')}, with the app's arguments: {e}") from None
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (tmp / SBOM).write_text(json.dumps(sbom(manifest), indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out_dir)

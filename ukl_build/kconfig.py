@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class Option:
     name: str  # without CONFIG_
     value: str  # "y", "n", a number or a quoted string
     origin: str  # recipe or settings key that asked for it
+    from_app: bool = False  # asked for by the app's kconfig table (not a recipe)
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,13 @@ def resolve_recipes(names: list[str], project_dir: Path) -> list[tuple[str, Path
 
 
 def requested_options(
-    recipes: list[tuple[str, Path]], extra: list[tuple[str, str]]
+    recipes: list[tuple[str, Path]], extra: list[tuple[str, str]],
+    origin: Callable[[str], str] | None = None,
 ) -> list[Option]:
-    """Merged options: later recipes override earlier ones, the app's options override all."""
+    """Merged options: later recipes override earlier ones, the app's options override all.
+
+    ``origin`` names where an app option came from (``Settings.origin``: pyproject or -C).
+    """
     merged: dict[str, Option] = {}
     for name, path in recipes:
         options, _ = parse_fragment(path.read_text(), f"recipe {name}")
@@ -104,7 +110,8 @@ def requested_options(
             merged[opt.name] = opt
     for name, value in extra:
         bare = name.removeprefix("CONFIG_")
-        merged[bare] = Option(bare, _normalise(value), f"[tool.ukl-build] kconfig.{name}")
+        where = origin(f"kconfig.{name}") if origin else f"[tool.ukl-build] kconfig.{name}"
+        merged[bare] = Option(bare, _normalise(value), where, from_app=True)
     return list(merged.values())
 
 
@@ -210,7 +217,7 @@ def find_symbols(tree: Path, names: set[str]) -> dict[str, Symbol]:
 
 def check_values(tree: Path, options: list[Option]) -> None:
     """Refuse, before any make, app options the kernel does not have or values of the wrong type."""
-    mine = [o for o in options if o.origin.startswith("[tool.ukl-build]")]
+    mine = [o for o in options if o.from_app]
     symbols = find_symbols(tree, {o.name for o in mine})
     bad = []
     for o in mine:
@@ -231,9 +238,10 @@ def configure(
     cache: Cache,
     reporter: Reporter,
     make_env: dict[str, str],
+    origin: Callable[[str], str] | None = None,
 ) -> KernelConfig:
     recipes = resolve_recipes(recipe_names, project_dir)
-    options = requested_options(recipes, extra)
+    options = requested_options(recipes, extra, origin)
     fragments = [(n, file_sha256(p)) for n, p in recipes]
     key = digest("kconfig", tree.key, fragments, [(o.name, o.value) for o in options])
 

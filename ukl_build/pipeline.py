@@ -112,7 +112,7 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
         if fmt in FORMAT_RECIPES and FORMAT_RECIPES[fmt] not in recipes:
             recipes.append(FORMAT_RECIPES[fmt])
     config = configure(tree, recipes, settings.kconfig_items(), settings.project_dir, cache,
-                       reporter, env)
+                       reporter, env, settings.origin)
     app = build_app(settings, tree, bdir, cache, reporter, env)
     kernel = build_kernel(tree, config, payload_for(app), cache, reporter, env,
                           jobs=os.cpu_count() or 1)

@@ -137,9 +137,15 @@ class Origins:
         return f"{self.pyproject}: [{table}] {parts[-1]}"
 
     def table_of(self, key: str) -> str:
-        """Where the table holding ``key`` came from (for keys that are not in the model)."""
+        """Where the table holding ``key`` came from (for keys that are missing or unknown)."""
         where = self(key)
-        return f"{where}:" if where.startswith("config setting") else where.rsplit(" ", 1)[0]
+        if where.startswith("config setting"):
+            return f"{where}:"
+        table = key.rsplit(".", 1)[0] if "." in key else ""
+        given = sorted(k for k in self.overridden if table and k.startswith(table + "."))
+        if given:  # the table was made by -C keys beside this one
+            return f"config setting -C {given[0]}: [tool.ukl-build.{table}]"
+        return where.rsplit(" ", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -339,8 +345,8 @@ def _convert_table(
     for f in dataclasses.fields(cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         if required and f.name not in skip and f.name not in out:
-            raise ConfigError(f"{origin(prefix + _key(f.name))}: required key missing"
-                              f"{' in [tool.ukl-build.' + table + ']' if table else ''}")
+            raise ConfigError(f"{origin.table_of(prefix + _key(f.name))} required key "
+                              f"{_key(f.name)!r} missing")
     return out
 
 
@@ -520,7 +526,7 @@ def _validate_run(s: Settings, origin: Origins) -> None:
         kernel_cmdline({"cmdline": s.cmdline, "args": s.args}, RunOptions(machine=r.machine),
                        network=True)
     except RunError as e:
-        raise ConfigError(f"{origin('cmdline')} / {origin('args')}: {e}") from None
+        raise ConfigError(f"{origin('cmdline')}, with the app's arguments: {e}") from None
 
 
 def settings_schema_markdown() -> str:
