@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -68,6 +69,13 @@ def test_two_apps_built_at_once_each_boot_their_own(builds: Builds, tmp_path: Pa
         build_all_at_once(projects.values())
         for t, p in projects.items():
             boots_own_app(p, tags[t])
+    # What the cache now holds under each app's key is that app: rebuilds reuse it.
+    for p in projects.values():
+        shutil.rmtree(p / "build")
+    build_all_at_once(projects.values())
+    for t, p in projects.items():
+        assert "reusing cached images" in (p / "build/ukl-build/build.log").read_text()
+        boots_own_app(p, tags[t])
 
 
 def test_stress_four_apps_at_once_twice(builds: Builds, tmp_path: Path) -> None:
