@@ -23,6 +23,8 @@ from ukl_build.cache import Cache
 from conftest import Builds, copy_example, free_port, run_cli
 
 pytestmark = pytest.mark.kernel
+# New app bytes in every session, so a warm cache cannot stand in for the links under test.
+SALT = os.urandom(4).hex()
 
 
 def hello_variant(tmp: Path, tag: str, mode: str) -> Path:
@@ -63,7 +65,7 @@ def test_two_apps_built_at_once_each_boot_their_own(builds: Builds, tmp_path: Pa
     builds("hello", "ukl")  # the shared kernel configuration, built once per session
     projects = {t: hello_variant(tmp_path, t, "ukl") for t in ("a", "b")}
     for round_ in range(3):
-        tags = {t: f"{t}{round_}" for t in projects}
+        tags = {t: f"{t}{round_}-{SALT}" for t in projects}
         for t, p in projects.items():
             set_tag(p, tags[t])
         build_all_at_once(projects.values())
@@ -84,7 +86,7 @@ def test_stress_four_apps_at_once_twice(builds: Builds, tmp_path: Path) -> None:
     projects = {f"{m}{i}": hello_variant(tmp_path, f"{m}{i}", m)
                 for m in ("ukl", "user") for i in (1, 2)}
     for round_ in range(2):
-        tags = {t: f"{t}r{round_}" for t in projects}
+        tags = {t: f"{t}r{round_}-{SALT}" for t in projects}
         for t, p in projects.items():
             set_tag(p, tags[t])
         build_all_at_once(projects.values())
