@@ -61,16 +61,23 @@ def boots_own_app(project: Path, tag: str) -> None:
     assert proc.returncode == 3, proc.stderr
 
 
-def test_two_apps_built_at_once_each_boot_their_own(builds: Builds, tmp_path: Path) -> None:
-    builds("hello", "ukl")  # the shared kernel configuration, built once per session
-    projects = {t: hello_variant(tmp_path, t, "ukl") for t in ("a", "b")}
-    for round_ in range(3):
-        tags = {t: f"{t}{round_}-{SALT}" for t in projects}
+def rounds_at_once(projects: dict[str, Path], rounds: int) -> dict[str, str]:
+    """Change every app, build them all at once, boot each; return the last tags."""
+    tags: dict[str, str] = {}
+    for round_ in range(rounds):
+        tags = {t: f"{t}r{round_}-{SALT}" for t in projects}
         for t, p in projects.items():
             set_tag(p, tags[t])
         build_all_at_once(projects.values())
         for t, p in projects.items():
             boots_own_app(p, tags[t])
+    return tags
+
+
+def test_two_apps_built_at_once_each_boot_their_own(builds: Builds, tmp_path: Path) -> None:
+    builds("hello", "ukl")  # the shared kernel configuration, built once per session
+    projects = {t: hello_variant(tmp_path, t, "ukl") for t in ("a", "b")}
+    tags = rounds_at_once(projects, 3)
     # What the cache now holds under each app's key is that app: rebuilds reuse it.
     for p in projects.values():
         shutil.rmtree(p / "build")
@@ -85,13 +92,7 @@ def test_stress_four_apps_at_once_twice(builds: Builds, tmp_path: Path) -> None:
     builds("hello", "user")
     projects = {f"{m}{i}": hello_variant(tmp_path, f"{m}{i}", m)
                 for m in ("ukl", "user") for i in (1, 2)}
-    for round_ in range(2):
-        tags = {t: f"{t}r{round_}-{SALT}" for t in projects}
-        for t, p in projects.items():
-            set_tag(p, tags[t])
-        build_all_at_once(projects.values())
-        for t, p in projects.items():
-            boots_own_app(p, tags[t])
+    rounds_at_once(projects, 2)
 
 
 def test_two_builds_of_one_project_take_turns(builds: Builds, tmp_path: Path) -> None:
