@@ -89,7 +89,7 @@ def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
         # `make headers`, then copy the .h files ourselves: headers_install would
         # need rsync for nothing more than this copy.
         reporter.run(
-            ["make", "-C", str(tree.path), f"O={tmp / 'o'}", "ARCH=x86_64", "-s", "headers"],
+            tree.make(tmp / "o", "-s", "headers"),
             step="app (kernel make headers)", env=env,
         )
         generated = tmp / "o" / "usr" / "include"

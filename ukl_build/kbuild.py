@@ -87,11 +87,6 @@ def payload_for(app: AppBinary) -> Payload:
     return Payload({USER_INIT: app.path}, initramfs_list(USER_INIT), app.path.read_bytes())
 
 
-def kernel_make(tree: Path, build: Path, *targets: str) -> list[str]:
-    """``make`` of the kernel tree, out of tree in ``build``."""
-    return ["make", "-C", str(tree), f"O={build}", "ARCH=x86_64", *targets]
-
-
 def reproducible_env(cache: Cache, source_date_epoch: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -165,7 +160,7 @@ def build_kernel(
         if not list_path.is_file() or list_path.read_text() != payload.initramfs:
             atomic_write_text(list_path, payload.initramfs)
 
-        argv = kernel_make(tree.path, build, f"-j{jobs}")
+        argv = tree.make(build, f"-j{jobs}")
         if ccache:
             argv.append(f"CC={ccache} {toolchain}")
         argv.append("bzImage")

@@ -20,6 +20,7 @@ from ukl_build.errors import BuildError, ConfigError
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import recipes_dir
+from ukl_build.settings import Settings
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set$")
@@ -59,6 +60,21 @@ def parse_fragment(text: str, origin: str) -> tuple[list[Option], list[str]]:
         elif not line.startswith("#"):
             raise ConfigError(f"{origin}:{lineno}: not a kernel config line: {raw!r}")
     return options, requires
+
+
+# Recipes a format needs on top of the app's (the pvh image is the ELF vmlinux).
+FORMAT_RECIPES = {"pvh": "pvh"}
+
+
+def recipes_for(settings: Settings) -> list[str]:
+    """The app's recipes plus what its mode and image formats need (base comes first anyway)."""
+    recipes = list(settings.recipes)
+    if settings.mode == "ukl" and "ukl" not in recipes:
+        recipes.append("ukl")
+    for fmt in settings.formats:
+        if fmt in FORMAT_RECIPES and FORMAT_RECIPES[fmt] not in recipes:
+            recipes.append(FORMAT_RECIPES[fmt])
+    return recipes
 
 
 def resolve_recipes(names: list[str], project_dir: Path) -> list[tuple[str, Path]]:
@@ -249,10 +265,11 @@ def configure(
         check_values(tree.path, options)  # a cached entry was checked when it was made
         build = tmp / "o"
         reporter.stage("kconfig", f"tinyconfig + {', '.join(n for n, _ in recipes)}")
-        base = ["make", "-C", str(tree.path), f"O={build}", "ARCH=x86_64", "-s"]
-        reporter.run([*base, "tinyconfig"], step="kconfig (make tinyconfig)", env=make_env)
+        reporter.run(tree.make(build, "-s", "tinyconfig"), step="kconfig (make tinyconfig)",
+                     env=make_env)
         merge_into(build / ".config", options)
-        reporter.run([*base, "olddefconfig"], step="kconfig (make olddefconfig)", env=make_env)
+        reporter.run(tree.make(build, "-s", "olddefconfig"), step="kconfig (make olddefconfig)",
+                     env=make_env)
         dropped = dropped_options(build / ".config", options)
         if dropped:
             symbols = find_symbols(tree.path, {o.name for o, _ in dropped})

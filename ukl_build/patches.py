@@ -30,6 +30,10 @@ class PatchedTree:
     patches: tuple[Patch, ...]
     source: SourceTree
 
+    def make(self, build: Path, *args: str) -> list[str]:
+        """The command line of ``make`` in this tree, out of tree in ``build`` (O=)."""
+        return ["make", "-C", str(self.path), f"O={build}", "ARCH=x86_64", *args]
+
 
 def read_series(series_dir: Path) -> list[Patch]:
     """The patches named in ``series_dir/series``, in order (``#`` starts a comment)."""

@@ -17,7 +17,7 @@ from ukl_build.artifacts import ImageSet, check_out_dir, remove_owned, write_ima
 from ukl_build.cache import Cache, file_lock
 from ukl_build.errors import ConfigError, UklError
 from ukl_build.kbuild import KernelImages, build_kernel, payload_for, reproducible_env
-from ukl_build.kconfig import configure
+from ukl_build.kconfig import configure, recipes_for
 from ukl_build.patches import PatchedTree, apply_patches
 from ukl_build.progress import Reporter
 from ukl_build.resources import patches_dir
@@ -25,7 +25,6 @@ from ukl_build.settings import Settings, load_settings
 from ukl_build.source import fetch_source
 
 DEFAULT_SOURCE_DATE_EPOCH = 315532800  # 1980-01-01, the earliest date a zip can hold
-FORMAT_RECIPES = {"pvh": "pvh"}
 
 
 @dataclass(frozen=True)
@@ -105,13 +104,7 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
     if settings.shortcuts and not settings.uses_shortcuts:
         reporter.stage("config", "shortcuts = true has no effect in user mode")
     tree = prepare_tree(settings, cache, reporter)
-    recipes = list(settings.recipes)
-    if settings.mode == "ukl" and "ukl" not in recipes:
-        recipes.append("ukl")
-    for fmt in settings.formats:
-        if fmt in FORMAT_RECIPES and FORMAT_RECIPES[fmt] not in recipes:
-            recipes.append(FORMAT_RECIPES[fmt])
-    config = configure(tree, recipes, settings.kconfig_items(), settings.project_dir, cache,
+    config = configure(tree, recipes_for(settings), settings.kconfig_items(), settings.project_dir, cache,
                        reporter, env, settings.origin)
     app = build_app(settings, tree, bdir, cache, reporter, env)
     kernel = build_kernel(tree, config, payload_for(app), cache, reporter, env,
