@@ -95,14 +95,8 @@ class Cache:
         with self.lock(kind, key):
             if final.is_dir():
                 return final
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=final.parent))
-            try:
+            with new_path(final, directory=True) as tmp:
                 make(tmp)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         return final
 
     def clean(self) -> None:
@@ -129,17 +123,39 @@ def file_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator
         yield f.fileno()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+@contextlib.contextmanager
+def new_path(final: Path, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``final`` to fill; on success rename it to ``final``.
+
+    On any exception (an interrupt too) the temporary is removed and ``final``
+    is untouched, so readers see the old complete thing or the new one.  A
+    file is created 0644 (mkstemp's 0600 would follow wheels and images
+    everywhere); a directory must not exist at ``final`` yet.  Temporaries are
+    named ``.tmp-*``: what an interrupted build leaves is easy to tell apart.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".tmp-{final.name[:16]}-"
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
+        os.fchmod(fd, 0o644)
+        os.close(fd)
+        tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        yield tmp
+        os.rename(tmp, final) if directory else os.replace(tmp, final)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if directory:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with new_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache, digest, file_sha256, hash_file
+from ukl_build.cache import Cache, digest, file_sha256, hash_file, new_path
 from ukl_build.errors import SourceError
 from ukl_build.progress import Reporter
 from ukl_build.settings import AppSourceSettings, KernelSettings
@@ -151,28 +151,23 @@ def _download(url: str, sha256: str, cache: Cache, reporter: Reporter,
     dest = cache.root / "downloads" / f"{sha256}{suffix}"
     if dest.is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     reporter.stage("source", f"downloading {url}")
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
-    tmp = Path(tmp_name)
     h = hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            while chunk := resp.read(1 << 20):
-                h.update(chunk)
-                out.write(chunk)
-        got = h.hexdigest()
-        if got != sha256:
-            raise SourceError(
-                f"{where} url: sha256 mismatch for {url}\n"
-                f"    expected {sha256}\n    got      {got}",
-                hint="the download was discarded; check the URL and the sha256 key",
-            )
-        os.replace(tmp, dest)
+        with new_path(dest) as tmp:  # in downloads/ only once verified
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+                while chunk := resp.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            got = h.hexdigest()
+            if got != sha256:
+                raise SourceError(
+                    f"{where} url: sha256 mismatch for {url}\n"
+                    f"    expected {sha256}\n    got      {got}",
+                    hint="the download was discarded; check the URL and the sha256 key",
+                )
     except (urllib.error.URLError, OSError) as e:
         raise SourceError(f"{where} url: cannot download {url}: {e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -302,14 +297,8 @@ def _tree_from_git(
     mirror = cache.root / "git" / digest("git", url)[:32]
     with cache.lock("git", mirror.name):
         if not (mirror / "HEAD").exists():
-            mirror.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=mirror.parent))
-            try:
+            with new_path(mirror, directory=True) as tmp:
                 _git(["init", "-q", "--bare", str(tmp)])
-                os.rename(tmp, mirror)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         reporter.stage("source", f"fetching {rev} from {url}")
         try:
             _git(["fetch", "-q", "--depth=1", url, rev], cwd=mirror)
@@ -416,9 +405,10 @@ def _debian_source(package: str, where: str, cache: Cache, reporter: Reporter) -
     version = dsc.removesuffix(".dsc").split("_", 1)[1]
     dest = cache.root / "downloads" / f"{sha}{name[name.index('.tar'):]}"
     if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)  # the apt temp dir goes beside it
         reporter.stage("app", f"downloading Debian source package {package} {version}")
-        with tempfile.TemporaryDirectory(prefix=".tmp-apt-", dir=dest.parent) as tmp:
+        with tempfile.TemporaryDirectory(prefix=".tmp-apt-", dir=dest.parent) as tmp, \
+                new_path(dest) as verified:
             # Not pinned with =version: the file names drop the epoch (redis is 5:7.0.15-...);
             # apt picks the same candidate it listed, and the digest check below holds it to that.
             got = subprocess.run(["apt-get", "source", "--download-only", package],
@@ -430,7 +420,7 @@ def _debian_source(package: str, where: str, cache: Cache, reporter: Reporter) -
                 raise SourceError(f"{where} debian: apt-get source {package} did not fetch {name}")
             if file_sha256(Path(tmp) / name) != sha:
                 raise SourceError(f"{where} debian: {name} does not match apt's sha256 {sha}")
-            os.replace(Path(tmp) / name, dest)
+            os.replace(Path(tmp) / name, verified)
     tree = _single_root(_extract_tarball(dest, sha, cache, reporter))
     return AppSource(tree, {"kind": "debian", "package": package, "version": version,
                             "file": name, "sha256": sha})

@@ -11,11 +11,11 @@ the wheel to an aarch64 or macOS host that can boot the image perfectly well.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import os
 import tarfile
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterable
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ukl_build import __version__
 from ukl_build.artifacts import SBOM, ImageSet
+from ukl_build.cache import new_path
 from ukl_build.settings import Settings
 
 WHEEL_TAG = "py3-none-any"
@@ -76,15 +77,6 @@ def launcher_files(settings: Settings) -> dict[str, bytes]:
     return {"__init__.py": init, "__main__.py": main, "_runner.py": runner}
 
 
-def _new_tmp(directory: Path, filename: str) -> str:
-    """A temp file beside the final one, readable like any file a build tool writes
-    (mkstemp's 0600 would follow the wheel into every install and upload)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{filename}.", dir=directory)
-    os.fchmod(fd, 0o644)
-    os.close(fd)
-    return tmp
-
-
 def _zip_time(epoch: int) -> tuple[int, int, int, int, int, int]:
     return time.gmtime(max(epoch, 315532800))[:6]
 
@@ -109,27 +101,21 @@ def write_wheel(settings: Settings, images: ImageSet, wheel_dir: Path, epoch: in
     # PEP 770: SBOMs of what the wheel bundles live in .dist-info/sboms/.
     entries.append((f"{info}/sboms/{SBOM}", images.directory / SBOM))
 
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _new_tmp(wheel_dir, filename)
-    try:
-        stamp = _zip_time(epoch)
-        records = []
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for arcname, content in sorted(entries, key=lambda e: e[0]):
-                data = content.read_bytes() if isinstance(content, Path) else content
-                zi = zipfile.ZipInfo(arcname, stamp)
-                zi.external_attr = 0o644 << 16
-                zi.compress_type = zipfile.ZIP_DEFLATED
-                zf.writestr(zi, data)
-                records.append(f"{arcname},{_record_hash(data)},{len(data)}")
-            records.append(f"{info}/RECORD,,")
-            zi = zipfile.ZipInfo(f"{info}/RECORD", stamp)
+    stamp = _zip_time(epoch)
+    records = []
+    with new_path(wheel_dir / filename) as tmp, \
+            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for arcname, content in sorted(entries, key=lambda e: e[0]):
+            data = content.read_bytes() if isinstance(content, Path) else content
+            zi = zipfile.ZipInfo(arcname, stamp)
             zi.external_attr = 0o644 << 16
-            zf.writestr(zi, "\n".join(records) + "\n")
-        os.replace(tmp, wheel_dir / filename)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(zi, data)
+            records.append(f"{arcname},{_record_hash(data)},{len(data)}")
+        records.append(f"{info}/RECORD,,")
+        zi = zipfile.ZipInfo(f"{info}/RECORD", stamp)
+        zi.external_attr = 0o644 << 16
+        zf.writestr(zi, "\n".join(records) + "\n")
     return filename
 
 
@@ -143,8 +129,6 @@ def _sdist_members(root: Path) -> Iterable[Path]:
 def write_sdist(settings: Settings, sdist_dir: Path, epoch: int) -> str:
     base = f"{settings.dist_name}-{settings.version}"
     filename = f"{base}.tar.gz"
-    sdist_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _new_tmp(sdist_dir, filename)
 
     def add(tar: tarfile.TarFile, arcname: str, data: bytes, mode: int = 0o644) -> None:
         ti = tarfile.TarInfo(arcname)
@@ -152,20 +136,13 @@ def write_sdist(settings: Settings, sdist_dir: Path, epoch: int) -> str:
         ti.uname = ti.gname = ""
         tar.addfile(ti, io.BytesIO(data))
 
-    try:
-        with open(tmp, "wb") as raw:
-            import gzip
-
-            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=epoch) as gz, \
-                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                root = settings.project_dir
-                for path in _sdist_members(root):
-                    rel = path.relative_to(root).as_posix()
-                    mode = 0o755 if os.access(path, os.X_OK) else 0o644
-                    add(tar, f"{base}/{rel}", path.read_bytes(), mode)
-                add(tar, f"{base}/PKG-INFO", metadata_text(settings).encode())
-        os.replace(tmp, sdist_dir / filename)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with new_path(sdist_dir / filename) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=epoch) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        root = settings.project_dir
+        for path in _sdist_members(root):
+            rel = path.relative_to(root).as_posix()
+            mode = 0o755 if os.access(path, os.X_OK) else 0o644
+            add(tar, f"{base}/{rel}", path.read_bytes(), mode)
+        add(tar, f"{base}/PKG-INFO", metadata_text(settings).encode())
     return filename
