@@ -265,13 +265,19 @@ def test_app_source_from_git_and_directory(tmp_path: Path, git_repo: Path) -> No
     assert src.origin["kind"] == "path" and "tree_sha256" in src.origin
 
 
-def test_app_source_from_a_debian_source_package(tmp_path: Path) -> None:
+def test_app_source_from_a_debian_source_package(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     # Needs the deb-src entries scripts/setup.sh derives (CI runs it); musl's is 1 MB.
     src, cache = fetch_app(AppSourceSettings(debian="musl"), tmp_path)
     assert src.origin["kind"] == "debian" and src.origin["package"] == "musl"
     assert src.origin["file"].startswith("musl_") and ".orig.tar." in src.origin["file"]
     assert (src.path / "VERSION").read_text().strip() == src.origin["version"].split("-")[0]
-    (download,) = (cache.root / "downloads").iterdir()
-    assert download.name.startswith(src.origin["sha256"])
+    downloads = sorted(p.name for p in (cache.root / "downloads").iterdir())
+    assert downloads[0].startswith(src.origin["sha256"]) and downloads[1].startswith("debian-musl-")
+    # apt's answer is remembered for this index state: the next fetch does not run apt
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools-here"))
+    again, _ = fetch_app(AppSourceSettings(debian="musl"), tmp_path)
+    assert again == src
+    monkeypatch.undo()
     with pytest.raises(SourceError, match=r"debian: apt-get source --print-uris no-such-pkg-x failed"):
         fetch_app(AppSourceSettings(debian="no-such-pkg-x"), tmp_path)

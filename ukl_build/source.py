@@ -7,6 +7,7 @@ mandatory sha256, a local tarball (sha256 optional) or directory, a git URL + re
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache, digest, file_sha256, hash_file, new_path
+from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256, hash_file, new_path
 from ukl_build.errors import SourceError
 from ukl_build.progress import Reporter
 from ukl_build.settings import AppSourceSettings, KernelSettings
@@ -386,7 +387,19 @@ def _debian_source(package: str, where: str, cache: Cache, reporter: Reporter) -
 
     apt names the file and its sha256 from the signed index (``--print-uris``)
     and checks the download against it; we check the file again before use.
+    What apt answered is remembered under a digest of apt's index state, so
+    a rebuild asks apt again only after ``apt-get update`` changed something.
     """
+    state = _apt_index_state()
+    answer = cache.root / "downloads" / f"debian-{package}-{digest(package, state)[:24]}.json"
+    try:
+        known = json.loads(answer.read_text())
+        dest = cache.root / "downloads" / known["file"]
+        if dest.is_file():
+            tree = _single_root(_extract_tarball(dest, known["sha256"], cache, reporter))
+            return AppSource(tree, known["origin"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     listing = subprocess.run(["apt-get", "source", "--print-uris", package],
                              capture_output=True, text=True)
     if listing.returncode != 0:
@@ -422,5 +435,21 @@ def _debian_source(package: str, where: str, cache: Cache, reporter: Reporter) -
                 raise SourceError(f"{where} debian: {name} does not match apt's sha256 {sha}")
             os.replace(Path(tmp) / name, verified)
     tree = _single_root(_extract_tarball(dest, sha, cache, reporter))
-    return AppSource(tree, {"kind": "debian", "package": package, "version": version,
-                            "file": name, "sha256": sha})
+    origin = {"kind": "debian", "package": package, "version": version, "file": name, "sha256": sha}
+    atomic_write_text(answer, json.dumps({"file": dest.name, "sha256": sha, "origin": origin}))
+    return AppSource(tree, origin)
+
+
+def _apt_index_state() -> list[tuple[str, str]]:
+    """What decides apt's answer, by content: the signed Release files (which hold the
+    digests of every index), the names of the source indexes present, apt's pinning."""
+    state = []
+    for path in sorted(Path("/var/lib/apt/lists").glob("*")):
+        if path.name.endswith(("Release", "InRelease")):
+            state.append((path.name, file_sha256(path)))
+        elif "_source_Sources" in path.name:
+            state.append((path.name, ""))
+    for path in sorted(Path("/etc/apt/preferences.d").glob("*")):
+        if path.is_file():
+            state.append((str(path), file_sha256(path)))
+    return state
