@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 EXIT_TIMEOUT = 124
 EXIT_NO_STATUS = 125
@@ -46,10 +46,14 @@ KVM_PROBE_SECONDS = 3.0
 MICROVM_NIC_PARAM = "virtio_mmio.device=512@0xfeb00000:5"
 
 
+Machine = Literal["microvm", "q35"]
+Accel = Literal["tcg", "kvm", "auto"]
+
+
 @dataclass
 class RunOptions:
-    accel: str = "tcg"
-    machine: str = "microvm"
+    accel: Accel = "tcg"
+    machine: Machine = "microvm"
     memory: str = "256M"
     smp: int = 1
     forward: list[str] = field(default_factory=list)

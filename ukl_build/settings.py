@@ -17,20 +17,28 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from ukl_build.errors import ConfigError
-from ukl_build.runner import RunError, RunOptions, check_app_args, kernel_cmdline, split_forward
+from ukl_build.runner import (
+    Accel,
+    Machine,
+    RunError,
+    RunOptions,
+    check_app_args,
+    kernel_cmdline,
+    split_forward,
+)
 
-MODES = ("ukl", "user")
-LIBCS = ("nolibc", "glibc", "musl")
-FORMATS = ("bzimage", "pvh")
-MACHINES = ("microvm", "q35")
-ACCELS = ("tcg", "kvm", "auto")
-SOURCE_KINDS = ("debian", "url", "path", "git")
+# Fixed choices are types: the converter checks membership, so _validate
+# keeps only the rules that span fields.
+Mode = Literal["ukl", "user"]
+Libc = Literal["nolibc", "glibc", "musl"]
+Format = Literal["bzimage", "pvh"]
+SourceKind = Literal["debian", "url", "path", "git"]
 _KCONFIG_NAME = re.compile(r"^[A-Z0-9_]+$")
 _DIST_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)  # PEP 508
 _MEMORY = re.compile(r"^[1-9][0-9]*[KMGT]?$", re.IGNORECASE)
@@ -50,7 +58,7 @@ class GitSettings:
 @dataclass(frozen=True)
 class KernelSettings:
     version: str = _doc("Kernel series (VERSION.PATCHLEVEL); picks the patch series.", default="6.1")
-    source: str = _doc(
+    source: SourceKind = _doc(
         'Where the tree comes from: "debian" (Debian\'s linux-source-<version> package, '
         'offline), "url", "path" or "git". Inferred from the key you set.',
         default="debian",
@@ -112,10 +120,10 @@ class CMakeSettings:
 
 @dataclass(frozen=True)
 class RunSettings:
-    machine: str = _doc('QEMU machine: "microvm" or "q35".', default=RunOptions.machine)
+    machine: Machine = _doc('QEMU machine: "microvm" or "q35".', default=RunOptions.machine)
     memory: str = _doc("Guest memory, QEMU syntax (256M, 1G).", default=RunOptions.memory)
     smp: int = _doc("Virtual CPUs.", default=RunOptions.smp)
-    accel: str = _doc('"tcg", "kvm" or "auto" (probes KVM first).', default=RunOptions.accel)
+    accel: Accel = _doc('"tcg", "kvm" or "auto" (probes KVM first).', default=RunOptions.accel)
     forward: list[str] = _doc(
         'Port forwards "HOST:GUEST" (TCP, user-mode networking).', default_factory=list
     )
@@ -155,13 +163,13 @@ class Settings:
     version: str
     summary: str
     origin: Origins  # where each key came from, for errors found later in the build
-    mode: str = _doc(
+    mode: Mode = _doc(
         '"ukl": the app is linked into vmlinux and runs in ring 0, its system calls are '
         'function calls; "user": the app is a static /init in a built-in initramfs (the '
         "fallback, and the baseline for speed).",
         default="ukl",
     )
-    libc: str = _doc(
+    libc: Libc = _doc(
         '"nolibc" (the fetched tree\'s tools/include/nolibc + ukl-build runtime), '
         '"musl" (built from `[tool.ukl-build.musl]`, static; user mode for now) or '
         '"glibc" (the host\'s, static, user mode only).',
@@ -188,7 +196,7 @@ class Settings:
     )
     cmdline: str = _doc("Kernel command line for the app.", default="quiet")
     args: list[str] = _doc("The app's argv[1:].", default_factory=list)
-    formats: list[str] = _doc(
+    formats: list[Format] = _doc(
         'Images to produce: "bzimage" (QEMU -kernel, bootloaders), "pvh" (ELF vmlinux '
         "for QEMU/Firecracker/cloud-hypervisor direct boot).",
         default_factory=lambda: ["bzimage"],
@@ -360,12 +368,19 @@ def _convert(value: Any, tp: Any, origin: Origins, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         return tp(**_convert_table(value, tp, origin, key))
+    if origin_tp is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            opts = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{where}: must be one of {opts}, got {value!r}")
+        return str(value)
     if origin_tp is list:
         if isinstance(value, _FromCli):  # "a;b;c"
             value = [v for v in value.split(";") if v]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
-        return list(value)
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, origin, key) for v in value]
     if origin_tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
@@ -399,12 +414,6 @@ def _kconfig_value(value: Any, where: str) -> str:
     raise ConfigError(f"{where}: expected a string, integer or boolean, got {value!r}")
 
 
-def _one_of(value: str, choices: tuple[str, ...], where: str) -> None:
-    if value not in choices:
-        opts = ", ".join(repr(c) for c in choices)
-        raise ConfigError(f"{where}: must be one of {opts}, got {value!r}")
-
-
 def _inside(project_dir: Path, rel: str, where: str, fetched: bool = False) -> None:
     """App inputs must live in the project (the sdist carries only the project), or in
     the fetched source tree."""
@@ -417,15 +426,11 @@ def _inside(project_dir: Path, rel: str, where: str, fetched: bool = False) -> N
 
 
 def _validate(s: Settings, origin: Origins) -> None:
-    _one_of(s.mode, MODES, origin("mode"))
-    _one_of(s.libc, LIBCS, origin("libc"))
     if s.mode == "ukl" and s.libc != "nolibc":
         raise ConfigError(f"{origin('libc')}: mode 'ukl' supports only 'nolibc' so far "
                           f"({s.libc!r} works in user mode)")
     if s.libc == "musl":
         _validate_app_source(s.musl, "musl", origin)
-    for fmt in s.formats:
-        _one_of(fmt, FORMATS, origin("formats"))
     if not s.formats:
         raise ConfigError(f"{origin('formats')}: name at least one format")
     build_kinds = [k for k in ("sources", "make", "cmake") if getattr(s, k)]
@@ -474,7 +479,6 @@ def _validate_kernel(k: KernelSettings, origin: Origins) -> None:
         raise ConfigError(f"{origin('kernel.' + chosen[-1])}: set only one of url, path, git "
                           f"(got {', '.join(chosen)})")
     kind = k.kind
-    _one_of(k.source, SOURCE_KINDS, origin("kernel.source"))
     if kind != k.source and k.source != "debian":
         raise ConfigError(f"{origin('kernel.source')}: {k.source!r} contradicts the {kind} key")
     if kind in ("url", "path", "git") and not chosen:
@@ -506,8 +510,6 @@ def _validate_app_source(src: AppSourceSettings, key: str, origin: Origins) -> N
 
 def _validate_run(s: Settings, origin: Origins) -> None:
     r = s.run
-    _one_of(r.machine, MACHINES, origin("run.machine"))
-    _one_of(r.accel, ACCELS, origin("run.accel"))
     if not _MEMORY.match(r.memory):
         raise ConfigError(f"{origin('run.memory')}: expected a size such as 256M or 1G, "
                           f"got {r.memory!r}")
