@@ -60,6 +60,10 @@ def syscall(ctx: Context, iterations: int) -> None:
     table = {}
     for bench in samples["ukl"][0]:
         ns = {name: median(s[bench] for s in samples[name]) for name in VARIANTS}
+        if not all(ns.values()):  # the guest clock ticks every 4 ms (jiffies) under TCG
+            raise RuntimeError(f"syscall {bench}: a variant measured 0 ns per call ({ns}); "
+                               f"{iterations} calls took less than one guest clock tick: "
+                               "use more --iterations")
         insn = {name: instructions[name][bench] for name in VARIANTS}
         table[bench] = {**{f"{name}_ns": round(v, 1) for name, v in ns.items()},
                         "ratio_ukl_over_user": round(ns["ukl"] / ns["user"], 3),

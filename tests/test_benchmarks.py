@@ -29,7 +29,9 @@ def test_alternate_runs_variants_in_turn() -> None:
 def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "syscall", "boot", "--quick",
+        # 50,000 calls: the guest clock ticks every 4 ms under TCG (jiffies), and
+        # 2,000 getppid calls often fit inside one tick and measure 0 ns.
+        [sys.executable, "-m", "benchmarks", "syscall", "boot", "--quick", "--iterations", "50000",
          "--work", str(tmp_path / "work"), "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=1800,
         env={**os.environ, "UKL_BUILD_CACHE": str(cache.root)})
