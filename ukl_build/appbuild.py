@@ -210,7 +210,9 @@ def build_app(
         )
     elif settings.make is not None:
         work = app_dir / "src"
-        changed = sync_tree(root, work)  # make works in its own copy, incrementally
+        # make works in its own copy, incrementally.  A fetched (verified) tree is
+        # copied whole: only the project has build outputs and tool dirs to leave out.
+        changed = sync_tree(root, work, _SKIP_DIRS if source is None else frozenset())
         mdir = work / settings.make.dir
         menv = dict(env, CC=tc.cc, CFLAGS=" ".join(tc.cflags), LDFLAGS=" ".join(tc.ldflags),
                     LDLIBS=" ".join(tc.ldlibs))
@@ -258,7 +260,7 @@ def _reuse(app_dir: Path, inputs_key: str, settings: Settings, version: str,
                      source.origin if source is not None else None, _libc_source(musl))
 
 
-def sync_tree(root: Path, work: Path) -> int:
+def sync_tree(root: Path, work: Path, skip: frozenset[str] = _SKIP_DIRS) -> int:
     """Make ``work`` a copy of ``root`` (less build outputs) by content; return files written.
 
     Files whose bytes changed are rewritten, so they are newer than what make
@@ -271,7 +273,7 @@ def sync_tree(root: Path, work: Path) -> int:
     current: set[str] = set()
     written = 0
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
         for name in filenames:
             src = Path(dirpath) / name
             rel = str(src.relative_to(root))
