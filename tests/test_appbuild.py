@@ -99,14 +99,14 @@ def test_ukl_archive_is_prefixed_and_self_contained(tmp_path: Path, patched_tree
     archive = build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', mode="ukl")
     assert archive.name == "ukl-app.a"
     defined = _nm(archive, "--defined-only")
-    assert "ukl_main" in defined and "ukl__start" in defined  # nolibc start code, renamed too
+    assert "ukl_app_main" in defined and "ukl_app__start" in defined  # nolibc start code, renamed too
     assert all(name.startswith("ukl_") for name in defined), defined
     assert _nm(archive, "-u") == {"ukl_syscall"}  # the bridge into the kernel, nothing else
 
 
 def test_ukl_undefined_symbol_is_named(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
     src = "int missing_function(void);\nint main(void) { return missing_function(); }\n"
-    with pytest.raises(BuildError, match="undefined symbols after linking with nolibc: missing_function"):
+    with pytest.raises(BuildError, match="undefined symbols after linking the app with its libc: missing_function"):
         build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', source=src, mode="ukl")
 
 

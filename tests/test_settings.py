@@ -178,9 +178,10 @@ def test_app_source_needs_exactly_one_kind_and_a_digest_for_urls(tmp_path: Path)
     assert s.make is not None and s.make.source is not None and s.make.source.debian == "redis"
 
 
-def test_musl_is_user_mode_only_for_now(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"mode 'ukl' supports only 'nolibc' so far \('musl' works"):
-        load_settings(project(tmp_path), {"libc": "musl"})
+def test_glibc_is_user_mode_only(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"-C libc: mode 'ukl' needs 'nolibc' or 'musl'"):
+        load_settings(project(tmp_path), {"libc": "glibc"})
+    assert load_settings(project(tmp_path), {"libc": "musl"}).mode == "ukl"
     s = load_settings(project(tmp_path), {"libc": "musl", "mode": "user"})
     assert s.musl.debian == "musl"  # Debian's source package unless [tool.ukl-build.musl] says
 

@@ -44,7 +44,7 @@ def test_vmlinux_holds_app_symbols_only_prefixed(builds: Builds) -> None:
     app_object = result.app.path.parent / "init"  # before prefixing
     app = _symbols(app_object)
     kernel = _symbols(result.kernel.vmlinux)
-    assert "main" in app and "ukl_main" in kernel and "main" not in kernel
+    assert "main" in app and "ukl_app_main" in kernel and "main" not in kernel
     for name in app:
         assert f"ukl_{name}" in kernel, name
         # a same-named kernel symbol (memcpy, strlen, ...) is the kernel's, not the app's
@@ -103,13 +103,13 @@ def test_threads_with_syscalls_and_fp_math_on_2_vcpus(builds: Builds, mode: str)
 def test_null_dereference_ends_the_vm_with_a_report(builds: Builds) -> None:
     rc, out, err = run(builds("probe", "ukl").images.directory, "--", "null", timeout=90)
     assert rc not in (0, 124), out + err
-    assert "NULL pointer dereference" in out and "ukl_main" in out, out
+    assert "NULL pointer dereference" in out and "ukl_app_main" in out, out
 
 
 def test_stack_overflow_ends_the_vm_with_a_report(builds: Builds) -> None:
     rc, out, err = run(builds("probe", "ukl").images.directory, "--", "overflow", timeout=90)
     assert rc not in (0, 124), out + err
-    assert "ukl: application stack overflow in ukl_overflow" in out, out
+    assert "ukl: application stack overflow in ukl_app_overflow" in out, out
 
 
 def test_freestanding_headers_in_ring0(builds: Builds) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256
 from ukl_build.errors import BuildError
-from ukl_build.libc import MuslSysroot, build_musl, gcc_file, musl_toolchain_flags
+from ukl_build.libc import UKL_CODEGEN, MuslSysroot, build_musl, gcc_file, musl_toolchain_flags
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import runtime_dir
@@ -40,7 +40,7 @@ APP_RECORD = "record.json"
 UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_thread",
               **{f"__ukl_sc_{c}": f"ukl_sc_{c}" for c in ("getppid", "read", "write", "sendto",
                                                          "recvfrom")}}
-UKL_PREFIX = "ukl_"
+UKL_PREFIX = "ukl_app_"  # no kernel symbol starts with it (see CONFIG_UKL)
 MARKER_SECTION = ".rodata.ukl_build_app"
 
 
@@ -120,10 +120,12 @@ def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None
               "-ffile-prefix-map=" + str(settings.project_dir) + "=."]
     if settings.libc == "glibc":
         return Toolchain(cc, (*common, *settings.cflags), ("-static",), ())
+    ukl = ["-fstack-clash-protection", "-DUKL_MODE=1"] if settings.mode == "ukl" else []
     if settings.libc == "musl":
         assert musl is not None
-        cflags, ldflags, ldlibs = musl_toolchain_flags(cc, musl.path)
-        return Toolchain(cc, (*common, *cflags, *settings.cflags), tuple(ldflags), tuple(ldlibs))
+        cflags, ldflags, ldlibs = musl_toolchain_flags(cc, musl)
+        return Toolchain(cc, (*common, *cflags, *ukl, *settings.cflags), tuple(ldflags),
+                         tuple(ldlibs))
     assert sysroot is not None
     gcc_include = gcc_file(cc, "include")
     cflags = [
@@ -133,12 +135,10 @@ def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None
         "-isystem", gcc_include,
     ]
     if settings.mode == "ukl":
-        # Linked at kernel addresses (top 2 GiB); interrupts in ring 0 push their
-        # frames below %rsp, so no red zone; no CET landing pads or PIC.
-        # Stack-clash probes touch every page a big frame allocates, so an overflow
-        # hits the stack's guard page (and is reported as such) instead of jumping it.
-        cflags += ["-mcmodel=kernel", "-mno-red-zone", "-fno-pic", "-fcf-protection=none",
-                   "-fstack-clash-protection", "-DUKL_MODE=1"]
+        # Kernel code model (libc.UKL_CODEGEN).  Stack-clash probes touch every page a
+        # big frame allocates, so an overflow hits the stack's guard page (and is
+        # reported as such) instead of jumping it.
+        cflags += [*UKL_CODEGEN, *ukl]
         if settings.uses_shortcuts:  # see runtime/ukl/arch.h and kernel patch "shortcut entry points"
             cflags.append("-DUKL_SHORTCUTS=1")
         lds = runtime_dir() / "ukl" / "app.lds"
@@ -231,7 +231,8 @@ def build_app(
 
     marker = b""
     if settings.mode == "ukl":
-        output, marker = _ukl_archive(output, app_dir, reporter, env)
+        output, marker = _ukl_archive(output, app_dir, reporter, env,
+                                      musl_start=settings.libc == "musl")
     else:
         _check_static_elf(output)
     app = AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker,
@@ -304,23 +305,34 @@ def _same_bytes(a: Path, b: Path) -> bool:
 
 
 def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
-                 env: dict[str, str]) -> tuple[Path, bytes]:
-    """Prefix every app symbol with ``ukl_`` (no clash with the kernel's), bind the bridge, archive."""
+                 env: dict[str, str], musl_start: bool = False) -> tuple[Path, bytes]:
+    """Prefix every app symbol (no clash with the kernel's), bind the bridge, archive.
+
+    The kernel calls ``ukl_app_main``: the app's ``main`` with nolibc; with
+    musl, its start code (``musl_start.c``), which calls ``main`` through
+    musl's ``__libc_start_main``, so the two names trade places.
+    """
     _check_elf(obj, et_rel=True)
     prefixed = app_dir / "app-ukl.o"
     reporter.run(["objcopy", f"--prefix-symbols={UKL_PREFIX}", obj, prefixed],
                  step="app (objcopy --prefix-symbols)", env=env)
     redefine = [f"--redefine-sym={UKL_PREFIX}{a}={k}" for a, k in UKL_BRIDGE.items()]
+    if musl_start:
+        redefine += [f"--redefine-sym={UKL_PREFIX}main={UKL_PREFIX}main_",
+                     f"--redefine-sym={UKL_PREFIX}__ukl_start={UKL_PREFIX}main"]
     reporter.run(["objcopy", *redefine, prefixed], step="app (objcopy --redefine-sym)", env=env)
     proc = subprocess.run(["nm", "-u", str(prefixed)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:  # an empty answer from a failed nm must not pass the check
         raise BuildError(f"app: nm -u {prefixed.name} failed: {proc.stderr.strip()}")
-    undefined = sorted({ln.split()[-1] for ln in proc.stdout.splitlines() if ln.strip()}
-                       - set(UKL_BRIDGE.values()))
+    # Weak references may stay unresolved (0 in vmlinux: musl tests _DYNAMIC that way);
+    # with the prefix they cannot bind to a kernel symbol by accident.
+    undefined = sorted({ln.split()[-1] for ln in proc.stdout.splitlines()
+                        if ln.split()[:1] == ["U"]} - set(UKL_BRIDGE.values()))
     if undefined:
         names = ", ".join(u.removeprefix(UKL_PREFIX) for u in undefined)
-        raise BuildError(f"app: undefined symbols after linking with nolibc: {names}",
-                         hint="a UKL app links only against nolibc, ukl-build's runtime and libgcc")
+        raise BuildError(f"app: undefined symbols after linking the app with its libc: {names}",
+                         hint="a UKL app links only against its libc (nolibc or musl), "
+                              "ukl-build's runtime and libgcc")
     # The object's digest, as a string in .rodata: the kernel build checks that
     # vmlinux and the bzImage hold it before it caches or ships them.
     marker = f"ukl-build app {file_sha256(prefixed)}".encode()

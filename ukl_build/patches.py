@@ -76,24 +76,34 @@ def apply_patches(
         # Hard links make the copy cheap; a patched file gets its own inode first,
         # so the pristine tree is never written through.
         subprocess.run(["cp", "-al", str(src.path), str(tree)], check=True)
-        for p in patches:
-            for rel in touched_files(p.path):
-                f = tree / rel
-                if f.is_file() and not f.is_symlink():
-                    shutil.copy2(f, f.with_name(f.name + ".ukl-unlink"))
-                    os.replace(f.with_name(f.name + ".ukl-unlink"), f)
-            proc = subprocess.run(
-                ["patch", "-p1", "--forward", "--fuzz=0", "--no-backup-if-mismatch", "-s",
-                 "-i", str(p.path)],
-                cwd=tree, capture_output=True, text=True,
-            )
-            reporter.log(proc.stdout + proc.stderr)
-            if proc.returncode != 0:
-                raise BuildError(
-                    f"patch {p.name} does not apply cleanly to Linux {src.release}:\n"
-                    + "\n".join("    " + ln for ln in (proc.stdout + proc.stderr).splitlines()[:20]),
-                    hint=f"the series in {series_dir} targets a different tree",
-                )
+        apply_series(tree, patches, f"Linux {src.release}", series_dir, reporter)
 
     entry = cache.entry("trees", key, make)
     return PatchedTree(entry / "tree", key, src.release, tuple(patches), src)
+
+
+def apply_series(tree: Path, patches: list[Patch], what: str, series_dir: Path,
+                 reporter: Reporter) -> None:
+    """Apply ``patches`` in order to ``tree`` (a private copy) with ``patch -p1`` and no fuzz.
+
+    A file about to be patched gets its own inode first, so a tree made of
+    hard links to a pristine copy never writes through to it.
+    """
+    for p in patches:
+        for rel in touched_files(p.path):
+            f = tree / rel
+            if f.is_file() and not f.is_symlink():
+                shutil.copy2(f, f.with_name(f.name + ".ukl-unlink"))
+                os.replace(f.with_name(f.name + ".ukl-unlink"), f)
+        proc = subprocess.run(
+            ["patch", "-p1", "--forward", "--fuzz=0", "--no-backup-if-mismatch", "-s",
+             "-i", str(p.path)],
+            cwd=tree, capture_output=True, text=True,
+        )
+        reporter.log(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise BuildError(
+                f"patch {p.name} does not apply cleanly to {what}:\n"
+                + "\n".join("    " + ln for ln in (proc.stdout + proc.stderr).splitlines()[:20]),
+                hint=f"the series in {series_dir} targets a different tree",
+            )

@@ -1,4 +1,4 @@
-"""Where ukl-build's data lives: recipes/, kernel_patches/ and runtime/.
+"""Where ukl-build's data lives: recipes/, kernel_patches/, libc_patches/ and runtime/.
 
 In an installed wheel they are packages inside ``ukl_build``; in a source
 checkout (or an editable install) they are top-level directories.
@@ -24,6 +24,10 @@ def recipes_dir() -> Path:
 
 def patches_dir() -> Path:
     return _find("kernel_patches")
+
+
+def libc_patches_dir() -> Path:
+    return _find("libc_patches")
 
 
 def runtime_dir() -> Path:

@@ -171,7 +171,8 @@ class Settings:
     )
     libc: Libc = _doc(
         '"nolibc" (the fetched tree\'s tools/include/nolibc + ukl-build runtime), '
-        '"musl" (built from `[tool.ukl-build.musl]`, static; user mode for now) or '
+        '"musl" (built from `[tool.ukl-build.musl]`, static; in UKL mode patched so that its '
+        'system calls are calls into the kernel) or '
         '"glibc" (the host\'s, static, user mode only).',
         default="nolibc",
     )
@@ -426,9 +427,9 @@ def _inside(project_dir: Path, rel: str, where: str, fetched: bool = False) -> N
 
 
 def _validate(s: Settings, origin: Origins) -> None:
-    if s.mode == "ukl" and s.libc != "nolibc":
-        raise ConfigError(f"{origin('libc')}: mode 'ukl' supports only 'nolibc' so far "
-                          f"({s.libc!r} works in user mode)")
+    if s.mode == "ukl" and s.libc == "glibc":
+        raise ConfigError(f"{origin('libc')}: mode 'ukl' needs 'nolibc' or 'musl' "
+                          "(the host's glibc issues system calls ring 0 cannot make)")
     if s.libc == "musl":
         _validate_app_source(s.musl, "musl", origin)
     if not s.formats:

@@ -3,7 +3,8 @@
  * nolibc's arch.h for UKL mode: the tree's own x86-64 definitions, with the
  * system call macros redirected from the `syscall` instruction to a plain
  * call into the kernel (ukl_syscall(), see kernel_patches/).  The app's
- * symbols get the "ukl_" prefix; ukl-build renames this one reference back.
+ * symbols get the "ukl_app_" prefix; ukl-build binds these references to the
+ * kernel's entry points.
  */
 #ifndef _UKL_NOLIBC_ARCH_H
 #define _UKL_NOLIBC_ARCH_H
