@@ -1,4 +1,4 @@
-"""python -m benchmarks [all|syscall|boot|size|memory|httpd|build] [--quick] [--json FILE]
+"""python -m benchmarks [all|syscall|boot|size|memory|httpd|redis|build] [--quick] [--json FILE]
 
 Builds what it needs through ukl-build, runs every comparison side by side in
 one run (variants alternated, medians of --rounds), prints a table, the
@@ -21,7 +21,7 @@ from benchmarks import suites
 from benchmarks.harness import Context
 from ukl_build.cache import Cache
 
-SUITES = ("syscall", "boot", "size", "memory", "httpd", "build")
+SUITES = ("syscall", "boot", "size", "memory", "httpd", "redis", "build")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +33,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, help="system calls per benchmark (default 200000)")
     p.add_argument("--duration", type=float, help="seconds of load per httpd variant (default 10)")
     p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--requests", type=int, help="redis-benchmark requests per test (default 20000)")
     p.add_argument("--cold", action="store_true", help="also time a build from an empty cache")
     p.add_argument("--work", help="where the benchmark projects are built (default: a temp dir)")
     p.add_argument("--json", help="write the results here as JSON")
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             suites.memory(ctx)
         elif name == "httpd":
             suites.httpd(ctx, duration, ns.connections, sizes)
+        elif name == "redis":
+            suites.redis(ctx, ns.requests or (500 if ns.quick else 20000))
         elif name == "build":
             suites.build_times(ctx, ns.cold)
         print(f"[bench] {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -28,6 +28,7 @@ APPS = {
     "sysbench": REPO / "benchmarks" / "apps" / "sysbench",
     "hello": REPO / "example_apps" / "hello",
     "httpd": REPO / "example_apps" / "httpd",
+    "redis": REPO / "example_apps" / "redis",
 }
 
 

@@ -320,3 +320,114 @@ def build_times(ctx: Context, cold: bool) -> None:
                   stream=open(os.devnull, "w"))  # noqa: SIM115
             res["cold_ukl_s"] = round(time.monotonic() - t0, 1)
     ctx.results["build"] = res
+
+
+# Redis: the mode variants on one kernel configuration (shortcuts are nolibc-only so far).
+REDIS_VARIANTS = {"ukl": ("ukl", {}), "user": ("user", {})}
+REDIS_READY = "Ready to accept connections"
+
+
+def _redis_bench(port: int, requests: int, pipeline: int) -> dict[str, dict[str, float]]:
+    """redis-benchmark (Debian's redis-tools) GET and SET, 50 clients: rps, p50, p99 per test."""
+    argv = ["redis-benchmark", "-p", str(port), "-c", "50", "-n", str(requests),
+            "-P", str(pipeline), "-t", "set,get", "--csv"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
+    rows = [ln.replace('"', "").split(",") for ln in proc.stdout.splitlines() if ln.strip()]
+    header, out = rows[0], {}
+    for row in rows[1:]:
+        rec = dict(zip(header, row, strict=False))
+        out[rec["test"]] = {"rps": float(rec["rps"]), "p50_ms": float(rec["p50_latency_ms"]),
+                            "p99_ms": float(rec["p99_latency_ms"])}
+    return out
+
+
+def _wait_redis(port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
+                              text=True, timeout=30, check=False)
+        if proc.stdout.strip() == "PONG":
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"redis on port {port} did not answer PING")
+
+
+def _redis_serves(result: Any, ctx: Context, memory: str) -> bool:
+    port = _free_port()
+    opts = ctx.options(memory=memory, forward=[f"{port}:6379"], timeout=60)
+    t = threading.Thread(target=run_capture, args=(result.images.directory, opts), daemon=True)
+    t.start()
+    try:
+        _wait_redis(port, timeout=50)
+        ok = True
+    except RuntimeError:
+        ok = False
+    _stop_vms(port)
+    t.join(timeout=30)
+    return ok
+
+
+def redis(ctx: Context, requests: int) -> None:
+    """Redis 7.0.15 on musl: UKL vs user mode on one kernel configuration.
+
+    redis-benchmark GET/SET with 50 clients, pipelining 1 and 16 (requests/s
+    medians, p50/p99, ratios); bzImage size; QEMU start to "Ready to accept
+    connections"; the smallest -m that answers PING.
+    """
+    results = {name: ctx.build("redis", mode, **extra)
+               for name, (mode, extra) in REDIS_VARIANTS.items()}
+    res: dict[str, Any] = {"requests": requests, "clients": 50, "rounds": ctx.rounds,
+                           "shortcuts": "not measured: musl does not call the shortcut "
+                                        "entry points yet (nolibc only)"}
+    res["bzimage_bytes"] = {m: r.images.manifest["images"]["bzimage"]["size"]
+                            for m, r in results.items()}
+    boot = alternate({m: (lambda r=r: boot_to_line(r.images.directory, r.images.manifest,
+                                                   ctx.options(), REDIS_READY))
+                      for m, r in results.items()}, ctx.rounds)
+    res["boot_to_ready_s"] = {m: round(median(v), 3) for m, v in boot.items()}
+    res["boot_to_ready_s"]["ratio_ukl_over_user"] = round(
+        res["boot_to_ready_s"]["ukl"] / res["boot_to_ready_s"]["user"], 3)
+    ports = {m: _free_port() for m in results}
+    threads = {}
+    for m, r in results.items():
+        opts = ctx.options(forward=[f"{ports[m]}:6379"], timeout=3600)
+        threads[m] = threading.Thread(target=run_capture, args=(r.images.directory, opts),
+                                      daemon=True)
+        threads[m].start()
+    try:
+        for m in results:
+            _wait_redis(ports[m])
+        for pipeline in (1, 16):
+            ctx.note(f"redis-benchmark -p PORT -c 50 -n {requests} -P {pipeline} -t set,get --csv")
+            samples = alternate({m: (lambda m=m, pipeline=pipeline: _flatten(
+                _redis_bench(ports[m], requests, pipeline))) for m in results}, ctx.rounds)
+            row: dict[str, float] = {}
+            for m in results:
+                for k in samples[m][0]:
+                    row[f"{m}_{k}"] = round(median(s[k] for s in samples[m]), 2)
+            for test in ("SET", "GET"):
+                row[f"{test}_ratio_rps_ukl_over_user"] = round(
+                    row[f"ukl_{test}_rps"] / row[f"user_{test}_rps"], 3)
+            res[f"pipeline_{pipeline}"] = row
+    finally:
+        for m in results:
+            _stop_vms(ports[m])
+    mem: dict[str, int | None] = {}
+    for m, r in results.items():
+        lo, hi = 8, 256  # lo fails (assumed), hi serves (checked)
+        if not _redis_serves(r, ctx, f"{hi}M"):
+            mem[m] = None
+            continue
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _redis_serves(r, ctx, f"{mid}M"):
+                hi = mid
+            else:
+                lo = mid
+        mem[m] = hi
+    res["min_memory_mib"] = mem
+    ctx.results["redis"] = res
+
+
+def _flatten(table: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{test}_{k}": v for test, row in table.items() for k, v in row.items()}

@@ -106,7 +106,8 @@ def test_ukl_archive_is_prefixed_and_self_contained(tmp_path: Path, patched_tree
 
 def test_ukl_undefined_symbol_is_named(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
     src = "int missing_function(void);\nint main(void) { return missing_function(); }\n"
-    with pytest.raises(BuildError, match="undefined symbols after linking the app with its libc: missing_function"):
+    with pytest.raises(BuildError, match="undefined symbols after linking the app with its libc: "
+                                         "missing_function"):
         build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', source=src, mode="ukl")
 
 

@@ -1,4 +1,7 @@
-"""Redis 7.0.15, unmodified from Debian's source package, on musl, as /init (QEMU TCG).
+"""Redis 7.0.15, unmodified from Debian's source package, on musl (QEMU TCG).
+
+Every check runs twice: in UKL mode (Redis and musl linked into vmlinux, in
+ring 0) and in user mode (a static /init).
 
 Talked to with Debian's own redis-cli and redis-benchmark through a forwarded port.
 """
@@ -18,9 +21,10 @@ from conftest import Builds, free_port
 pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture(scope="module")
-def redis_port(builds: Builds) -> Iterator[int]:
-    result = builds("redis", "user")
+@pytest.fixture(scope="module", params=["ukl", "user"])
+def redis_port(builds: Builds, request: pytest.FixtureRequest) -> Iterator[int]:
+    result = builds("redis", request.param)
+    assert result.images.manifest["mode"] == request.param
     assert result.images.manifest["app"]["source"]["package"] == "redis"
     port = free_port()
     proc = subprocess.Popen(

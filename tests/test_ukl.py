@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
+
+from ukl_build.cache import Cache
 
 from conftest import Builds, check_httpd, run_cli
 
@@ -117,3 +121,52 @@ def test_freestanding_headers_in_ring0(builds: Builds) -> None:
     rc, out, err = run(builds("stdheaders", "ukl").images.directory)
     assert "stdheaders: ok" in out, err
     assert rc == 0, err
+
+
+# musl in ring 0 (libc_patches/musl-1.2.3): the same probe, the same answers.
+
+SYSCALL_INSTRUCTION = re.compile(r"\t(syscall|sysenter|int\s+\$0x80)\s*$", re.M)
+
+
+def test_ukl_musl_has_no_syscall_instruction(builds: Builds, cache: Cache) -> None:
+    result = builds("probe", "ukl", libc="musl")
+    archive = result.app.path  # the app with every musl member it uses, prefixed
+    libc = cache.root / "libcs"
+    ukl_libcs = [p.parent for p in libc.glob("*/sysroot/lib/ukl_crt1.o")]
+    assert ukl_libcs, "no UKL musl in the cache"
+    for path in [archive, *(lib / "libc.a" for lib in ukl_libcs)]:
+        dump = subprocess.run(["objdump", "-d", str(path)], capture_output=True, text=True,
+                              check=True).stdout
+        assert "<ukl_app___ukl_syscall>" not in dump
+        found = SYSCALL_INSTRUCTION.findall(dump)
+        assert not found, f"{path}: {len(found)} system call instructions"
+    # The user-mode musl is the unpatched one: the same check finds them there.
+    user = builds("probe", "user", libc="musl")
+    dump = subprocess.run(["objdump", "-d", str(user.app.path)], capture_output=True, text=True,
+                          check=True).stdout
+    assert SYSCALL_INSTRUCTION.search(dump)
+
+
+def test_probe_on_musl_gives_the_same_results_in_both_modes(builds: Builds) -> None:
+    ukl = builds("probe", "ukl", libc="musl")
+    user = builds("probe", "user", libc="musl")
+    assert ukl.images.manifest["app"]["libc"] == "musl"
+    rc_user, out_user, err_user = run(user.images.directory)
+    rc_ukl, out_ukl, err_ukl = run(ukl.images.directory)
+    assert rc_user == 0, out_user + err_user
+    assert "probe: syscalls (CPL 0)" in out_ukl, out_ukl + err_ukl
+    assert "FAIL" not in out_ukl and rc_ukl == 0, out_ukl + err_ukl
+    assert _probe_lines(out_user) == _probe_lines(out_ukl), (out_user, out_ukl)
+    # nolibc's answers too: the checks do not depend on the C library.
+    _, out_nolibc, _ = run(builds("probe", "ukl").images.directory)
+    assert _probe_lines(out_nolibc) == _probe_lines(out_ukl), (out_nolibc, out_ukl)
+
+
+def test_musl_threads_tls_and_fp_in_ring0_on_2_vcpus(builds: Builds) -> None:
+    rc, out, err = run(builds("probe", "ukl", libc="musl").images.directory, "--smp", "2", "--",
+                       "threads", timeout=240)
+    for line in ("threads: syscalls + FP math: ok", "threads: tls, errno, malloc, mutex + condvar: ok",
+                 "tls of the main thread untouched: ok", "clock advances over nanosleep(1 ms): ok",
+                 "atexit handler: ran"):
+        assert line in out, out + err
+    assert "probe: threads (CPL 0)" in out and "FAIL" not in out and rc == 0, out + err

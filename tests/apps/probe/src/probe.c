@@ -3,7 +3,10 @@
  * ukl-build test app.  `probe syscalls` calls every system call wrapper the
  * runtime offers and prints one line per check, "name: result", with results
  * that do not depend on the mode (user or UKL), so the two outputs compare
- * equal.  `probe null` and `probe overflow` crash on purpose.
+ * equal.  `probe null` and `probe overflow` crash on purpose.  It builds on
+ * nolibc (with ukl-build's runtime headers) and on musl; on musl, `probe
+ * threads` also checks what the C library itself does per thread (TLS,
+ * errno, mutexes and condition variables, malloc, clocks, atexit).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +23,14 @@
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <signal.h>
+#ifndef NOLIBC
+#include <errno.h>
+#include <sched.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#define inet_pton4(s, addr) inet_pton(AF_INET, s, addr)
+#endif
 
 static int failures;
 
@@ -240,6 +251,81 @@ static void thread_checks(void)
 	check("threads: syscalls + FP math", bad, 0);
 }
 
+#ifndef NOLIBC
+static __thread long tls_counter = 100;	/* .tdata: each thread starts from 100 */
+static __thread char tls_zeroes[256];	/* .tbss */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int turn, shared_total;
+
+static void *libc_worker(void *arg)
+{
+	long id = (long)arg, bad = 0, i;
+	char *blocks[64];
+
+	for (i = 0; i < 256; i++)
+		bad += tls_zeroes[i] != 0;
+	for (i = 0; i < 1000; i++)
+		tls_counter++;
+	bad += tls_counter != 1100;
+	/* errno is per thread: this thread's failure does not show in the others'. */
+	errno = 0;
+	bad += close(-1 - (int)id) != -1 || errno != EBADF;
+	for (i = 0; i < 64; i++) {	/* small blocks from brk, big ones from mmap */
+		blocks[i] = malloc(i % 2 ? 200000 : 100);
+		bad += blocks[i] == NULL;
+		if (blocks[i])
+			memset(blocks[i], (int)id, i % 2 ? 200000 : 100);
+	}
+	for (i = 0; i < 64; i++)
+		free(blocks[i]);
+	/* Take turns through a mutex and a condition variable (futexes). */
+	for (i = 0; i < 50; i++) {
+		pthread_mutex_lock(&lock);
+		while (turn % NTHREADS != id)
+			pthread_cond_wait(&cond, &lock);
+		shared_total++;
+		turn++;
+		pthread_cond_broadcast(&cond);
+		pthread_mutex_unlock(&lock);
+	}
+	return (void *)bad;
+}
+
+static void at_exit_handler(void)
+{
+	printf("atexit handler: ran\n");
+}
+
+static void libc_checks(void)
+{
+	struct timespec a, b, req = { 0, 1000000 };
+	pthread_t t[NTHREADS];
+	long i, bad = 0;
+
+	check("tls initial value", tls_counter, 100);
+	for (i = 0; i < NTHREADS; i++)
+		bad += pthread_create(&t[i], NULL, libc_worker, (void *)i) != 0;
+	for (i = 0; i < NTHREADS; i++) {
+		void *r;
+
+		pthread_join(t[i], &r);
+		bad += (long)r;
+	}
+	check("threads: tls, errno, malloc, mutex + condvar", bad, 0);
+	check("turns taken in order", shared_total, NTHREADS * 50);
+	check("tls of the main thread untouched", tls_counter, 100);
+	check("clock_gettime(MONOTONIC)", clock_gettime(CLOCK_MONOTONIC, &a), 0);
+	nanosleep(&req, NULL);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	check("clock advances over nanosleep(1 ms)",
+	      (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) >= 1000000, 1);
+	check("clock_gettime(REALTIME) after 2020", clock_gettime(CLOCK_REALTIME, &a) == 0 &&
+	      a.tv_sec > 1577836800, 1);
+	check("atexit", atexit(at_exit_handler), 0);
+}
+#endif
+
 /* Each frame holds 1 KiB; recursion without end overflows any stack. */
 static int overflow(volatile int depth)
 {
@@ -263,6 +349,9 @@ int main(int argc, char **argv)
 		return overflow(0);
 	if (!strcmp(what, "threads")) {
 		thread_checks();
+#ifndef NOLIBC
+		libc_checks();
+#endif
 		printf("probe: %d failures\n", failures);
 		return failures ? 1 : 0;
 	}
