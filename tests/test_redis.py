@@ -8,6 +8,8 @@ Talked to with Debian's own redis-cli and redis-benchmark through a forwarded po
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from ukl_build.cache import Cache
+from ukl_build.pipeline import build
 
 from conftest import Builds, free_port
 
@@ -98,3 +103,42 @@ def test_fifty_concurrent_clients(redis_port: int) -> None:
                            "-t", "set,get", "-q"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "SET:" in proc.stdout and "GET:" in proc.stdout, proc.stdout
+
+
+def test_what_ring0_refuses_fails_cleanly(redis_port: int, request: pytest.FixtureRequest) -> None:
+    mode = request.node.callspec.params["redis_port"]
+    reply = cli(redis_port, "BGSAVE").stdout.strip()
+    if mode == "ukl":  # fork is ENOSYS in ring 0: Redis reports it and keeps serving
+        assert reply.startswith("ERR"), reply
+        info = cli(redis_port, "INFO", "persistence").stdout
+        assert "rdb_last_bgsave_status:err" in info, info
+    else:
+        assert "Background saving started" in reply, reply
+    assert cli(redis_port, "PING").stdout.strip() == "PONG"
+    assert cli(redis_port, "GET", "k9999").returncode == 0
+
+
+def test_incremental_redis_builds(builds: Builds, cache: Cache, tmp_path: Path) -> None:
+    """Unchanged: no compiler runs.  One changed .c file: only it is compiled again."""
+    fetched = builds("redis", "ukl")
+    again = build(fetched.settings.project_dir, {"mode": "ukl"}, cache=cache)
+    log = again.log.read_text()
+    assert "no compiler run" in log and "$ make" not in log, log
+    assert again.app.sha256 == fetched.app.sha256
+    # The same Redis as a local tree ({ path }), which a developer edits.
+    project = tmp_path / "redis"
+    shutil.copytree(fetched.settings.project_dir, project,
+                    ignore=shutil.ignore_patterns("build"))
+    src = next(p for p in (cache.root / "sources").glob("*/tree/redis-*") if p.is_dir())
+    shutil.copytree(src, project / "redis-src", symlinks=True)
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('source = { debian = "redis" }',
+                                                       'source = { path = "redis-src" }'))
+    first = build(project, {"mode": "ukl"}, cache=cache)
+    c_file = project / "redis-src" / "src" / "t_string.c"
+    c_file.write_text(c_file.read_text() + "\n/* edited */\n")
+    second = build(project, {"mode": "ukl"}, cache=cache)
+    log = second.log.read_text()
+    compiled = set(re.findall(r"^\s*CC (\S+\.o)\s*$", log, re.M))  # Redis's quiet make output
+    assert compiled == {"t_string.o"}, compiled
+    assert second.app.sha256 != first.app.sha256

@@ -40,8 +40,10 @@ def test_microvm_argv(tmp_path: Path) -> None:
     assert argv[argv.index("-M") + 1].startswith("microvm")
     assert "-no-reboot" in argv and argv[argv.index("-accel") + 1] == "tcg"
     append = argv[argv.index("-append") + 1]
-    assert append == ("console=ttyS0 reboot=t virtio_mmio.device=512@0xfeb00000:5 "
+    assert append == ("console=ttyS0 reboot=t tsc=reliable virtio_mmio.device=512@0xfeb00000:5 "
                       "quiet ip=10.0.2.15 -- --port 8080")
+    kvm = qemu_argv(json.loads((d / "manifest.json").read_text()), d, RunOptions(), "kvm")
+    assert "tsc=reliable" not in kvm[kvm.index("-append") + 1]  # TCG only: see TCG_CLOCK_PARAM
     assert "user,id=n0,hostfwd=tcp:127.0.0.1:18080-:8080" in argv
     assert "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0" in argv
 

@@ -314,7 +314,12 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
     """
     _check_elf(obj, et_rel=True)
     prefixed = app_dir / "app-ukl.o"
-    reporter.run(["objcopy", f"--prefix-symbols={UKL_PREFIX}", obj, prefixed],
+    # The assembler names _GLOBAL_OFFSET_TABLE_ (undefined) in any object with TLS
+    # relocations; local-exec code uses no GOT, so nothing refers to it (objcopy
+    # refuses to strip a symbol a relocation names).
+    reporter.run(["objcopy", "--strip-symbol=_GLOBAL_OFFSET_TABLE_", obj, prefixed],
+                 step="app (objcopy --strip-symbol)", env=env)
+    reporter.run(["objcopy", f"--prefix-symbols={UKL_PREFIX}", prefixed],
                  step="app (objcopy --prefix-symbols)", env=env)
     redefine = [f"--redefine-sym={UKL_PREFIX}{a}={k}" for a, k in UKL_BRIDGE.items()]
     if musl_start:

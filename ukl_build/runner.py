@@ -251,12 +251,23 @@ def check_app_args(args: Sequence[str], limit: int = DEFAULT_INIT_ARG_LIMIT) -> 
                          f"(CONFIG_INIT_ENV_ARG_LIMIT={limit}); more makes it panic")
 
 
-def kernel_cmdline(manifest: dict[str, Any], opts: RunOptions, network: bool) -> str:
+# Under TCG every vCPU's TSC is QEMU's one clock (the host's TSC since the VM
+# started), so the TSCs are synchronized and stable, but the kernel's
+# synchronization test between emulated CPUs sees warps and marks the TSC
+# unstable: the clock then falls back to jiffies (4 ms steps, sleeps rounded up
+# to ticks).  tsc=reliable skips that test and the watchdog.
+TCG_CLOCK_PARAM = "tsc=reliable"
+
+
+def kernel_cmdline(manifest: dict[str, Any], opts: RunOptions, network: bool,
+                   accel: str = "tcg") -> str:
     """The kernel command line of a boot: ours, the image's, then ``--`` and the app's argv.
 
     RunError if the kernel would not hand the app its arguments exactly.
     """
     cmdline = ["console=ttyS0", "reboot=t"]
+    if accel == "tcg":
+        cmdline.append(TCG_CLOCK_PARAM)
     if network and opts.machine == "microvm":
         cmdline.append(MICROVM_NIC_PARAM)
     if manifest.get("cmdline"):
@@ -304,7 +315,7 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
     else:
         raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
 
-    append = kernel_cmdline(manifest, opts, network)
+    append = kernel_cmdline(manifest, opts, network, accel)
 
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",

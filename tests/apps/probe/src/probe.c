@@ -192,7 +192,14 @@ static void file_checks(void)
 	p = malloc(100000);
 	check("malloc", p != NULL, 1);
 	free(p);
+#ifdef NOLIBC
 	check("brk", sbrk(4096) != (void *)-1, 1);
+#else
+	/* musl's sbrk() refuses to grow the heap (its malloc owns brk): ask the kernel. */
+	long cur = syscall(SYS_brk, 0);
+
+	check("brk", syscall(SYS_brk, cur + 4096) == cur + 4096, 1);
+#endif
 	check("nanosleep", usleep(10000), 0);
 }
 
@@ -322,6 +329,29 @@ static void libc_checks(void)
 	      (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec) >= 1000000, 1);
 	check("clock_gettime(REALTIME) after 2020", clock_gettime(CLOCK_REALTIME, &a) == 0 &&
 	      a.tv_sec > 1577836800, 1);
+	/* A fine clock: consecutive readings differ by < 100 us, a 1 ms sleep ends < 2 ms. */
+	long worst_step = 0, worst_sleep = 0;
+
+	for (i = 0; i < 100; i++) {
+		long d;
+
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		d = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+		worst_step = d > worst_step ? d : worst_step;
+	}
+	for (i = 0; i < 20; i++) {
+		long d;
+
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		nanosleep(&req, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		d = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+		worst_sleep = d > worst_sleep ? d : worst_sleep;
+	}
+	printf("probe: clock: worst step %ld ns, worst 1 ms sleep %ld ns\n", worst_step, worst_sleep);
+	check("clock_gettime(MONOTONIC) steps < 100 us", worst_step > 0 && worst_step < 100000, 1);
+	check("nanosleep(1 ms) ends within 2 ms", worst_sleep < 2000000, 1);
 	check("atexit", atexit(at_exit_handler), 0);
 }
 #endif
