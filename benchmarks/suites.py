@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -196,18 +198,24 @@ def memory(ctx: Context) -> None:
     res = {}
     for m in MODES:
         result = ctx.build("httpd", m)
-        lo, hi = 4, 256  # lo fails (assumed), hi works (checked)
-        if not _serves(result, ctx, f"{hi}M"):
-            res[m] = None
-            continue
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _serves(result, ctx, f"{mid}M"):
-                hi = mid
-            else:
-                lo = mid
-        res[m] = hi
+        res[m] = _smallest_memory(lambda memory, r=result: _serves(r, ctx, memory), lo=4)
     ctx.results["httpd_min_memory_mib"] = res
+
+
+def _smallest_memory(serves: Callable[[str], bool], lo: int, hi: int = 256) -> int | None:
+    """The smallest -m (MiB) in (lo, hi] at which ``serves`` holds, bisected; None if not at hi.
+
+    ``lo`` is assumed to fail, ``hi`` is checked first.
+    """
+    if not serves(f"{hi}M"):
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if serves(f"{mid}M"):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _load(port: int, path: str, connections: int, duration: float) -> dict[str, float]:
@@ -361,19 +369,29 @@ def _wait_redis(port: int, timeout: float = 120) -> None:
     raise RuntimeError(f"redis on port {port} did not answer PING")
 
 
-def _redis_serves(result: Any, ctx: Context, memory: str) -> bool:
+@contextmanager
+def _redis_vm(result: Any, ctx: Context, timeout: float, **opts: Any) -> Iterator[int]:
+    """Boot Redis in the background with its port forwarded; yield the host port once
+    it answers PING (RuntimeError if it does not in time); stop the VM on exit."""
     port = _free_port()
-    opts = ctx.options(memory=memory, forward=[f"{port}:6379"], timeout=60)
-    t = threading.Thread(target=run_capture, args=(result.images.directory, opts), daemon=True)
+    options = ctx.options(forward=[f"{port}:6379"], timeout=timeout, **opts)
+    t = threading.Thread(target=run_capture, args=(result.images.directory, options),
+                         daemon=True)
     t.start()
     try:
-        _wait_redis(port, timeout=50)
-        ok = True
+        _wait_redis(port, timeout=min(120, timeout - 10))
+        yield port
+    finally:
+        _stop_vms(port)
+        t.join(timeout=30)
+
+
+def _redis_serves(result: Any, ctx: Context, memory: str) -> bool:
+    try:
+        with _redis_vm(result, ctx, timeout=60, memory=memory):
+            return True
     except RuntimeError:
-        ok = False
-    _stop_vms(port)
-    t.join(timeout=30)
-    return ok
+        return False
 
 
 def redis(ctx: Context, requests: int) -> None:
@@ -411,34 +429,15 @@ def redis(ctx: Context, requests: int) -> None:
             row[f"{test}_ratio_rps_ukl_over_user"] = round(
                 row[f"ukl_{test}_rps"] / row[f"user_{test}_rps"], 3)
         res[f"pipeline_{pipeline}"] = row
-    mem: dict[str, int | None] = {}
-    for m, r in results.items():
-        lo, hi = 8, 256  # lo fails (assumed), hi serves (checked)
-        if not _redis_serves(r, ctx, f"{hi}M"):
-            mem[m] = None
-            continue
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if _redis_serves(r, ctx, f"{mid}M"):
-                hi = mid
-            else:
-                lo = mid
-        mem[m] = hi
-    res["min_memory_mib"] = mem
+    res["min_memory_mib"] = {
+        m: _smallest_memory(lambda memory, r=r: _redis_serves(r, ctx, memory), lo=8)
+        for m, r in results.items()}
     ctx.results["redis"] = res
 
 
 def _redis_sample(result: Any, ctx: Context, requests: int, pipeline: int) -> dict[str, float]:
-    port = _free_port()
-    opts = ctx.options(forward=[f"{port}:6379"], timeout=900)
-    t = threading.Thread(target=run_capture, args=(result.images.directory, opts), daemon=True)
-    t.start()
-    try:
-        _wait_redis(port)
+    with _redis_vm(result, ctx, timeout=900) as port:
         return _flatten(_redis_bench(port, requests, pipeline))
-    finally:
-        _stop_vms(port)
-        t.join(timeout=30)
 
 
 def _flatten(table: dict[str, dict[str, float]]) -> dict[str, float]:
