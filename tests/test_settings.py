@@ -190,3 +190,57 @@ def test_a_table_made_by_config_settings_is_blamed_on_them(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"^config setting -C kernel.git.url: \[tool.ukl-build"
                                           r".kernel.git\] required key 'rev' missing"):
         load_settings(project(tmp_path), {"kernel.git.url": "/srv/linux.git"})
+
+
+MAKE_BASE = """
+[project]
+name = "demo-app"
+version = "1.0"
+[tool.ukl-build]
+libc = "musl"
+[tool.ukl-build.make]
+output = "server"
+"""
+
+
+def test_deps_are_tables_in_order(tmp_path: Path) -> None:
+    s = load_settings(project(tmp_path, """
+configure = ["--with-b={deps.b}", "--with-a={deps.a}"]
+[tool.ukl-build.deps.b]
+source = { debian = "b" }
+[tool.ukl-build.deps.a]
+source = { url = "http://127.0.0.1/a.tar.gz", sha256 = "%s" }
+configure = ["--with-b={deps.b}"]
+""" % ("0" * 64), base=MAKE_BASE))
+    assert list(s.deps) == ["b", "a"]
+    assert s.deps["a"].source.url == "http://127.0.0.1/a.tar.gz"
+    assert s.make is not None and s.make.configure == ["--with-b={deps.b}", "--with-a={deps.a}"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("[tool.ukl-build.deps.ev]\nconfigure = []\n",
+     r"\[tool.ukl-build.deps.ev\] required key 'source' missing"),
+    ("[tool.ukl-build.deps.ev]\nsource = { debian = 'libevent', path = 'x' }\n",
+     r"\[tool.ukl-build.deps.ev\] source: set exactly one of"),
+    ("[tool.ukl-build.deps.ev]\nsource = { url = 'http://127.0.0.1/x.tgz' }\n",
+     r"\[tool.ukl-build.deps.ev.source\] sha256: required with url"),
+    ("configure = ['--with-x={deps.x}']\n",
+     r"\[tool.ukl-build.make\] configure: '--with-x=\{deps.x\}' names \{deps.x\}, which is not a "
+     r"dependency built before it"),
+    ("[tool.ukl-build.deps.a]\nsource = { debian = 'a' }\nconfigure = ['{deps.b}']\n"
+     "[tool.ukl-build.deps.b]\nsource = { debian = 'b' }\n",
+     r"deps.a\] configure: '\{deps.b\}' names \{deps.b\}"),
+])
+def test_deps_errors_name_the_key(tmp_path: Path, extra: str, message: str) -> None:
+    # The [tool.ukl-build.make] table is last in MAKE_BASE: keys before a deps table land in it.
+    with pytest.raises(ConfigError, match=message):
+        load_settings(project(tmp_path, extra, base=MAKE_BASE))
+
+
+def test_deps_need_a_libc_that_configure_can_use(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[tool.ukl-build.deps\] ev: .*libc 'nolibc' cannot"):
+        load_settings(project(tmp_path, "[tool.ukl-build.deps.ev]\nsource = { debian = 'x' }\n",
+                              base=MAKE_BASE.replace('libc = "musl"', 'libc = "nolibc"')))
+    with pytest.raises(ConfigError, match=r"config setting -C make.configure: .*libc 'nolibc'"):
+        load_settings(project(tmp_path, base=MAKE_BASE.replace('libc = "musl"', "")),
+                      {"make.configure": "--x"})

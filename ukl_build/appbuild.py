@@ -12,6 +12,7 @@ file (CMake + Ninja), each in a copy of the project inside the build dir.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256
+from ukl_build.deps import Dep, Flags, build_deps, dep_flags, prefixes
 from ukl_build.errors import BuildError
 from ukl_build.libc import UKL_CODEGEN, MuslSysroot, build_musl, gcc_file, musl_toolchain_flags
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import runtime_dir
-from ukl_build.settings import Settings
+from ukl_build.settings import Settings, substitute_deps
 from ukl_build.source import AppSource, directory_digest, fetch_app_source
 
 NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h", "stdlib.h",
@@ -54,6 +56,7 @@ class AppBinary:
     marker: bytes = b""  # UKL: a string the archive puts into vmlinux's .rodata (see _ukl_archive)
     source: dict[str, Any] | None = None  # where a fetched source tree came from (its digest)
     libc_source: dict[str, Any] | None = None  # musl: its version and source
+    deps: tuple[dict[str, Any], ...] = ()  # libraries built from source (deps.Dep.record)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class Toolchain:
     cflags: tuple[str, ...]
     ldflags: tuple[str, ...]
     ldlibs: tuple[str, ...]
+
+    def flags(self) -> Flags:
+        return Flags(self.cc, self.cflags, (*self.ldflags, *self.ldlibs))
 
 
 def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
@@ -114,10 +120,14 @@ def compiler() -> str:
     return os.environ.get("UKL_CC", "gcc")
 
 
+def _prefix_map(settings: Settings) -> str:
+    """Debug info and __FILE__ name the project's files relative to it."""
+    return f"-ffile-prefix-map={settings.project_dir}=."
+
+
 def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None = None) -> Toolchain:
     cc = compiler()
-    common = ["-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident",
-              "-ffile-prefix-map=" + str(settings.project_dir) + "=."]
+    common = ["-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident", _prefix_map(settings)]
     if settings.libc == "glibc":
         return Toolchain(cc, (*common, *settings.cflags), ("-static",), ())
     ukl = ["-fstack-clash-protection", "-DUKL_MODE=1"] if settings.mode == "ukl" else []
@@ -170,6 +180,22 @@ def build_app(
     version = compiler_version(compiler())
     musl = build_musl(settings, version, cache, reporter, env) if settings.libc == "musl" else None
     tc = toolchain(settings, sysroot, musl)
+    configure = settings.make.configure if settings.make is not None else None
+    deps: list[Dep] = []
+    probe = tc.flags()
+    if settings.deps or configure is not None:
+        if settings.mode == "ukl":  # configure's checks run programs: see ukl_build.deps
+            user = dataclasses.replace(settings, mode="user")
+            probe = toolchain(user, None, build_musl(user, version, cache, reporter, env)).flags()
+        # Without the project's own path (-ffile-prefix-map): one build per toolchain
+        # serves every project.
+        project_map = _prefix_map(settings)
+        deps = build_deps(settings.deps, settings.origin, settings.project_dir,
+                          probe.without(project_map), tc.flags().without(project_map), cache,
+                          reporter, env)
+        include, lib = dep_flags(deps)
+        tc = Toolchain(tc.cc, (*tc.cflags, *include), (*tc.ldflags, *lib), tc.ldlibs)
+        probe = probe.using(deps)
     spec = (settings.make.source if settings.make is not None else
             settings.cmake.source if settings.cmake is not None else None)
     source = None
@@ -180,11 +206,12 @@ def build_app(
     root = source.path if source is not None else settings.project_dir
     config_key = digest("app-config", APP_FORMAT, settings.mode, settings.libc, settings.sources,
                         settings.make, settings.cmake, tc, version, str(sysroot),
-                        directory_digest(runtime_dir()))
+                        directory_digest(runtime_dir()), probe, [d.key for d in deps])
     inputs_key = digest(config_key, directory_digest(settings.project_dir, _SKIP_DIRS),
                         source.origin if source is not None else None)
+    dep_records = tuple(d.record() for d in deps)
     app_dir = build_dir / "app" / config_key[:16]
-    reused = _reuse(app_dir, inputs_key, settings, version, source, musl)
+    reused = _reuse(app_dir, inputs_key, settings, version, source, musl, dep_records)
     if reused is not None:
         reporter.stage("app", f"unchanged: reusing {reused.path.name} (no compiler run)")
         return reused
@@ -214,11 +241,21 @@ def build_app(
         # copied whole: only the project has build outputs and tool dirs to leave out.
         changed = sync_tree(root, work, _SKIP_DIRS if source is None else frozenset())
         mdir = work / settings.make.dir
-        menv = dict(env, CC=tc.cc, CFLAGS=" ".join(tc.cflags), LDFLAGS=" ".join(tc.ldflags),
-                    LDLIBS=" ".join(tc.ldlibs))
+        known = prefixes(deps)
+        if configure is not None and not (app_dir / "configured").is_file():
+            reporter.stage("app", f"configure in {settings.make.dir}")
+            reporter.run(["./configure", *(substitute_deps(a, known) for a in configure)],
+                         step="app configure", cwd=mdir, env=dict(env, **probe.env()))
+            (app_dir / "configured").write_text("")
+        margs = [substitute_deps(a, known) for a in settings.make.args]
+        if configure is not None:  # make's command line beats what configure recorded
+            menv, margs = env, [*tc.flags().make_vars(), *margs]
+        else:  # plain Makefiles take them from the environment (Redis adds its own)
+            menv = dict(env, CC=tc.cc, CFLAGS=" ".join(tc.cflags), LDFLAGS=" ".join(tc.ldflags),
+                        LDLIBS=" ".join(tc.ldlibs))
         reporter.stage("app", f"make in {settings.make.dir} ({settings.libc}, {settings.mode} mode, "
                        f"{changed} changed file{'s' if changed != 1 else ''})")
-        reporter.run(["make", "-C", mdir, f"-j{os.cpu_count() or 1}", *settings.make.args],
+        reporter.run(["make", "-C", mdir, f"-j{os.cpu_count() or 1}", *margs],
                      step="app build (make)", env=menv)
         produced = mdir / settings.make.output
         if not produced.is_file():
@@ -236,7 +273,8 @@ def build_app(
     else:
         _check_static_elf(output)
     app = AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker,
-                    source.origin if source is not None else None, _libc_source(musl))
+                    source.origin if source is not None else None, _libc_source(musl),
+                    dep_records)
     atomic_write_text(record, json.dumps({"key": inputs_key, "output": output.name,
                                           "sha256": app.sha256, "marker": marker.hex()}))
     return app
@@ -247,7 +285,8 @@ def _libc_source(musl: MuslSysroot | None) -> dict[str, Any] | None:
 
 
 def _reuse(app_dir: Path, inputs_key: str, settings: Settings, version: str,
-           source: AppSource | None, musl: MuslSysroot | None) -> AppBinary | None:
+           source: AppSource | None, musl: MuslSysroot | None,
+           deps: tuple[dict[str, Any], ...]) -> AppBinary | None:
     """The last build's output if its record names these inputs and the file is intact."""
     try:
         record = json.loads((app_dir / APP_RECORD).read_text())
@@ -258,7 +297,7 @@ def _reuse(app_dir: Path, inputs_key: str, settings: Settings, version: str,
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return AppBinary(output, record["sha256"], settings.libc, version, settings.mode, marker,
-                     source.origin if source is not None else None, _libc_source(musl))
+                     source.origin if source is not None else None, _libc_source(musl), deps)
 
 
 def sync_tree(root: Path, work: Path, skip: frozenset[str] = _SKIP_DIRS) -> int:
@@ -266,8 +305,9 @@ def sync_tree(root: Path, work: Path, skip: frozenset[str] = _SKIP_DIRS) -> int:
 
     Files whose bytes changed are rewritten, so they are newer than what make
     built from them; unchanged files keep their times, so make rebuilds only
-    what changed.  Files that left ``root`` are removed (only those we copied:
-    make's outputs stay).
+    what changed.  New files keep the times they have in ``root`` (a tarball's
+    generated files stay newer than their inputs).  Files that left ``root``
+    are removed (only those we copied: make's outputs stay).
     """
     listing = work.parent / (work.name + ".files")
     previous = set(listing.read_text().splitlines()) if listing.is_file() else set()
@@ -287,12 +327,16 @@ def sync_tree(root: Path, work: Path, skip: frozenset[str] = _SKIP_DIRS) -> int:
                     dest.symlink_to(os.readlink(src))
                     written += 1
                 continue
-            if dest.is_file() and not dest.is_symlink() and _same_bytes(src, dest):
+            fresh = not dest.exists() and not dest.is_symlink()
+            if not fresh and dest.is_file() and not dest.is_symlink() and _same_bytes(src, dest):
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.unlink(missing_ok=True)
-            shutil.copyfile(src, dest)
-            shutil.copymode(src, dest)
+            if fresh:  # keeps the source's times: a tarball's generated files stay newer
+                shutil.copy2(src, dest)  # than their inputs (no autoreconf by make)
+            else:
+                shutil.copyfile(src, dest)
+                shutil.copymode(src, dest)
             written += 1
     for rel in previous - current:
         (work / rel).unlink(missing_ok=True)

@@ -95,7 +95,8 @@ def write_image_set(
             "app": {"libc": app.libc, "compiler": app.compiler, "sha256": app.sha256,
                     "shortcuts": settings.uses_shortcuts,
                     **({"source": app.source} if app.source is not None else {}),
-                    **({"libc_source": app.libc_source} if app.libc_source is not None else {})},
+                    **({"libc_source": app.libc_source} if app.libc_source is not None else {}),
+                    **({"deps": list(app.deps)} if app.deps else {})},
             "cmdline": settings.cmdline,
             "args": list(settings.args),
             "init_arg_limit": int(values.get("INIT_ENV_ARG_LIMIT", DEFAULT_INIT_ARG_LIMIT)),
@@ -161,11 +162,12 @@ def sbom(manifest: dict[str, Any]) -> dict[str, Any]:
         ],
         "dependencies": [{"ref": "image", "dependsOn": [app_ref, kernel_ref]}],
     }
+    app_needs: list[str] = []
     source = manifest["app"].get("source")
     if source is not None:  # the fetched source tree the app was built from
         doc["components"].append(app_source_component("app-source", f"{manifest['name']}-source",
                                                       source))
-        doc["dependencies"].append({"ref": app_ref, "dependsOn": ["app-source"]})
+        app_needs.append("app-source")
     libc = manifest["app"].get("libc_source")
     if libc is not None:  # a libc built from source and linked into the app
         component = app_source_component("libc", libc["name"], libc)
@@ -173,7 +175,14 @@ def sbom(manifest: dict[str, Any]) -> dict[str, Any]:
         component["version"] = libc["version"]
         component["licenses"] = [{"license": {"id": "MIT"}}]
         doc["components"].append(component)
-        doc["dependencies"].append({"ref": app_ref, "dependsOn": ["libc"]})
+        app_needs.append("libc")
+    for dep in manifest["app"].get("deps", []):  # libraries built from source, linked in
+        component = app_source_component(f"dep-{dep['name']}", dep["name"], dep)
+        component["type"] = "library"
+        doc["components"].append(component)
+        app_needs.append(f"dep-{dep['name']}")
+    if app_needs:  # one entry per ref
+        doc["dependencies"].append({"ref": app_ref, "dependsOn": app_needs})
     return doc
 
 

@@ -50,6 +50,7 @@ class MuslSysroot:
 
 def build_musl(settings: Settings, compiler: str, cache: Cache, reporter: Reporter,
                env: dict[str, str]) -> MuslSysroot:
+    """musl for ``settings.mode``, from ``settings.musl``."""
     source = fetch_app_source(settings.musl, settings.origin("musl"), settings.project_dir,
                               cache, reporter)
     version_file = source.path / "VERSION"

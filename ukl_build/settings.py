@@ -101,12 +101,34 @@ _SOURCE_DOC = ("The app's source tree, fetched and verified like the kernel's (u
                "relative to it.")
 
 
+_DEPS_PLACEHOLDER = ("`{deps.NAME}` in an argument stands for the install prefix of "
+                     "dependency NAME (its include/ and lib/).")
+
+
 @dataclass(frozen=True)
 class MakeSettings:
     dir: str = _doc("Directory to run make in, relative to the project (or `source`).", default=".")
     output: str = _doc("The executable make produces, relative to `dir`.", default="app")
-    args: list[str] = _doc("Extra make arguments (targets, variables).", default_factory=list)
+    args: list[str] = _doc("Extra make arguments (targets, variables). " + _DEPS_PLACEHOLDER,
+                           default_factory=list)
+    configure: list[str] | None = _doc(
+        "Run `./configure` in `dir` with these arguments before the first make (autotools "
+        "projects); its checks link and run test programs against the user-mode build of "
+        "the same libc, make then compiles with the mode's flags. " + _DEPS_PLACEHOLDER,
+        default=None)
     source: AppSourceSettings | None = _doc(_SOURCE_DOC, default=None)
+
+
+@dataclass(frozen=True)
+class DepSettings:
+    source: AppSourceSettings = _doc(
+        "Where the library's source comes from (url + sha256, path, git or debian).")
+    configure: list[str] = _doc(
+        "Arguments for its `./configure`, besides the prefix and the compiler and flags "
+        "ukl-build passes (e.g. --disable-shared). " + _DEPS_PLACEHOLDER,
+        default_factory=list)
+    make_args: list[str] = _doc("Extra arguments for its `make` and `make install`.",
+                                default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -186,6 +208,12 @@ class Settings:
     make: MakeSettings | None = _doc("Build the app with make instead.", default=None)
     cmake: CMakeSettings | None = _doc("Build the app with CMake + Ninja instead.", default=None)
     cflags: list[str] = _doc("Extra compiler flags for the app.", default_factory=list)
+    deps: dict[str, DepSettings] = _doc(
+        "Libraries the app links, each built from source before the app with the same "
+        "toolchain and libc (`[tool.ukl-build.deps.NAME]`, in the order given; autotools: "
+        "configure, make, make install) and cached; the app's build gets -I and -L for "
+        "each. Needs libc musl or glibc.",
+        default_factory=dict)
     recipes: list[str] = _doc(
         "Kernel config fragments on top of `base`: names from ukl-build's recipes/ or "
         "paths (*.config) relative to the project.",
@@ -385,6 +413,9 @@ def _convert(value: Any, tp: Any, origin: Origins, key: str) -> Any:
     if origin_tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
+        item = typing.get_args(tp)[1]
+        if isinstance(item, type) and dataclasses.is_dataclass(item):  # a table of tables
+            return {str(k): _convert(v, item, origin, f"{key}.{k}") for k, v in value.items()}
         return {str(k): _kconfig_value(v, origin(f"{key}.{k}")) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, _FromCli) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
@@ -452,6 +483,7 @@ def _validate(s: Settings, origin: Origins) -> None:
         else:  # relative to the fetched tree, which must not be left
             _inside(Path("/source"), rel, origin(f"{table}.{sub}"), fetched=True)
             _validate_app_source(build_settings.source, f"{table}.source", origin)
+    _validate_deps(s, origin)
     for recipe in s.recipes:
         if recipe.endswith(".config"):
             _inside(s.project_dir, recipe, origin("recipes"))
@@ -509,6 +541,48 @@ def _validate_app_source(src: AppSourceSettings, key: str, origin: Origins) -> N
         raise ConfigError(f"{origin(key + '.git.rev')}: must name a commit, tag or branch")
 
 
+_DEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_DEPS_REF = re.compile(r"\{deps\.([^{}]*)\}")
+
+
+def deps_references(arg: str) -> list[str]:
+    """The dependency names an argument refers to as ``{deps.NAME}``."""
+    return _DEPS_REF.findall(arg)
+
+
+def substitute_deps(arg: str, prefixes: Mapping[str, Path]) -> str:
+    """``arg`` with each ``{deps.NAME}`` replaced by that dependency's install prefix."""
+    return _DEPS_REF.sub(lambda m: str(prefixes[m.group(1)]), arg)
+
+
+def _validate_deps(s: Settings, origin: Origins) -> None:
+    configure = s.make.configure if s.make is not None else None
+    if (s.deps or configure is not None) and s.libc not in ("musl", "glibc"):
+        key = f"deps.{next(iter(s.deps))}" if s.deps else "make.configure"
+        raise ConfigError(f"{origin(key)}: configure scripts link and run test programs, "
+                          f"which libc {s.libc!r} cannot give them", hint='libc = "musl"')
+    checked: list[tuple[str, list[str], set[str]]] = []
+    earlier: set[str] = set()
+    for name, dep in s.deps.items():
+        if not _DEP_NAME.match(name):
+            raise ConfigError(f"{origin(f'deps.{name}')}: {name!r} is not a usable dependency "
+                              "name (letters, digits, '_', '.', '+', '-')")
+        _validate_app_source(dep.source, f"deps.{name}.source", origin)
+        checked.append((f"deps.{name}.configure", dep.configure, set(earlier)))
+        checked.append((f"deps.{name}.make-args", dep.make_args, set(earlier)))
+        earlier.add(name)
+    if s.make is not None:
+        checked.append(("make.args", s.make.args, earlier))
+        checked.append(("make.configure", configure or [], earlier))
+    for key, args, known in checked:
+        for arg in args:
+            for ref in deps_references(arg):
+                if ref not in known:
+                    raise ConfigError(f"{origin(key)}: {arg!r} names {{deps.{ref}}}, which is not "
+                                      "a dependency built before it",
+                                      hint=f"known here: {', '.join(sorted(known)) or 'none'}")
+
+
 def _validate_run(s: Settings, origin: Origins) -> None:
     r = s.run
     if not _MEMORY.match(r.memory):
@@ -553,7 +627,9 @@ def settings_schema_markdown() -> str:
             tp = hints[f.name]
             sub = [a for a in (tp, *typing.get_args(tp))
                    if isinstance(a, type) and dataclasses.is_dataclass(a)]
-            if sub:
+            if sub and typing.get_origin(tp) is dict:  # a table of tables, one per NAME
+                nested.append((sub[0], f"{name}.{_key(f.name)}.NAME"))
+            elif sub:
                 nested.append((sub[0], f"{name}.{_key(f.name)}"))
                 default = "table"
             lines.append(f"| `{_key(f.name)}` | `{default}` | {f.metadata.get('doc', '')} |")
