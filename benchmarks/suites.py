@@ -21,6 +21,7 @@ from ukl_build.cache import Cache
 from ukl_build.errors import UklError
 from ukl_build.kbuild import bzimage_kernel, initramfs_list
 from ukl_build.pipeline import build
+from ukl_build.resources import runtime_dir
 
 MODES = ("ukl", "user")
 # The variants the speed comparisons run: name -> (mode, extra settings).
@@ -92,7 +93,7 @@ def _initramfs_cpio(result: Any, dest: Path) -> Path:
     """
     listing = dest.with_suffix(".list")
     app = result.app.path
-    listing.write_text(initramfs_list(str(app)))
+    listing.write_text(initramfs_list(str(app), str(runtime_dir() / "etc")))
     with open(dest, "wb") as out:
         subprocess.run([str(result.kernel.build_dir / "usr/gen_init_cpio"), str(listing)],
                        stdout=out, check=True)

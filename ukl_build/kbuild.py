@@ -29,10 +29,14 @@ from ukl_build.errors import BuildError
 from ukl_build.kconfig import KernelConfig
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
+from ukl_build.resources import runtime_dir
 
 INITRAMFS_LIST = "ukl-initramfs.list"  # matches CONFIG_INITRAMFS_SOURCE in recipes/base.config
 UKL_ARCHIVE = "ukl-app.a"  # matches CONFIG_UKL_ARCHIVE in recipes/ukl.config
 USER_INIT = "ukl-root/init"
+USER_ETC = "ukl-root/etc"
+# root and nobody: a libc's user and group lookups (getpwnam: memcached -u) find them.
+ETC_FILES = ("passwd", "group")
 # Written into a build dir after its images were verified to hold the payload
 # they were built for; removed before every make that may change them.
 PAYLOAD_STAMP = ".ukl-build-payload"
@@ -69,11 +73,13 @@ class Payload:
     expect: bytes  # bytes that vmlinux and the bzImage must contain once built with it
 
 
-def initramfs_list(init_name: str | None) -> str:
-    """gen_init_cpio input: a console node (or the app's stdout goes nowhere) and /init."""
+def initramfs_list(init_name: str | None, etc_dir: str = USER_ETC) -> str:
+    """gen_init_cpio input: a console node (or the app's stdout goes nowhere), /etc's
+    user and group files (from ``etc_dir``) and /init."""
     lines = ["dir /dev 0755 0 0", "nod /dev/console 0600 0 0 c 5 1",
              "nod /dev/null 0666 0 0 c 1 3", "nod /dev/zero 0666 0 0 c 1 5",
-             "dir /proc 0755 0 0", "dir /tmp 01777 0 0"]
+             "dir /proc 0755 0 0", "dir /tmp 01777 0 0", "dir /etc 0755 0 0",
+             *(f"file /etc/{name} {etc_dir}/{name} 0644 0 0" for name in ETC_FILES)]
     if init_name is not None:
         lines.append(f"file /init {init_name} 0755 0 0")
     return "\n".join(lines) + "\n"
@@ -82,9 +88,11 @@ def initramfs_list(init_name: str | None) -> str:
 def payload_for(app: AppBinary) -> Payload:
     """UKL: the archive linked into vmlinux, the initramfs only gives it a console.
     User mode: the app is /init in the built-in initramfs."""
+    etc = {f"{USER_ETC}/{name}": runtime_dir() / "etc" / name for name in ETC_FILES}
     if app.mode == "ukl":
-        return Payload({UKL_ARCHIVE: app.path}, initramfs_list(None), app.marker)
-    return Payload({USER_INIT: app.path}, initramfs_list(USER_INIT), app.path.read_bytes())
+        return Payload({UKL_ARCHIVE: app.path, **etc}, initramfs_list(None), app.marker)
+    return Payload({USER_INIT: app.path, **etc}, initramfs_list(USER_INIT),
+                   app.path.read_bytes())
 
 
 def reproducible_env(cache: Cache, source_date_epoch: int) -> dict[str, str]:
