@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,28 @@ def test_musl_threads_tls_and_fp_in_ring0_on_2_vcpus(builds: Builds) -> None:
                  "atexit handler: ran"):
         assert line in out, out + err
     assert "probe: threads (CPL 0)" in out and "FAIL" not in out and rc == 0, out + err
+
+
+@pytest.mark.parametrize("mode", ["ukl", "user"])
+def test_guest_wall_clock_agrees_with_the_host(builds: Builds, mode: str) -> None:
+    """hostclock= (kernel patch 0012) + a paused start resumed at that time: within 50 ms.
+
+    Each line is stamped when it arrives on the host; serial and pipe latency only
+    add, so the smallest difference is the clock's error (plus that latency).
+    """
+    image = builds("probe", mode, libc="musl").images.directory
+    proc = subprocess.Popen([sys.executable, "-m", "ukl_build", "run", str(image), "--timeout",
+                             "120", "--", "wallclock"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    diffs = []
+    try:
+        for line in proc.stdout:
+            arrived = time.time()
+            if m := re.search(r"probe: wallclock (\d+\.\d+)", line):
+                diffs.append(arrived - float(m.group(1)))
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert len(diffs) == 5, err
+    assert -0.05 < min(diffs) < 0.05, (diffs, err)

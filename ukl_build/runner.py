@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -257,17 +258,29 @@ def check_app_args(args: Sequence[str], limit: int = DEFAULT_INIT_ARG_LIMIT) -> 
 # unstable: the clock then falls back to jiffies (4 ms steps, sleeps rounded up
 # to ticks).  tsc=reliable skips that test and the watchdog.
 TCG_CLOCK_PARAM = "tsc=reliable"
+# The wall clock: the CMOS clock counts whole seconds from a random phase, so a
+# guest booted from it is up to 1 s behind.  Under TCG the guest's TSC starts
+# at 0 when QEMU starts the guest, so QEMU is started paused (-S), the kernel
+# is told the host time at which it will be resumed (hostclock=, kernel patch
+# "x86/rtc: take the wall clock at boot from the host") and QMP resumes it then.
+# QEMU answers QMP 20-100 ms after it starts; the lead is what a boot costs.
+HOST_CLOCK_LEAD_NS = 150_000_000
+HOST_CLOCK_PLACEHOLDER = 10**18  # as long as any hostclock= value until 2286
 
 
 def kernel_cmdline(manifest: dict[str, Any], opts: RunOptions, network: bool,
-                   accel: str = "tcg") -> str:
+                   accel: str = "tcg", host_clock_ns: int | None = None) -> str:
     """The kernel command line of a boot: ours, the image's, then ``--`` and the app's argv.
 
-    RunError if the kernel would not hand the app its arguments exactly.
+    ``host_clock_ns``: the host's wall clock when QEMU will start the guest
+    (see HOST_CLOCK_LEAD_NS).  RunError if the kernel would not hand the app
+    its arguments exactly.
     """
     cmdline = ["console=ttyS0", "reboot=t"]
     if accel == "tcg":
         cmdline.append(TCG_CLOCK_PARAM)
+    if host_clock_ns is not None:
+        cmdline.append(f"hostclock={host_clock_ns}")
     if network and opts.machine == "microvm":
         cmdline.append(MICROVM_NIC_PARAM)
     if manifest.get("cmdline"):
@@ -293,7 +306,9 @@ def kernel_cmdline(manifest: dict[str, Any], opts: RunOptions, network: bool,
 
 
 def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel: str,
-              check_files: bool = True) -> list[str]:
+              check_files: bool = True, host_clock: tuple[int, Path] | None = None) -> list[str]:
+    """QEMU's command line.  ``host_clock`` (hostclock= value, QMP socket): start
+    paused with a QMP socket, for :func:`resume_at`."""
     images = manifest.get("images", {})
     if opts.image not in images:
         have = ", ".join(sorted(images)) or "none"
@@ -315,7 +330,8 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
     else:
         raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
 
-    append = kernel_cmdline(manifest, opts, network, accel)
+    append = kernel_cmdline(manifest, opts, network, accel,
+                            host_clock[0] if host_clock is not None else None)
 
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
@@ -324,6 +340,8 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
             "-append", append]
     if accel == "kvm":
         argv += ["-cpu", "host"]
+    if host_clock is not None:
+        argv += ["-S", "-qmp", f"unix:{host_clock[1]},server=on,wait=off"]
     if network:
         fwds = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in _forwards(opts.forward))
         argv += ["-netdev", f"user,id=n0{fwds}", *nic]
@@ -350,6 +368,53 @@ def _forwards(specs: Sequence[str]) -> list[tuple[int, int]]:
 
 # --- running ----------------------------------------------------------------
 
+def resume_at(sock_path: Path, when_ns: int, proc: subprocess.Popen[bytes],
+              timeout: float = 60.0) -> int:
+    """Resume a QEMU started with -S at host time ``when_ns`` through its QMP socket.
+
+    Returns how many ns late the resume was (0 when QEMU was ready in time).
+    RunError if QEMU ends or does not answer within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        while True:
+            try:
+                sock.connect(str(sock_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if proc.poll() is not None:
+                    raise RunError(f"QEMU ended (status {proc.returncode}) before it "
+                                   "could be started") from None
+                if time.monotonic() > deadline:
+                    raise RunError(f"QEMU's QMP socket did not answer in {timeout:g} s") from None
+                time.sleep(0.002)
+        sock.settimeout(max(1.0, deadline - time.monotonic()))
+        replies = sock.makefile("rb")
+
+        def command(name: str) -> None:
+            sock.sendall(json.dumps({"execute": name}).encode() + b"\n")
+            for raw in replies:
+                reply = json.loads(raw)
+                if "error" in reply:
+                    raise RunError(f"QMP {name}: {reply['error'].get('desc', reply)}")
+                if "return" in reply:
+                    return
+            raise RunError(f"QMP {name}: QEMU closed the connection")
+
+        try:
+            if not json.loads(replies.readline() or b"{}").get("QMP"):
+                raise RunError("QMP: no greeting from QEMU")
+            command("qmp_capabilities")
+            wait = (when_ns - time.time_ns()) / 1e9
+            if wait > 0:
+                time.sleep(wait)
+            late = max(0, time.time_ns() - when_ns)
+            command("cont")
+        except (OSError, ValueError) as e:
+            raise RunError(f"QMP: {e}") from None
+    return late
+
+
 def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
               err: TextIO | None = None) -> int:
     """Boot, stream the console to ``out``, return the app's exit status."""
@@ -357,7 +422,19 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
     err = err or sys.stderr
     manifest = load_manifest(image_dir)
     accel = choose_accel(opts, err)
-    argv = qemu_argv(manifest, image_dir, opts, accel)
+    qmp_dir = Path(tempfile.mkdtemp(prefix="ukl-run-")) if accel == "tcg" else None
+    try:
+        return _run(manifest, image_dir, opts, accel, qmp_dir, out, err)
+    finally:
+        if qmp_dir is not None:
+            shutil.rmtree(qmp_dir, ignore_errors=True)
+
+
+def _run(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel: str,
+         qmp_dir: Path | None, out: TextIO, err: TextIO) -> int:
+    start_ns = time.time_ns() + HOST_CLOCK_LEAD_NS
+    host_clock = (start_ns, qmp_dir / "qmp.sock") if qmp_dir is not None else None
+    argv = qemu_argv(manifest, image_dir, opts, accel, host_clock=host_clock)
     print(f"[ukl-build] booting {manifest.get('name', image_dir.name)} "
           f"({opts.image}, {opts.machine}, {accel})", file=err, flush=True)
     start = time.monotonic()
@@ -385,6 +462,11 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
     panic: str | None = None
     first_line: float | None = None
     try:
+        if host_clock is not None:
+            late = resume_at(host_clock[1], host_clock[0], proc)
+            if late > 1_000_000:
+                print(f"[ukl-build] QEMU started {late / 1e6:.0f} ms late: the guest's wall clock "
+                      "is that much behind", file=err, flush=True)
         for raw in proc.stdout:
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             if status is not None or panic is not None:

@@ -24,6 +24,7 @@ from packaging.version import InvalidVersion, Version
 
 from ukl_build.errors import ConfigError
 from ukl_build.runner import (
+    HOST_CLOCK_PLACEHOLDER,
     Accel,
     Machine,
     RunError,
@@ -601,7 +602,7 @@ def _validate_run(s: Settings, origin: Origins) -> None:
         raise ConfigError(f"{origin('args')}: {e}") from None
     try:  # the longest line a boot of this image can have (microvm adds its NIC)
         kernel_cmdline({"cmdline": s.cmdline, "args": s.args}, RunOptions(machine=r.machine),
-                       network=True)
+                       network=True, host_clock_ns=HOST_CLOCK_PLACEHOLDER)
     except RunError as e:
         raise ConfigError(f"{origin('cmdline')}, with the app's arguments: {e}") from None
 

@@ -361,6 +361,20 @@ static void libc_checks(void)
 	check("nanosleep(1 ms) ends within 2 ms (median of 21)", late <= 10, 1);
 	check("atexit", atexit(at_exit_handler), 0);
 }
+
+/* The wall clock, five times 0.2 s apart: the host compares each line with its own. */
+static void wallclock(void)
+{
+	struct timespec now, pause = { 0, 200000000 };
+	int i;
+
+	for (i = 0; i < 5; i++) {
+		clock_gettime(CLOCK_REALTIME, &now);
+		printf("probe: wallclock %lld.%09ld\n", (long long)now.tv_sec, now.tv_nsec);
+		fflush(stdout);
+		nanosleep(&pause, NULL);
+	}
+}
 #endif
 
 /* Each frame holds 1 KiB; recursion without end overflows any stack. */
@@ -384,6 +398,12 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(what, "overflow"))
 		return overflow(0);
+#ifndef NOLIBC
+	if (!strcmp(what, "wallclock")) {
+		wallclock();
+		return 0;
+	}
+#endif
 	if (!strcmp(what, "threads")) {
 		thread_checks();
 #ifndef NOLIBC
