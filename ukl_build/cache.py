@@ -9,6 +9,7 @@ Layout under the cache root (``$UKL_BUILD_CACHE``, else ``$XDG_CACHE_HOME/ukl-bu
     trees/<key>/                 patched kernel trees
     sysroots/<key>/              nolibc + UAPI headers of one tree
     libcs/<key>/sysroot/         musl builds (and <key>.specs beside each)
+    deps/<key>/prefix/           libraries apps depend on, built and installed (include/, lib/)
     kconfig/<key>/.config        resolved kernel configurations
     kbuild/<key>/                out-of-tree kernel build dirs (O=), one per .config
     images/<key>/                verified bzImage + vmlinux of one build dir and app
