@@ -1,5 +1,6 @@
 """memcached 1.6.18 on libevent 2.1.12, both unmodified from Debian's source packages,
-built with musl and linked into vmlinux (UKL mode, QEMU TCG).
+built with musl and linked into vmlinux (UKL mode, QEMU TCG); every check runs again
+with the same build as a static /init (user mode).
 
 libevent is a dependency (``[tool.ukl-build.deps.libevent]``): configured,
 built and installed into the cache before memcached's own configure finds it.
@@ -25,11 +26,13 @@ from conftest import Builds, copy_example, free_port
 pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture(scope="module")
-def memcached_port(builds: Builds) -> Iterator[int]:
-    result = builds("memcached", "ukl")
+@pytest.fixture(scope="module", params=["ukl", "user"])
+def memcached_port(builds: Builds, request: pytest.FixtureRequest) -> Iterator[int]:
+    # User mode: the same sources as a static /init, on the benchmarks' user-mode
+    # kernel configuration (server, net, virtio-net, microvm): no extra kernel.
+    result = builds("memcached", request.param)
     manifest = result.images.manifest
-    assert manifest["mode"] == "ukl"
+    assert manifest["mode"] == request.param
     assert manifest["app"]["source"]["package"] == "memcached"
     assert [(d["name"], d["package"]) for d in manifest["app"]["deps"]] == [("libevent", "libevent")]
     port = free_port()
