@@ -167,14 +167,26 @@ def test_probe_on_musl_gives_the_same_results_in_both_modes(builds: Builds) -> N
     assert _probe_lines(out_nolibc) == _probe_lines(out_ukl), (out_nolibc, out_ukl)
 
 
+# The kernel's quick TSC calibration against the PIT fails when the emulator is
+# descheduled during it (a loaded host); the TSC then becomes the clocksource only
+# after the full calibration, about a second later, and until then time is counted
+# in 4 ms ticks and the boot wall clock comes from the CMOS clock (docs/design.md).
+TSC_CALIBRATION_FAILED = "tsc: Fast TSC calibration failed"
+
+
 def test_musl_threads_tls_and_fp_in_ring0_on_2_vcpus(builds: Builds) -> None:
-    rc, out, err = run(builds("probe", "ukl", libc="musl").images.directory, "--smp", "2", "--",
-                       "threads", timeout=240)
+    rc, out, err = run(builds("probe", "ukl", libc="musl").images.directory, "--smp", "2",
+                       "--kernel-log", "--", "threads", timeout=240)
     for line in ("threads: syscalls + FP math: ok", "threads: tls, errno, malloc, mutex + condvar: ok",
                  "tls of the main thread untouched: ok", "clock advances over nanosleep(1 ms): ok",
                  "atexit handler: ran"):
         assert line in out, out + err
-    assert "probe: threads (CPL 0)" in out and "FAIL" not in out and rc == 0, out + err
+    assert "probe: threads (CPL 0)" in out, out + err
+    if TSC_CALIBRATION_FAILED in out:
+        failed = [ln for ln in out.splitlines() if ln.endswith(": FAIL")]
+        assert all("(median of" in ln for ln in failed), out  # only the clock checks
+        pytest.skip(f"{TSC_CALIBRATION_FAILED} in this boot: the clock checks cannot be judged")
+    assert "FAIL" not in out and rc == 0, out + err
 
 
 @pytest.mark.parametrize("mode", ["ukl", "user"])
@@ -186,17 +198,22 @@ def test_guest_wall_clock_agrees_with_the_host(builds: Builds, mode: str) -> Non
     """
     image = builds("probe", mode, libc="musl").images.directory
     proc = subprocess.Popen([sys.executable, "-m", "ukl_build", "run", str(image), "--timeout",
-                             "120", "--", "wallclock"], stdout=subprocess.PIPE,
+                             "120", "--kernel-log", "--", "wallclock"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     diffs = []
+    calibration_failed = False
     try:
         for line in proc.stdout:
             arrived = time.time()
+            calibration_failed |= TSC_CALIBRATION_FAILED in line
             if m := re.search(r"probe: wallclock (\d+\.\d+)", line):
                 diffs.append(arrived - float(m.group(1)))
     finally:
         proc.kill()
         _, err = proc.communicate()
     assert len(diffs) == 5, err
+    if calibration_failed:  # no TSC frequency at boot: the CMOS clock, to the second
+        assert -1.5 < min(diffs) < 1.5, (diffs, err)
+        pytest.skip(f"{TSC_CALIBRATION_FAILED} in this boot: hostclock= could not be used")
     assert -0.05 < min(diffs) < 0.05, (diffs, err)
