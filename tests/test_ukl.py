@@ -167,6 +167,28 @@ def test_probe_on_musl_gives_the_same_results_in_both_modes(builds: Builds) -> N
     assert _probe_lines(out_nolibc) == _probe_lines(out_ukl), (out_nolibc, out_ukl)
 
 
+
+def _undefined(path: Path) -> set[str]:
+    out = subprocess.run(["nm", "-u", str(path)], capture_output=True, text=True, check=True)
+    return {ln.split()[-1] for ln in out.stdout.splitlines() if ln.strip() and ":" not in ln}
+
+
+def test_probe_on_musl_with_shortcuts(builds: Builds) -> None:
+    """musl built with -DUKL_SHORTCUTS (musl patch 0005): read/write/send/recv reach the
+    kernel's ukl_sc_* entry points from inside libc, and every answer stays the same."""
+    plain = builds("probe", "ukl", libc="musl")
+    fast = builds("probe", "ukl", libc="musl", shortcuts="true")
+    assert fast.images.manifest["app"]["shortcuts"] is True
+    assert fast.kernel.build_dir == plain.kernel.build_dir  # the same kernel, relinked
+    shortcuts = {"ukl_sc_read", "ukl_sc_write", "ukl_sc_sendto", "ukl_sc_recvfrom"}
+    assert shortcuts <= _undefined(fast.app.path)
+    assert not shortcuts & _undefined(plain.app.path)
+    rc_plain, out_plain, err_plain = run(plain.images.directory)
+    rc, out, err = run(fast.images.directory)
+    assert "read(socket): ok" in out and "recv(udp, empty datagram): ok" in out, out + err
+    assert _probe_lines(out) == _probe_lines(out_plain), (out, out_plain)
+    assert "FAIL" not in out and rc == 0 and rc_plain == 0, (out, err, err_plain)
+
 # The kernel's quick TSC calibration against the PIT fails when the emulator is
 # descheduled during it (a loaded host); the TSC then becomes the clocksource only
 # after the full calibration, about a second later, and until then time is counted

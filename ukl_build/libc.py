@@ -10,8 +10,9 @@ so that third-party build systems need no edits.
 
 In UKL mode musl is patched first (``libc_patches/musl-<version>/``: every
 ``syscall`` instruction becomes a call of the kernel's ``ukl_syscall()``,
-threads start through ``ukl_clone_thread()``) and compiled for the kernel
-code model; its start file is ``runtime/ukl/musl_start.c``, and the
+threads start through ``ukl_clone_thread()``; with ``shortcuts = true`` the
+hottest calls go to the kernel's direct entry points) and compiled for the
+kernel code model; its start file is ``runtime/ukl/musl_start.c``, and the
 "executable" it links is the relocatable object a UKL app is.
 """
 
@@ -67,12 +68,17 @@ def build_musl(settings: Settings, compiler: str, cache: Cache, reporter: Report
                          f"({series_dir})", hint="use Debian's musl (1.2.3), or user mode")
     start = runtime_dir() / "ukl" / "musl_start.c"
     codegen = UKL_CODEGEN if mode == "ukl" else ()
+    # Shortcuts (UKL mode): the hottest calls go to the kernel's direct entry points
+    # (patch "call the UKL kernel's shortcut entry points"), a separate build.
+    if settings.uses_shortcuts:
+        codegen = (*codegen, "-DUKL_SHORTCUTS=1")
     key = digest("musl", 2, source.origin, compiler, cc, mode, codegen,
                  [(p.name, p.sha256) for p in patches],
                  file_sha256(start) if mode == "ukl" else None)
 
     def make(tmp: Path) -> None:
-        reporter.stage("libc", f"building musl {version} for {mode} mode "
+        shortcuts = " with shortcuts" if settings.uses_shortcuts else ""
+        reporter.stage("libc", f"building musl {version} for {mode} mode{shortcuts} "
                        "(once per source, mode and compiler)")
         work = tmp / "src"
         shutil.copytree(source.path, work, symlinks=True)  # configure and make write here
