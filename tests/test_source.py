@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from ukl_build import source
 from ukl_build.cache import Cache
 from ukl_build.errors import SourceError
 from ukl_build.progress import Reporter
 from ukl_build.settings import AppSourceSettings, GitSettings, KernelSettings
-from ukl_build.source import AppSource, fetch_app_source, fetch_source
+from ukl_build.source import AppSource, _verify_dpkg_md5, fetch_app_source, fetch_source
 
 MAKEFILE = b"VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 99\nEXTRAVERSION =\n"
 
@@ -65,6 +66,32 @@ def test_local_tarball_wrong_sha256(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="sha256 mismatch"):
         fetch(KernelSettings(path=str(tb), sha256="0" * 64), tmp_path)
     assert not list((tmp_path / "cache").glob("sources/*"))
+
+
+
+def test_dpkg_verification_is_cached_by_the_recorded_checksum(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Debian tarball is read once per checksum dpkg recorded, not once per build."""
+    tb = good_tarball(tmp_path / "linux-source.tar.gz")
+    info = tmp_path / "info"
+    info.mkdir()
+    md5 = hashlib.md5(tb.read_bytes()).hexdigest()
+    (info / "linux-source-6.1.md5sums").write_text(f"{md5}  {str(tb).lstrip('/')}\n")
+    cache = Cache(tmp_path / "cache")
+    with Reporter(None) as r:
+        first = _verify_dpkg_md5(tb, "linux-source-6.1", cache, r, info)
+        assert first == sha(tb)
+
+        def unread(*_: object) -> None:
+            raise AssertionError("the tarball was read again")
+        monkeypatch.setattr(source, "hash_file", unread)
+        assert _verify_dpkg_md5(tb, "linux-source-6.1", cache, r, info) == first
+        # A new package version: a new checksum, verified afresh (and refused here).
+        (info / "linux-source-6.1.md5sums").write_text(f"{'0' * 32}  {str(tb).lstrip('/')}\n")
+        monkeypatch.undo()
+        with pytest.raises(SourceError, match="does not match the checksum dpkg recorded"):
+            _verify_dpkg_md5(tb, "linux-source-6.1", cache, r, info)
+    assert len(list((tmp_path / "cache" / "verified").iterdir())) == 1  # nothing for the refusal
 
 
 def test_version_mismatch(tmp_path: Path) -> None:

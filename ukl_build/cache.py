@@ -4,6 +4,7 @@ Layout under the cache root (``$UKL_BUILD_CACHE``, else ``$XDG_CACHE_HOME/ukl-bu
 
     downloads/<sha256>.<ext>     verified source archives (kernel, apps, musl)
     downloads/debian-<pkg>-<k>.json  apt's answer for a source package, by apt index state
+    verified/<key>/sha256        a file that matched dpkg's md5 list, by package, path and md5
     sources/<key>/tree/          extracted archives, git exports, copied directories
     git/<key>/                   bare repositories that git sources are fetched into
     trees/<key>/                 patched kernel trees

@@ -14,8 +14,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from ukl_build.progress import Reporter
 from ukl_build.settings import AppSourceSettings, KernelSettings
 
 TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
+DPKG_INFO = Path("/var/lib/dpkg/info")  # <package>.md5sums: what dpkg installed
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,7 @@ def fetch_source(
                 hint=f"apt-get install linux-source-{kernel.version}   "
                 "(or: python -m ukl_build doctor --install, as root)",
             )
-        reporter.stage("source", f"verifying {tarball} against dpkg's checksums")
-        sha = _verify_dpkg_md5(tarball, f"linux-source-{kernel.version}")
+        sha = _verify_dpkg_md5(tarball, f"linux-source-{kernel.version}", cache, reporter)
         origin = {"kind": "debian", "package": f"linux-source-{kernel.version}",
                   "path": str(tarball), "sha256": sha}
         tree = _tree_from_tarball(tarball, sha, cache, reporter)
@@ -118,9 +116,17 @@ def kernel_release(tree: Path) -> str:
 
 # --- verification -----------------------------------------------------------
 
-def _verify_dpkg_md5(path: Path, package: str) -> str:
-    """Check ``path`` against dpkg's md5sums list; return its sha256 (one read for both)."""
-    md5sums = Path(f"/var/lib/dpkg/info/{package}.md5sums")
+def _verify_dpkg_md5(path: Path, package: str, cache: Cache, reporter: Reporter,
+                     info_dir: Path = DPKG_INFO) -> str:
+    """Check ``path`` against dpkg's md5sums list; return its sha256 (one read for both).
+
+    The result is cached by what dpkg recorded (package, file, md5), not by the
+    file's times: once a file with that checksum was verified, its sha256 names
+    the tree extracted from it, and a later build uses that tree without
+    reading the archive again (a tarball changed since then is not used).  A
+    new package version has a new checksum and is verified afresh.
+    """
+    md5sums = info_dir / f"{package}.md5sums"
     if not md5sums.is_file():
         raise SourceError(
             f"{path}: no dpkg checksum list {md5sums}; cannot verify it",
@@ -134,14 +140,20 @@ def _verify_dpkg_md5(path: Path, package: str) -> str:
             expected = parts[0]
     if expected is None:
         raise SourceError(f"{md5sums}: no entry for {path}")
-    md5, sha = hashlib.md5(), hashlib.sha256()
-    hash_file(path, md5, sha)
-    if md5.hexdigest() != expected:
-        raise SourceError(
-            f"{path}: does not match the checksum dpkg recorded for {package}",
-            hint=f"apt-get install --reinstall {package}",
-        )
-    return sha.hexdigest()
+
+    def verify(tmp: Path) -> None:
+        reporter.stage("source", f"verifying {path} against dpkg's checksums")
+        md5, sha = hashlib.md5(), hashlib.sha256()
+        hash_file(path, md5, sha)
+        if md5.hexdigest() != expected:
+            raise SourceError(
+                f"{path}: does not match the checksum dpkg recorded for {package}",
+                hint=f"apt-get install --reinstall {package}",
+            )
+        (tmp / "sha256").write_text(sha.hexdigest() + "\n")
+
+    entry = cache.entry("verified", digest("dpkg-md5", package, rel, expected), verify)
+    return (entry / "sha256").read_text().strip()
 
 
 # --- kinds ------------------------------------------------------------------
@@ -153,6 +165,8 @@ def _download(url: str, sha256: str, cache: Cache, reporter: Reporter,
     if dest.is_file():
         return dest
     reporter.stage("source", f"downloading {url}")
+    import urllib.request  # here: 30 ms that a build which downloads nothing should not pay
+
     h = hashlib.sha256()
     try:
         with new_path(dest) as tmp:  # in downloads/ only once verified
@@ -167,7 +181,7 @@ def _download(url: str, sha256: str, cache: Cache, reporter: Reporter,
                     f"    expected {sha256}\n    got      {got}",
                     hint="the download was discarded; check the URL and the sha256 key",
                 )
-    except (urllib.error.URLError, OSError) as e:
+    except OSError as e:  # urllib's URLError included
         raise SourceError(f"{where} url: cannot download {url}: {e}") from None
     return dest
 
