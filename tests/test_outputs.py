@@ -5,22 +5,24 @@ from __future__ import annotations
 import json
 import stat
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.metadata import Metadata
 
 from ukl_build.artifacts import ImageSet, check_out_dir, owned_files, remove_owned, replace_dir
 from ukl_build.errors import ConfigError
 from ukl_build.settings import load_settings
 from ukl_build.wheel import write_sdist, write_wheel
 
-from conftest import copy_example, run_cli
+from conftest import copy_example, fake_manifest, run_cli
 
 
 def fake_image_dir(path: Path) -> Path:
     path.mkdir(parents=True)
-    manifest = {"ukl_build": "0", "kernel": {"config": {"file": "a.config"}},
-                "images": {"bzimage": {"file": "a.bzImage"}}}
+    manifest = fake_manifest(kernel={"config": {"file": "a.config"}},
+                             images={"bzimage": {"file": "a.bzImage"}})
     (path / "manifest.json").write_text(json.dumps(manifest))
     for name in ("a.config", "a.bzImage", "sbom.cdx.json"):
         (path / name).write_text("{}")
@@ -91,3 +93,29 @@ def test_wheel_and_sdist_are_world_readable(tmp_path: Path) -> None:
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
     with tarfile.open(sdist) as tar:
         assert "ukl_hello-0.1.0/src/hello.c" in tar.getnames()
+
+
+def test_wheel_and_sdist_carry_the_projects_metadata(tmp_path: Path) -> None:
+    """METADATA/PKG-INFO come from [project]; license files go to .dist-info/licenses/."""
+    project = copy_example("hello", tmp_path)
+    (project / "LICENSE").write_text("MIT License\n")
+    text = (project / "pyproject.toml").read_text()
+    (project / "pyproject.toml").write_text(text.replace(
+        '[project]\n', '[project]\nlicense = "MIT"\nlicense-files = ["LICENSE"]\n'
+        'dependencies = ["attrs>=22"]\n', 1))
+    settings = load_settings(project)
+    images = ImageSet(fake_image_dir(tmp_path / "img"),
+                      json.loads((tmp_path / "img/manifest.json").read_text()))
+    wheel = tmp_path / "dist" / write_wheel(settings, images, tmp_path / "dist", 315532800)
+    sdist = tmp_path / "dist" / write_sdist(settings, tmp_path / "dist", 315532800)
+    with zipfile.ZipFile(wheel) as zf:
+        info = "ukl_hello-0.1.0.dist-info"
+        assert zf.read(f"{info}/licenses/LICENSE") == b"MIT License\n"
+        metadata = zf.read(f"{info}/METADATA")
+        meta = Metadata.from_email(metadata)
+        assert f"{info}/licenses/LICENSE" in zf.read(f"{info}/RECORD").decode()
+    assert meta.license_expression == "MIT" and meta.license_files == ["LICENSE"]
+    assert [str(r) for r in meta.requires_dist or []] == ["attrs>=22"]
+    with tarfile.open(sdist) as tar:
+        pkg_info = tar.extractfile("ukl_hello-0.1.0/PKG-INFO")
+        assert pkg_info is not None and pkg_info.read() == metadata

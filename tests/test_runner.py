@@ -18,11 +18,12 @@ from ukl_build.runner import (
     wait_status_to_exit,
 )
 
+from conftest import fake_manifest
+
 
 def image_dir(tmp_path: Path, **extra: object) -> Path:
     (tmp_path / "app.bzImage").write_bytes(b"x")
-    manifest = {"name": "app", "cmdline": "quiet ip=10.0.2.15", "args": ["--port", "8080"],
-                "images": {"bzimage": {"file": "app.bzImage"}}, **extra}
+    manifest = fake_manifest(cmdline="quiet ip=10.0.2.15", args=["--port", "8080"], **extra)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     return tmp_path
 
@@ -140,7 +141,7 @@ def test_cmdline_length_and_arg_count_checked(tmp_path: Path) -> None:
 
 def test_run_takes_machine_memory_smp_from_the_image(tmp_path: Path) -> None:
     from ukl_build.cli import parser
-    from ukl_build.runner import options_from_args, run_defaults
+    from ukl_build.runner import default_run, options_from_args, run_defaults
 
     d = image_dir(tmp_path, run={"machine": "q35", "memory": "512M", "smp": 2, "accel": "tcg",
                                  "forward": ["18080:8080"]})
@@ -149,8 +150,8 @@ def test_run_takes_machine_memory_smp_from_the_image(tmp_path: Path) -> None:
     assert (opts.machine, opts.memory, opts.smp, opts.forward) == ("q35", "512M", 2, ["18080:8080"])
     opts = options_from_args(parser().parse_args(["run", str(d), "--smp", "1", "-m", "1G"]), defaults)
     assert (opts.machine, opts.memory, opts.smp) == ("q35", "1G", 1)
-    # an image without a run table gets RunOptions' own defaults
-    plain = run_defaults({})
+    # RunOptions' own defaults, the ones a project's run table starts from
+    plain = default_run()
     assert (plain["machine"], plain["memory"], plain["smp"]) == ("microvm", "256M", 1)
 
 

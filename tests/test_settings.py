@@ -24,7 +24,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.mode == "ukl"
     assert s.kernel.kind == "debian" and s.kernel.version == "6.1"
     assert s.recipes == ["microvm"] and s.formats == ["bzimage"]
-    assert s.dist_name == "demo_app"
+    assert s.project.dist_name == "demo_app"
 
 
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:

@@ -23,7 +23,15 @@ from ukl_build.errors import ConfigError
 from ukl_build.kbuild import KernelImages
 from ukl_build.kconfig import KernelConfig, read_config
 from ukl_build.patches import PatchedTree
-from ukl_build.runner import DEFAULT_INIT_ARG_LIMIT, RunError, RunOptions, qemu_argv
+from ukl_build.runner import (
+    DEFAULT_INIT_ARG_LIMIT,
+    MANIFEST_SCHEMA,
+    AppRecord,
+    Manifest,
+    RunError,
+    RunOptions,
+    qemu_argv,
+)
 from ukl_build.settings import Settings
 
 MANIFEST = "manifest.json"
@@ -33,7 +41,7 @@ SBOM = "sbom.cdx.json"
 @dataclass(frozen=True)
 class ImageSet:
     directory: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.directory.iterdir() if p.is_file())
@@ -43,7 +51,7 @@ class ImageSet:
         return self.directory / name
 
 
-def qemu_example(manifest: dict[str, Any], fmt: str) -> str:
+def qemu_example(manifest: Manifest, fmt: str) -> str:
     """The command ``ukl_build run`` would use, for people who boot the image by hand."""
     run = manifest["run"]
     opts = RunOptions(machine=run["machine"], memory=run["memory"], smp=run["smp"],
@@ -61,7 +69,7 @@ def write_image_set(
     kernel: KernelImages,
     source_date_epoch: int,
 ) -> ImageSet:
-    name = settings.dist_name
+    name = settings.project.dist_name
     values = read_config(config.path)
     network = values.get("VIRTIO_NET") == "y"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -76,10 +84,10 @@ def write_image_set(
             images[fmt] = {"file": filename, "sha256": file_sha256(tmp / filename),
                            "size": (tmp / filename).stat().st_size}
         shutil.copy2(config.path, tmp / f"{name}.config")
-        manifest: dict[str, Any] = {
-            "schema": 1,
-            "name": settings.name,
-            "version": settings.version,
+        manifest: Manifest = {
+            "schema": MANIFEST_SCHEMA,
+            "name": settings.project.name,
+            "version": settings.project.version,
             "module": name,
             "mode": settings.mode,
             "arch": "x86_64",
@@ -92,11 +100,7 @@ def write_image_set(
                 "recipes": list(config.recipes),
                 "config": {"file": f"{name}.config", "sha256": config.key},
             },
-            "app": {"libc": app.libc, "compiler": app.compiler, "sha256": app.sha256,
-                    "shortcuts": settings.uses_shortcuts,
-                    **({"source": app.source} if app.source is not None else {}),
-                    **({"libc_source": app.libc_source} if app.libc_source is not None else {}),
-                    **({"deps": list(app.deps)} if app.deps else {})},
+            "app": _app_record(app, settings.uses_shortcuts),
             "cmdline": settings.cmdline,
             "args": list(settings.args),
             "init_arg_limit": int(values.get("INIT_ENV_ARG_LIMIT", DEFAULT_INIT_ARG_LIMIT)),
@@ -123,7 +127,19 @@ def write_image_set(
     return ImageSet(out_dir, manifest)
 
 
-def sbom(manifest: dict[str, Any]) -> dict[str, Any]:
+def _app_record(app: AppBinary, shortcuts: bool) -> AppRecord:
+    record: AppRecord = {"libc": app.libc, "compiler": app.compiler, "sha256": app.sha256,
+                         "shortcuts": shortcuts}
+    if app.source is not None:
+        record["source"] = app.source
+    if app.libc_source is not None:
+        record["libc_source"] = app.libc_source
+    if app.deps:
+        record["deps"] = list(app.deps)
+    return record
+
+
+def sbom(manifest: Manifest) -> dict[str, Any]:
     """A CycloneDX 1.5 document: the image, the kernel it contains (with our patches), the app."""
     kernel = manifest["kernel"]
     src = kernel["source"]

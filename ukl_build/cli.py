@@ -10,7 +10,6 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ukl_build import __version__
 from ukl_build.cache import Cache
@@ -101,7 +100,7 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
             if not (path / "manifest.json").is_file():
                 raise UklError(f"{ns.path}: not built yet", hint=f"python -m ukl_build build {ns.path}")
         image_dir = _image_dir_for(path, ns, Path(tmp))
-        manifest: dict[str, Any] = load_manifest(image_dir)
+        manifest = load_manifest(image_dir)
     if ns.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
         return 0

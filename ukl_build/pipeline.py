@@ -68,9 +68,13 @@ def build(
     cache: Cache | None = None,
     stream: TextIO | None = None,
     out_dir: Path | None = None,
+    own_metadata: bool = True,
 ) -> BuildResult:
-    """Build the project's images into ``out_dir`` (default: build/ukl-build/image)."""
-    settings = load_settings(project_dir, config_settings)
+    """Build the project's images into ``out_dir`` (default: build/ukl-build/image).
+
+    ``own_metadata=False``: another backend owns ``[project]`` (see load_settings).
+    """
+    settings = load_settings(project_dir, config_settings, own_metadata)
     cache = cache or Cache()
     bdir = build_dir_of(settings.project_dir)
     out_dir = (out_dir or bdir / "image").resolve()
@@ -99,7 +103,8 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
     sde = source_date_epoch()
     env = reproducible_env(cache, sde)
     shortcuts = " + shortcuts" if settings.uses_shortcuts else ""
-    reporter.stage("config", f"{settings.name} {settings.version}: mode {settings.mode}{shortcuts}, "
+    project = settings.project
+    reporter.stage("config", f"{project.name} {project.version}: mode {settings.mode}{shortcuts}, "
                    f"cache {cache.root}")
     if settings.shortcuts and not settings.uses_shortcuts:
         reporter.stage("config", "shortcuts = true has no effect in user mode")

@@ -32,10 +32,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypedDict
 
 EXIT_TIMEOUT = 124
 EXIT_NO_STATUS = 125
@@ -71,13 +72,90 @@ class RunError(Exception):
     pass
 
 
-def load_manifest(image_dir: Path) -> dict[str, Any]:
+# manifest.json, schema 1: written by ukl_build.artifacts, read here (and by the launcher
+# copy of this file in every wheel, which is why the shape is defined here: stdlib only).
+MANIFEST_SCHEMA = 1
+
+
+class ImageFile(TypedDict):
+    file: str  # in the image directory
+    sha256: str
+    size: int
+
+
+class KernelConfigFile(TypedDict):
+    file: str
+    sha256: str  # the resolved .config's key
+
+
+class KernelRecord(TypedDict):
+    release: str  # e.g. 6.1.192
+    source: dict[str, Any]  # where the tree came from, with its digest
+    patches: list[dict[str, str]]  # name, sha256, in order
+    recipes: list[str]
+    config: KernelConfigFile
+
+
+class _AppRecord(TypedDict):
+    libc: str
+    compiler: str
+    sha256: str
+    shortcuts: bool
+
+
+class AppRecord(_AppRecord, total=False):
+    source: dict[str, Any]  # a fetched app source tree, with its digest
+    libc_source: dict[str, Any]  # musl: version and source
+    deps: list[dict[str, Any]]  # libraries built from source and linked in
+
+
+class RunDefaults(TypedDict):
+    """How the image boots unless told otherwise: RunOptions' defaults, or the project's."""
+    machine: Machine
+    memory: str
+    smp: int
+    accel: Accel
+    forward: list[str]
+
+
+class _Manifest(TypedDict):
+    schema: int
+    name: str
+    version: str
+    module: str  # the launcher's Python module
+    mode: str  # "ukl" or "user"
+    arch: str
+    ukl_build: str  # the version that built it
+    source_date_epoch: int
+    kernel: KernelRecord
+    app: AppRecord
+    cmdline: str
+    args: list[str]
+    init_arg_limit: int
+    network: bool
+    images: dict[str, ImageFile]  # by format: bzimage, pvh
+    run: RunDefaults
+
+
+class Manifest(_Manifest, total=False):
+    qemu: dict[str, str]  # by format: the QEMU command line, for people
+
+
+def load_manifest(image_dir: Path) -> Manifest:
     path = image_dir / "manifest.json"
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-        return manifest
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(f"{path}: not found (not a ukl-build image directory)") from None
+    except ValueError as e:
+        raise RunError(f"{path}: not JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
+        raise RunError(f"{path}: not a ukl-build manifest of schema {MANIFEST_SCHEMA}")
+    missing = [k for k in _Manifest.__annotations__ if k not in data]
+    if missing:
+        raise RunError(f"{path}: missing {', '.join(missing)}")
+    manifest: Manifest = data  # type: ignore[assignment]  # checked above, key by key
+    return manifest
 
 
 def wait_status_to_exit(code: int) -> int:
@@ -268,8 +346,9 @@ HOST_CLOCK_LEAD_NS = 150_000_000
 HOST_CLOCK_PLACEHOLDER = 10**18  # as long as any hostclock= value until 2286
 
 
-def kernel_cmdline(manifest: dict[str, Any], opts: RunOptions, network: bool,
-                   accel: str = "tcg", host_clock_ns: int | None = None) -> str:
+def kernel_cmdline(image_cmdline: str, image_args: Sequence[str], opts: RunOptions,
+                   network: bool, accel: str = "tcg", host_clock_ns: int | None = None,
+                   init_arg_limit: int = DEFAULT_INIT_ARG_LIMIT) -> str:
     """The kernel command line of a boot: ours, the image's, then ``--`` and the app's argv.
 
     ``host_clock_ns``: the host's wall clock when QEMU will start the guest
@@ -283,16 +362,16 @@ def kernel_cmdline(manifest: dict[str, Any], opts: RunOptions, network: bool,
         cmdline.append(f"hostclock={host_clock_ns}")
     if network and opts.machine == "microvm":
         cmdline.append(MICROVM_NIC_PARAM)
-    if manifest.get("cmdline"):
-        cmdline.append(manifest["cmdline"])
+    if image_cmdline:
+        cmdline.append(image_cmdline)
     if opts.kernel_log:
         cmdline = [" ".join(w for w in c.split() if w != "quiet") for c in cmdline]
         cmdline.append("loglevel=7")
     if opts.extra_cmdline:
         cmdline.append(opts.extra_cmdline)
-    args = opts.args if opts.args is not None else manifest.get("args", [])
+    args = opts.args if opts.args is not None else list(image_args)
     try:
-        check_app_args(args, int(manifest.get("init_arg_limit", DEFAULT_INIT_ARG_LIMIT)))
+        check_app_args(args, init_arg_limit)
     except ValueError as e:
         raise RunError(f"app arguments: {e}") from None
     if args:
@@ -305,11 +384,11 @@ def kernel_cmdline(manifest: dict[str, Any], opts: RunOptions, network: bool,
     return append
 
 
-def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel: str,
+def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
               check_files: bool = True, host_clock: tuple[int, Path] | None = None) -> list[str]:
     """QEMU's command line.  ``host_clock`` (hostclock= value, QMP socket): start
     paused with a QMP socket, for :func:`resume_at`."""
-    images = manifest.get("images", {})
+    images = manifest["images"]
     if opts.image not in images:
         have = ", ".join(sorted(images)) or "none"
         raise RunError(f"image format {opts.image!r} is not in this build (have: {have})")
@@ -318,7 +397,7 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
         raise RunError(f"{kernel}: missing")
     if check_files and shutil.which(opts.qemu) is None:
         raise RunError(f"{opts.qemu} not found (apt-get install qemu-system-x86)")
-    network = bool(opts.forward or manifest.get("network"))
+    network = bool(opts.forward or manifest["network"])
     if opts.machine == "microvm":
         # No ACPI, and no automatic virtio_mmio.device= on the command line: QEMU
         # would append it after "--", where it would land in the app's argv.
@@ -330,8 +409,9 @@ def qemu_argv(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel
     else:
         raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
 
-    append = kernel_cmdline(manifest, opts, network, accel,
-                            host_clock[0] if host_clock is not None else None)
+    append = kernel_cmdline(manifest["cmdline"], manifest["args"], opts, network, accel,
+                            host_clock[0] if host_clock is not None else None,
+                            manifest["init_arg_limit"])
 
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
@@ -430,7 +510,7 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
             shutil.rmtree(qmp_dir, ignore_errors=True)
 
 
-def _run(manifest: dict[str, Any], image_dir: Path, opts: RunOptions, accel: str,
+def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
          qmp_dir: Path | None, out: TextIO, err: TextIO) -> int:
     start_ns = time.time_ns() + HOST_CLOCK_LEAD_NS
     host_clock = (start_ns, qmp_dir / "qmp.sock") if qmp_dir is not None else None
@@ -530,20 +610,25 @@ def _exit_on_sigterm() -> Callable[[], None]:
     return restore
 
 
-def run_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The image's ``run`` table over RunOptions' own defaults: the one place defaults live."""
+def default_run() -> RunDefaults:
+    """RunOptions' own defaults: the one place they live (settings.RunSettings uses them too)."""
     base = RunOptions()
-    out: dict[str, Any] = {"accel": base.accel, "machine": base.machine, "memory": base.memory,
-                           "smp": base.smp, "forward": list(base.forward)}
-    out.update({k: v for k, v in manifest.get("run", {}).items() if k in out})
+    return {"accel": base.accel, "machine": base.machine, "memory": base.memory,
+            "smp": base.smp, "forward": list(base.forward)}
+
+
+def run_defaults(manifest: Manifest) -> RunDefaults:
+    """The image's ``run`` table over RunOptions' own defaults."""
+    out = default_run()
+    out.update(manifest["run"])
     return out
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, Any]) -> None:
     """Run options; ``defaults`` from :func:`run_defaults` (None: filled in later)."""
-    parser.add_argument("--accel", choices=["tcg", "kvm", "auto"], default=defaults.get("accel"),
+    parser.add_argument("--accel", choices=typing.get_args(Accel), default=defaults.get("accel"),
                         help="accelerator; auto probes KVM with a short timeout (default: %(default)s)")
-    parser.add_argument("--machine", choices=["microvm", "q35"], default=defaults.get("machine"))
+    parser.add_argument("--machine", choices=typing.get_args(Machine), default=defaults.get("machine"))
     parser.add_argument("--memory", "-m", default=defaults.get("memory"))
     parser.add_argument("--smp", type=int, default=defaults.get("smp"))
     parser.add_argument("--forward", "-p", action="append", metavar="HOST:GUEST",
@@ -572,7 +657,7 @@ def split_app_args(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
     return argv[:i], argv[i + 1:]
 
 
-def options_from_args(ns: argparse.Namespace, defaults: dict[str, Any]) -> RunOptions:
+def options_from_args(ns: argparse.Namespace, defaults: Mapping[str, Any]) -> RunOptions:
     """Options given on the command line, else the image's ``run`` defaults."""
     def pick(name: str) -> Any:
         value = getattr(ns, name)

@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion, Version
-
 from ukl_build.errors import ConfigError
+from ukl_build.project import Project, load_project
 from ukl_build.runner import (
     HOST_CLOCK_PLACEHOLDER,
     Accel,
@@ -41,7 +39,6 @@ Libc = Literal["nolibc", "glibc", "musl"]
 Format = Literal["bzimage", "pvh"]
 SourceKind = Literal["debian", "url", "path", "git"]
 _KCONFIG_NAME = re.compile(r"^[A-Z0-9_]+$")
-_DIST_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)  # PEP 508
 _MEMORY = re.compile(r"^[1-9][0-9]*[KMGT]?$", re.IGNORECASE)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -182,9 +179,7 @@ class Origins:
 @dataclass(frozen=True)
 class Settings:
     project_dir: Path
-    name: str
-    version: str
-    summary: str
+    project: Project  # [project]: name, version, core metadata
     origin: Origins  # where each key came from, for errors found later in the build
     mode: Mode = _doc(
         '"ukl": the app is linked into vmlinux and runs in ring 0, its system calls are '
@@ -243,11 +238,6 @@ class Settings:
         """Whether the app is built to call the kernel's shortcut entry points (UKL mode only)."""
         return self.mode == "ukl" and self.shortcuts
 
-    @property
-    def dist_name(self) -> str:
-        """The distribution name as it appears in file names."""
-        return canonicalize_name(self.name).replace("-", "_")
-
     def kconfig_items(self) -> list[tuple[str, str]]:
         return sorted(self.kconfig.items())
 
@@ -255,13 +245,18 @@ class Settings:
 # ---------------------------------------------------------------------------
 # loading
 
-_TOP_LEVEL_ONLY = frozenset({"project_dir", "name", "version", "summary", "origin"})
+_TOP_LEVEL_ONLY = frozenset({"project_dir", "project", "origin"})
 
 
 def load_settings(
-    project_dir: Path, config_settings: Mapping[str, Any] | None = None
+    project_dir: Path, config_settings: Mapping[str, Any] | None = None,
+    own_metadata: bool = True,
 ) -> Settings:
-    """Read ``project_dir/pyproject.toml`` and apply ``-C`` overrides."""
+    """Read ``project_dir/pyproject.toml`` and apply ``-C`` overrides.
+
+    ``own_metadata=False`` (the setuptools plugin): setuptools writes the core
+    metadata from ``[project]``; ukl-build reads only the name and version.
+    """
     project_dir = project_dir.resolve()
     pyproject = project_dir / "pyproject.toml"
     try:
@@ -272,34 +267,12 @@ def load_settings(
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{pyproject}: invalid TOML: {e}") from None
 
-    project = data.get("project")
-    if not isinstance(project, dict):
-        raise ConfigError(f"{pyproject}: missing [project] table")
-    for key in ("name", "version"):
-        if not isinstance(project.get(key), str):
-            raise ConfigError(
-                f"{pyproject}: [project] {key} must be a string",
-                hint="dynamic name/version are not supported by ukl-build",
-            )
-    try:
-        Version(project["version"])
-    except InvalidVersion:
-        raise ConfigError(f"{pyproject}: [project] version: invalid version {project['version']!r}") from None
-
+    project = load_project(data.get("project"), pyproject, own_metadata)
     raw = data.get("tool", {}).get("ukl-build")
     if raw is None:
         raise ConfigError(f"{pyproject}: no [tool.ukl-build] table", hint="see docs/configuration.md")
     if not isinstance(raw, dict):
         raise ConfigError(f"{pyproject}: [tool.ukl-build] must be a table")
-    name = project["name"]
-    if not _DIST_NAME.match(name):
-        raise ConfigError(f"{pyproject}: [project] name: {name!r} is not a valid distribution name",
-                          hint="letters, digits, '-', '_' and '.', starting and ending with a "
-                               "letter or digit (PEP 508)")
-    if not canonicalize_name(name).replace("-", "_").isidentifier():
-        raise ConfigError(f"{pyproject}: [project] name: {name!r} gives the launcher module "
-                          f"{canonicalize_name(name).replace('-', '_')!r}, not a Python identifier",
-                          hint="start the name with a letter")
     overrides = dict(config_settings or {})
     origin = Origins(str(pyproject), frozenset(
         _key(k) for k in overrides if not _frontend_key(k)))
@@ -308,9 +281,7 @@ def load_settings(
     values = _convert_table(raw, Settings, origin, "", skip=_TOP_LEVEL_ONLY)
     settings = Settings(
         project_dir=project_dir,
-        name=name,
-        version=project["version"],
-        summary=str(project.get("description", "")),
+        project=project,
         origin=origin,
         **values,
     )
@@ -601,7 +572,7 @@ def _validate_run(s: Settings, origin: Origins) -> None:
     except ValueError as e:
         raise ConfigError(f"{origin('args')}: {e}") from None
     try:  # the longest line a boot of this image can have (microvm adds its NIC)
-        kernel_cmdline({"cmdline": s.cmdline, "args": s.args}, RunOptions(machine=r.machine),
+        kernel_cmdline(s.cmdline, s.args, RunOptions(machine=r.machine),
                        network=True, host_clock_ns=HOST_CLOCK_PLACEHOLDER)
     except RunError as e:
         raise ConfigError(f"{origin('cmdline')}, with the app's arguments: {e}") from None

@@ -41,14 +41,15 @@ class build_ukl(Command):  # type: ignore[misc]  # setuptools ships no types
         from ukl_build.pipeline import build
         from ukl_build.settings import load_settings
 
-        settings = load_settings(Path.cwd())
+        settings = load_settings(Path.cwd(), own_metadata=False)  # setuptools writes METADATA
         packages = [p for p in (self.distribution.packages or []) if "." not in p]
-        package = settings.dist_name if settings.dist_name in packages else (packages or [None])[0]
+        module = settings.project.dist_name
+        package = module if module in packages else (packages or [None])[0]
         if package is None:
             raise RuntimeError("ukl-build: the setuptools project has no package to hold the images")
         assert self.build_lib is not None
         target = Path(self.build_lib) / package
-        result = build(Path.cwd(), out_dir=target / "_image")
+        result = build(Path.cwd(), out_dir=target / "_image", own_metadata=False)
         shutil.copy2(Path(__file__).with_name("runner.py"), target / "_ukl_runner.py")
         self.announce(f"ukl-build: images in {result.images.directory}", level=2)
 

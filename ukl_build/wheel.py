@@ -30,42 +30,35 @@ WHEEL_TAG = "py3-none-any"
 _SDIST_EXCLUDE = {"build", "dist", ".git", "__pycache__", ".venv", ".pytest_cache", ".ruff_cache"}
 
 
-def metadata_text(settings: Settings) -> str:
-    lines = [
-        "Metadata-Version: 2.1",
-        f"Name: {settings.name}",
-        f"Version: {settings.version}",
-        f"Summary: {settings.summary}",
-        "Requires-Python: >=3.9",
-        "Classifier: Operating System :: OS Independent",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def dist_info_files(settings: Settings) -> dict[str, bytes]:
-    name = settings.dist_name
+    project = settings.project
     return {
-        "METADATA": metadata_text(settings).encode(),
+        "METADATA": project.metadata_bytes(),
         "WHEEL": (f"Wheel-Version: 1.0\nGenerator: ukl-build {__version__}\n"
                   f"Root-Is-Purelib: true\nTag: {WHEEL_TAG}\n").encode(),
-        "entry_points.txt": (f"[console_scripts]\n{settings.name} = {name}.__main__:main\n").encode(),
+        "entry_points.txt": (f"[console_scripts]\n{project.name} = "
+                             f"{project.dist_name}.__main__:main\n").encode(),
+        # PEP 639: the files [project] license-files names, under their project paths.
+        **{f"licenses/{rel.as_posix()}": (settings.project_dir / rel).read_bytes()
+           for rel in project.license_files},
     }
 
 
 def write_metadata_dir(settings: Settings, directory: Path) -> str:
-    info = f"{settings.dist_name}-{settings.version}.dist-info"
+    info = f"{settings.project.dist_name}-{settings.project.version}.dist-info"
     (directory / info).mkdir(parents=True, exist_ok=True)
     for fname, data in dist_info_files(settings).items():
+        (directory / info / fname).parent.mkdir(parents=True, exist_ok=True)
         (directory / info / fname).write_bytes(data)
     return info
 
 
 def launcher_files(settings: Settings) -> dict[str, bytes]:
     runner = Path(__file__).with_name("runner.py").read_bytes()
-    init = (f'"""{settings.name} {settings.version}: a ukl-build unikernel image and its launcher."""\n\n'
+    project = settings.project
+    init = (f'"""{project.name} {project.version}: a ukl-build unikernel image and its launcher."""\n\n'
             "from pathlib import Path\n\n"
-            f'__version__ = "{settings.version}"\n'
+            f'__version__ = "{project.version}"\n'
             'IMAGE_DIR = Path(__file__).resolve().parent / "_image"\n').encode()
     main = (b"import sys\n\n"
             b"from . import IMAGE_DIR\n"
@@ -87,9 +80,9 @@ def _record_hash(data: bytes) -> str:
 
 def write_wheel(settings: Settings, images: ImageSet, wheel_dir: Path, epoch: int) -> str:
     """Write the wheel atomically into ``wheel_dir``; return its file name."""
-    name = settings.dist_name
-    filename = f"{name}-{settings.version}-{WHEEL_TAG}.whl"
-    info = f"{name}-{settings.version}.dist-info"
+    name = settings.project.dist_name
+    filename = f"{name}-{settings.project.version}-{WHEEL_TAG}.whl"
+    info = f"{name}-{settings.project.version}.dist-info"
     entries: list[tuple[str, bytes | Path]] = []
     for fname, data in launcher_files(settings).items():
         entries.append((f"{name}/{fname}", data))
@@ -127,7 +120,7 @@ def _sdist_members(root: Path) -> Iterable[Path]:
 
 
 def write_sdist(settings: Settings, sdist_dir: Path, epoch: int) -> str:
-    base = f"{settings.dist_name}-{settings.version}"
+    base = f"{settings.project.dist_name}-{settings.project.version}"
     filename = f"{base}.tar.gz"
 
     def add(tar: tarfile.TarFile, arcname: str, data: bytes, mode: int = 0o644) -> None:
@@ -144,5 +137,5 @@ def write_sdist(settings: Settings, sdist_dir: Path, epoch: int) -> str:
             rel = path.relative_to(root).as_posix()
             mode = 0o755 if os.access(path, os.X_OK) else 0o644
             add(tar, f"{base}/{rel}", path.read_bytes(), mode)
-        add(tar, f"{base}/PKG-INFO", metadata_text(settings).encode())
+        add(tar, f"{base}/PKG-INFO", settings.project.metadata_bytes())
     return filename

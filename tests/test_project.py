@@ -1,0 +1,99 @@
+"""[project] -> core metadata (METADATA / PKG-INFO): validated by packaging, errors name the key."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.metadata import Metadata
+
+from ukl_build.errors import ConfigError
+from ukl_build.project import LAUNCHER_PYTHON, load_project
+
+
+def load(tmp_path: Path, text: str) -> Metadata:
+    """The project's METADATA as a reader (pip, PyPI) parses it back."""
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(text)
+    project = load_project(tomllib.loads(text)["project"], pyproject)
+    return Metadata.from_email(project.metadata_bytes())
+
+
+def test_full_project_table_reaches_the_metadata(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("# Demo\n\nA unikernel.\n")
+    (tmp_path / "LICENSE").write_text("MIT License\n")
+    m = load(tmp_path, """
+[project]
+name = "Demo.App"
+version = "1.2.3"
+description = "A demo"
+readme = "README.md"
+requires-python = ">=3.10"
+license = "MIT"
+license-files = ["LICEN[CS]E*"]
+authors = [{ name = "Ada", email = "ada@example.org" }, { name = "Bob" }]
+keywords = ["unikernel", "redis"]
+classifiers = ["Operating System :: POSIX :: Linux"]
+urls = { Homepage = "https://example.org" }
+dependencies = ["requests>=2; python_version >= '3.10'"]
+optional-dependencies = { Test = ["pytest>=7; sys_platform == 'linux'", "coverage"] }
+""")
+    assert m.metadata_version == "2.4"  # License-Expression and License-File need 2.4
+    assert (m.name, str(m.version), m.summary) == ("Demo.App", "1.2.3", "A demo")
+    assert str(m.requires_python) == ">=3.10,>=3.9"
+    assert m.license_expression == "MIT" and m.license_files == ["LICENSE"]
+    assert m.author == "Bob" and m.author_email == "Ada <ada@example.org>"
+    assert m.keywords == ["unikernel", "redis"]
+    assert m.classifiers == ["Operating System :: POSIX :: Linux"]
+    assert m.project_urls == {"Homepage": "https://example.org"}
+    assert m.provides_extra == ["test"]
+    assert [str(r) for r in m.requires_dist or []] == [
+        'requests>=2; python_version >= "3.10"',
+        'pytest>=7; sys_platform == "linux" and extra == "test"',
+        'coverage; extra == "test"']
+    assert m.description_content_type == "text/markdown"
+    assert m.description is not None and "A unikernel." in m.description
+
+
+def test_minimal_project_needs_the_launchers_python(tmp_path: Path) -> None:
+    m = load(tmp_path, '[project]\nname = "x"\nversion = "1"\n')
+    assert m.metadata_version == "2.1" and m.requires_python == LAUNCHER_PYTHON
+
+
+def test_launcher_keeps_to_the_python_it_claims() -> None:
+    """Every wheel's launcher is runner.py: its syntax must hold for Requires-Python's floor."""
+    floor = tuple(int(x) for x in next(iter(LAUNCHER_PYTHON)).version.split("."))
+    source = (Path(__file__).resolve().parent.parent / "ukl_build" / "runner.py").read_text()
+    ast.parse(source, feature_version=floor[:2])
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('version = "one"', r"\[project\] version: .*one"),
+    ('version = "1"\nrequires-python = ">=3.x"', r"\[project\] requires-python:"),
+    ('version = "1"\ndependencies = ["not a requirement!"]', r"\[project\] dependencies: "),
+    ('version = "1"\nlicense = "Not-A-License"', r"\[project\] license:"),
+    ('version = "1"\nreadme = "missing.md"', r"\[project\] readme: 'missing.md': no such file"),
+    ('version = "1"\nreadme = { text = "hi" }', r"\[project\] readme: content-type needed"),
+    ('version = "1"\ndynamic = ["dependencies"]', r"\[project\] dynamic: .*computes no metadata"),
+    ('version = "1"\nscripts = { x = "y:z" }', r"\[project\] scripts: not supported"),
+    ('version = "1"\nlicense-files = ["COPYING*"]', r"\[project\] license-files: .* matches no"),
+    ('version = "1"\ncolour = "blue"', r"\[project\] colour: not a PEP 621 key"),
+    ('version = "1"\nclassifiers = "x"', r"\[project\] classifiers: must be a list of strings"),
+])
+def test_bad_project_tables_name_the_key(tmp_path: Path, extra: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        load(tmp_path, f'[project]\nname = "x"\n{extra}\n')
+    assert "pyproject.toml" in str(e.value)
+
+
+def test_another_backend_owns_the_rest_of_the_table(tmp_path: Path) -> None:
+    """The setuptools plugin: setuptools checks and writes [project]; only the identity is read."""
+    text = '[project]\nname = "x"\nversion = "1"\ndynamic = ["readme"]\nscripts = { x = "x:main" }\n'
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(text)
+    project = load_project(tomllib.loads(text)["project"], pyproject, own_metadata=False)
+    assert (project.name, project.version) == ("x", "1")
+    with pytest.raises(ConfigError, match="dynamic"):
+        load_project(tomllib.loads(text)["project"], pyproject)
