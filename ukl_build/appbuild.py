@@ -34,7 +34,7 @@ from ukl_build.source import AppSource, directory_digest, fetch_app_source
 NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h", "stdlib.h",
                 "string.h", "sys.h", "time.h", "types.h", "unistd.h")
 _SKIP_DIRS = frozenset({"build", "dist", ".git", "__pycache__", ".venv"})
-APP_FORMAT = 1  # bump when the app build changes what it makes from the same inputs
+APP_FORMAT = 2  # bump when the app build changes what it makes from the same inputs
 APP_RECORD = "record.json"
 
 

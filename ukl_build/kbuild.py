@@ -95,10 +95,19 @@ def payload_for(app: AppBinary) -> Payload:
                    app.path.read_bytes())
 
 
-def reproducible_env(cache: Cache, source_date_epoch: int) -> dict[str, str]:
+def reproducible_env(cache: Cache, source_date_epoch: int,
+                     build_dir: Path | None = None) -> dict[str, str]:
+    """The environment of every build step: fixed times, names, locale, ccache.
+
+    Git stops looking for a repository at the cache and the project's build
+    directory: a build run inside someone's checkout (ours, in development)
+    must not take its commit (Redis's release.c records ``git rev-parse HEAD``).
+    """
     env = dict(os.environ)
+    ceilings = [str(cache.root), *([str(build_dir)] if build_dir is not None else [])]
     env.update(
         {
+            "GIT_CEILING_DIRECTORIES": ":".join(ceilings),
             "SOURCE_DATE_EPOCH": str(source_date_epoch),
             "KBUILD_BUILD_TIMESTAMP": time.strftime(
                 "%Y-%m-%d %H:%M:%S UTC", time.gmtime(source_date_epoch)

@@ -101,7 +101,7 @@ def build(
 def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
            reporter: Reporter) -> BuildResult:
     sde = source_date_epoch()
-    env = reproducible_env(cache, sde)
+    env = reproducible_env(cache, sde, bdir)
     shortcuts = " + shortcuts" if settings.uses_shortcuts else ""
     project = settings.project
     reporter.stage("config", f"{project.name} {project.version}: mode {settings.mode}{shortcuts}, "
