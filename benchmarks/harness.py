@@ -29,6 +29,7 @@ APPS = {
     "hello": REPO / "example_apps" / "hello",
     "httpd": REPO / "example_apps" / "httpd",
     "redis": REPO / "example_apps" / "redis",
+    "netinit": REPO / "benchmarks" / "apps" / "netinit",
 }
 
 

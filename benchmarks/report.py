@@ -72,12 +72,46 @@ def render(report: dict[str, Any]) -> str:
                        f"{row.get('ratio_req_per_s_shortcuts_over_user', 'n/a')} | {lat('ukl')} | "
                        f"{lat('shortcuts')} | {lat('user')} |")
         out.append("")
+    if "redis" in r:
+        out += _redis(r["redis"])
     if "build" in r:
         out += ["### Rebuilds (s)", "", "| what | s |", "|---|---:|"]
         out += [f"| {k} | {v} |" for k, v in r["build"].items()]
         out.append("")
     out += ["Builds used:", ""] + [f"    {c}" for c in report["commands"]] + [""]
     return "\n".join(out)
+
+
+REDIS_LABELS = {"ukl": "UKL", "shortcuts": "UKL + shortcuts", "user": "user",
+                "debian-cloud": "Debian cloud kernel"}
+
+
+def _redis(x: dict[str, Any]) -> list[str]:
+    names = [m for m in REDIS_LABELS if m in x["image_bytes"]]
+    head = "| | " + " | ".join(REDIS_LABELS[m] for m in names) + " |"
+    rule = "|---|" + "---:|" * len(names)
+    out = [f"### Redis: redis-benchmark, {x['clients']} clients, {x['requests']} requests per "
+           "test", "", head, rule]
+    for p in (1, 16):
+        row = x[f"pipeline_{p}"]
+        for test in ("SET", "GET"):
+            out.append(f"| {test} req/s, pipeline {p} | "
+                       + " | ".join(str(row[f"{m}_{test}_rps"]) for m in names) + " |")
+            out.append(f"| {test} p50 / p99 ms, pipeline {p} | "
+                       + " | ".join(f"{row[f'{m}_{test}_p50_ms']} / {row[f'{m}_{test}_p99_ms']}"
+                                    for m in names) + " |")
+    out.append("| image bytes | " + " | ".join(str(x["image_bytes"][m]) for m in names) + " |")
+    out.append("| QEMU start to ready (s) | "
+               + " | ".join(str(x["boot_to_ready_s"][m]) for m in names) + " |")
+    out.append("| smallest -m that answers PING (MiB) | "
+               + " | ".join(str(x["min_memory_mib"][m]) for m in names) + " |")
+    ratios = {k: v for p in (1, 16) for k, v in
+              ((f"pipeline {p}: {k.replace('_ratio_rps_', ' ').replace('_over_', ' / ')}", v)
+               for k, v in x[f"pipeline_{p}"].items() if "_ratio_" in k)}
+    out += ["", "| req/s ratio | |", "|---|---:|"]
+    out += [f"| {k} | {v} |" for k, v in ratios.items()]
+    out += ["", f"Debian cloud kernel: {x.get('debian_cloud_kernel', 'n/a')}", ""]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

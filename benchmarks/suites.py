@@ -13,15 +13,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import stock
 from benchmarks.harness import Context, alternate, boot_to_line, median, percentile, run_capture
+from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
 from ukl_build.cache import Cache
 from ukl_build.errors import UklError
 from ukl_build.kbuild import bzimage_kernel, initramfs_list
 from ukl_build.pipeline import build
 from ukl_build.resources import runtime_dir
+from ukl_build.runner import load_manifest
 
 MODES = ("ukl", "user")
 # The variants the speed comparisons run: name -> (mode, extra settings).
@@ -80,11 +84,6 @@ def syscall(ctx: Context, iterations: int) -> None:
                               "rounds": ctx.rounds, "per_call": table}
 
 
-def _debian_cloud_kernel() -> Path | None:
-    found = sorted(Path("/boot").glob("vmlinuz-*-cloud-amd64"))
-    return found[-1] if found else None
-
-
 def _initramfs_cpio(result: Any, dest: Path) -> Path:
     """The user-mode app's initramfs as a cpio, for booting another kernel with it.
 
@@ -123,7 +122,8 @@ def boot(ctx: Context) -> None:
                                              ctx.options(), pattern)) for m in MODES}
     variants["ukl-pvh"] = lambda: boot_to_line(pvh.images.directory, pvh.images.manifest,
                                                ctx.options(image="pvh"), pattern)
-    cloud = _debian_cloud_kernel()
+    stock_kernel = debian_cloud_kernel(ctx.work)
+    cloud = stock_kernel.vmlinuz if stock_kernel is not None else None
     tmp = Path(tempfile.mkdtemp(prefix="ukl-bench-"))
     res: dict[str, Any] = {}
     if cloud is not None:
@@ -147,7 +147,7 @@ def boot(ctx: Context) -> None:
     if "debian-cloud-pvh" in samples:
         res["ratio_ukl_pvh_over_debian_cloud_pvh"] = round(res["ukl-pvh"] / res["debian-cloud-pvh"], 3)
     if cloud is None:
-        res["debian-cloud"] = "not installed (apt-get install linux-image-cloud-amd64)"
+        res["debian-cloud"] = f"not measured: apt cannot give {stock.PACKAGE} here"
     ctx.results["boot_to_first_line_s"] = res
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -331,15 +331,27 @@ def build_times(ctx: Context, cold: bool) -> None:
     ctx.results["build"] = res
 
 
-# Redis: the mode variants on one kernel configuration (shortcuts are nolibc-only so far).
-REDIS_VARIANTS = {"ukl": ("ukl", {}), "user": ("user", {})}
+# Redis: UKL, UKL + shortcuts and user mode on one kernel configuration, and the same
+# static user-mode Redis as /init on Debian's cloud kernel (benchmarks/stock.py).
+REDIS_VARIANTS = {"ukl": ("ukl", {}), "shortcuts": ("ukl", {"shortcuts": "true"}),
+                  "user": ("user", {})}
 REDIS_READY = "Ready to accept connections"
-
-
-# 10, not 50: through QEMU's user-mode network (slirp) under TCG, new connections
-# reach the guest ~0.2 s apart, and when dozens arrive at once (25 or 50 clients)
-# slirp resets some in either mode, so redis-benchmark fails or hangs.
+# 10, not 50: with 50 clients QEMU's user-mode network (slirp) under TCG loses the
+# guest side of some connections within the first second or so, and redis-benchmark
+# stalls for good; on every kernel alike, Debian's cloud kernel on q35 included
+# (measured 2026-11-27, docs/performance.md).
 REDIS_CLIENTS = 10
+
+
+@dataclass(frozen=True)
+class Bootable:
+    """An image directory and what its boots add to the run options."""
+    directory: Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return load_manifest(self.directory)
 
 
 def _redis_bench(port: int, requests: int, pipeline: int) -> dict[str, dict[str, float]]:
@@ -359,44 +371,71 @@ def _redis_bench(port: int, requests: int, pipeline: int) -> dict[str, dict[str,
     return out
 
 
-def _wait_redis(port: int, timeout: float = 120) -> None:
+def _wait_redis(port: int, timeout: float = 120,
+                alive: Callable[[], bool] = lambda: True) -> None:
+    """Until Redis answers PING through the forward; RuntimeError if it does not in time
+    or its VM ends first (a guest short of memory may also take a connection and never
+    answer: each PING gets 10 s)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
-                              text=True, timeout=30, check=False)
-        if proc.stdout.strip() == "PONG":
-            return
+    while time.monotonic() < deadline and alive():
+        try:
+            proc = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
+                                  text=True, timeout=10, check=False)
+            if proc.stdout.strip() == "PONG":
+                return
+        except subprocess.TimeoutExpired:
+            pass
         time.sleep(0.5)
     raise RuntimeError(f"redis on port {port} did not answer PING")
 
 
 @contextmanager
-def _redis_vm(result: Any, ctx: Context, timeout: float, **opts: Any) -> Iterator[int]:
+def _redis_vm(image: Bootable, ctx: Context, timeout: float, **opts: Any) -> Iterator[int]:
     """Boot Redis in the background with its port forwarded; yield the host port once
     it answers PING (RuntimeError if it does not in time); stop the VM on exit."""
     port = _free_port()
-    options = ctx.options(forward=[f"{port}:6379"], timeout=timeout, **opts)
-    t = threading.Thread(target=run_capture, args=(result.images.directory, options),
-                         daemon=True)
+    options = ctx.options(forward=[f"{port}:6379"], timeout=timeout, **image.options, **opts)
+    t = threading.Thread(target=run_capture, args=(image.directory, options), daemon=True)
     t.start()
     try:
-        _wait_redis(port, timeout=min(120, timeout - 10))
+        _wait_redis(port, timeout=min(120, timeout - 10), alive=t.is_alive)
         yield port
     finally:
         _stop_vms(port)
         t.join(timeout=30)
 
 
-def _redis_serves(result: Any, ctx: Context, memory: str) -> bool:
+def _redis_serves(image: Bootable, ctx: Context, memory: str) -> bool:
     try:
-        with _redis_vm(result, ctx, timeout=60, memory=memory):
+        with _redis_vm(image, ctx, timeout=60, memory=memory):
             return True
     except RuntimeError:
         return False
 
 
+def _redis_on_debian_cloud(ctx: Context, user: Any) -> tuple[Bootable | None, str]:
+    """The user-mode Redis as /init on Debian's cloud kernel, or None and why not."""
+    kernel = debian_cloud_kernel(ctx.work)
+    if kernel is None:
+        return None, f"not measured: apt cannot give {stock.PACKAGE} here"
+    netinit = ctx.build("netinit", "user")
+    dest = ctx.work / "redis-debian-cloud"
+    dest.mkdir(parents=True, exist_ok=True)
+    cpio = server_initramfs(kernel, netinit.app.path, user.app.path,
+                            user.kernel.build_dir / "usr" / "gen_init_cpio",
+                            dest / "initramfs.cpio")
+    image = stock_image_dir(user.images.directory, kernel, dest / "image")
+    ctx.note(f"qemu-system-x86_64 -M q35 -kernel {kernel.vmlinuz} -initrd <netinit + "
+             "redis-server (user mode) + virtio modules> -append 'rdinit=/init ...' "
+             "(benchmarks/stock.py)")
+    # q35 (virtio-pci), as in a cloud: on microvm (no ACPI) this kernel cannot find the
+    # virtio-mmio NIC, it was built without VIRTIO_MMIO_CMDLINE_DEVICES.
+    return Bootable(image, {"qemu_args": ["-initrd", str(cpio)], "machine": "q35",
+                            "extra_cmdline": "rdinit=/init"}), kernel.origin
+
+
 def redis(ctx: Context, requests: int) -> None:
-    """Redis 7.0.15 on musl: UKL vs user mode on one kernel configuration.
+    """Redis 7.0.15 on musl: UKL, UKL + shortcuts, user mode, Debian's cloud kernel.
 
     redis-benchmark GET/SET with REDIS_CLIENTS clients, pipelining 1 and 16 (requests/s
     medians, p50/p99, ratios); bzImage size; QEMU start to "Ready to accept
@@ -404,40 +443,49 @@ def redis(ctx: Context, requests: int) -> None:
     """
     results = {name: ctx.build("redis", mode, **extra)
                for name, (mode, extra) in REDIS_VARIANTS.items()}
-    res: dict[str, Any] = {"requests": requests, "clients": REDIS_CLIENTS, "rounds": ctx.rounds,
-                           "shortcuts": "not measured: musl does not call the shortcut "
-                                        "entry points yet (nolibc only)"}
-    res["bzimage_bytes"] = {m: r.images.manifest["images"]["bzimage"]["size"]
-                            for m, r in results.items()}
-    boot = alternate({m: (lambda r=r: boot_to_line(r.images.directory, r.images.manifest,
-                                                   ctx.options(), REDIS_READY))
-                      for m, r in results.items()}, ctx.rounds)
+    images = {name: Bootable(r.images.directory) for name, r in results.items()}
+    res: dict[str, Any] = {"requests": requests, "clients": REDIS_CLIENTS, "rounds": ctx.rounds}
+    cloud, res["debian_cloud_kernel"] = _redis_on_debian_cloud(ctx, results["user"])
+    if cloud is not None:
+        images["debian-cloud"] = cloud
+    res["image_bytes"] = {m: b.manifest["images"]["bzimage"]["size"] for m, b in images.items()}
+    boot = alternate({m: (lambda b=b: boot_to_line(b.directory, b.manifest,
+                                                   ctx.options(**b.options), REDIS_READY))
+                      for m, b in images.items()}, ctx.rounds)
     res["boot_to_ready_s"] = {m: round(median(v), 3) for m, v in boot.items()}
-    res["boot_to_ready_s"]["ratio_ukl_over_user"] = round(
-        res["boot_to_ready_s"]["ukl"] / res["boot_to_ready_s"]["user"], 3)
+    for m in images:
+        if m != "user":
+            res["boot_to_ready_s"][f"ratio_{m}_over_user"] = round(
+                res["boot_to_ready_s"][m] / res["boot_to_ready_s"]["user"], 3)
     # One VM at a time, booted afresh for each sample: two guests on two host cores
     # slow each other and QEMU's user-mode network, which drops connections then.
     for pipeline in (1, 16):
         ctx.note(f"redis-benchmark -p PORT -c {REDIS_CLIENTS} -n {requests} -P {pipeline} "
                  "-t set,get --csv")
-        samples = alternate({m: (lambda r=r, pipeline=pipeline: _redis_sample(
-            r, ctx, requests, pipeline)) for m, r in results.items()}, ctx.rounds)
+        samples = alternate({m: (lambda b=b, pipeline=pipeline: _redis_sample(
+            b, ctx, requests, pipeline)) for m, b in images.items()}, ctx.rounds)
         row: dict[str, float] = {}
-        for m in results:
+        for m in images:
             for k in samples[m][0]:
                 row[f"{m}_{k}"] = round(median(s[k] for s in samples[m]), 2)
         for test in ("SET", "GET"):
-            row[f"{test}_ratio_rps_ukl_over_user"] = round(
-                row[f"ukl_{test}_rps"] / row[f"user_{test}_rps"], 3)
+            for m in images:
+                if m != "user":
+                    row[f"{test}_ratio_rps_{m}_over_user"] = round(
+                        row[f"{m}_{test}_rps"] / row[f"user_{test}_rps"], 3)
+            if "debian-cloud" in images:
+                row[f"{test}_ratio_rps_ukl_over_debian-cloud"] = round(
+                    row[f"ukl_{test}_rps"] / row[f"debian-cloud_{test}_rps"], 3)
         res[f"pipeline_{pipeline}"] = row
     res["min_memory_mib"] = {
-        m: _smallest_memory(lambda memory, r=r: _redis_serves(r, ctx, memory), lo=8)
-        for m, r in results.items()}
+        m: _smallest_memory(lambda memory, b=b: _redis_serves(b, ctx, memory), lo=8)
+        for m, b in images.items()}
     ctx.results["redis"] = res
 
 
-def _redis_sample(result: Any, ctx: Context, requests: int, pipeline: int) -> dict[str, float]:
-    with _redis_vm(result, ctx, timeout=900) as port:
+def _redis_sample(image: Bootable, ctx: Context, requests: int, pipeline: int
+                  ) -> dict[str, float]:
+    with _redis_vm(image, ctx, timeout=900) as port:
         return _flatten(_redis_bench(port, requests, pipeline))
 
 

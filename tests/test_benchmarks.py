@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks.harness import alternate, median, percentile
+from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
+from ukl_build.cache import Cache
+from ukl_build.pipeline import build
+
+from conftest import Builds, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,11 +89,68 @@ def test_report_renders_every_section() -> None:
             "httpd": {"connections": 4, "duration_s": 5, "bodies": {"64B": {
                 "ukl_req_per_s": 2, "user_req_per_s": 1, "ratio_req_per_s_ukl_over_user": 2.0,
                 "ukl_p50_ms": 1, "ukl_p99_ms": 2, "user_p50_ms": 1, "user_p99_ms": 3}}},
+            "redis": {"clients": 50, "requests": 10, "rounds": 1,
+                      "image_bytes": {"ukl": 3, "user": 4},
+                      "boot_to_ready_s": {"ukl": 1.0, "user": 1.25},
+                      "min_memory_mib": {"ukl": 20, "user": 21},
+                      **{f"pipeline_{p}": {**{f"{m}_{t}_{k}": 1.5 for m in ("ukl", "user")
+                                              for t in ("SET", "GET")
+                                              for k in ("rps", "p50_ms", "p99_ms")},
+                                           "SET_ratio_rps_ukl_over_user": 1.2}
+                         for p in (1, 16)}},
             "build": {"noop_ukl_s": 0.5},
         },
     }
     md = render(report)
     for heading in ("System calls", "Boot", "bzImage size", "Smallest guest memory", "httpd",
-                    "Rebuilds"):
+                    "Redis", "Rebuilds"):
         assert f"### {heading}" in md
     assert "| getppid | 1.0 | 0.2 | 2.0 | 0.5 | 0.1 |" in md
+    assert "| QEMU start to ready (s) | 1.0 | 1.25 |" in md
+    assert "| pipeline 16: SET ukl / user | 1.2 |" in md
+
+
+@pytest.mark.kernel
+def test_redis_on_debian_cloud_kernel(builds: Builds, cache: Cache, tmp_path: Path) -> None:
+    """The benchmarks' stock-kernel column: the user-mode Redis as /init on Debian's cloud
+    kernel, whose virtio-net is a module (benchmarks/stock.py, benchmarks/apps/netinit)."""
+    kernel = debian_cloud_kernel(tmp_path)
+    if kernel is None:
+        pytest.skip("apt cannot give linux-image-cloud-amd64 on this machine")
+    redis = builds("redis", "user")
+    project = tmp_path / "netinit"
+    shutil.copytree(REPO / "benchmarks" / "apps" / "netinit", project)
+    netinit = build(project, {"mode": "user"}, cache=cache)
+    assert netinit.kernel.build_dir == redis.kernel.build_dir  # no kernel of its own
+    cpio = server_initramfs(kernel, netinit.app.path, redis.app.path,
+                            redis.kernel.build_dir / "usr" / "gen_init_cpio",
+                            tmp_path / "initramfs.cpio")
+    image = stock_image_dir(redis.images.directory, kernel, tmp_path / "image")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ukl_build", "run", str(image), "--machine", "q35",
+         "--qemu-arg=-initrd", f"--qemu-arg={cpio}", "--cmdline", "rdinit=/init",
+         "--forward", f"{port}:6379", "--timeout", "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            ping = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
+                                  text=True, timeout=30)
+            if ping.stdout.strip() == "PONG":
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, "no PONG"
+            time.sleep(0.5)
+        info = subprocess.run(["redis-cli", "-p", str(port), "INFO", "server"],
+                              capture_output=True, text=True, timeout=30).stdout
+        release = kernel.modules.name
+        assert f"os:Linux {release} x86_64" in info, info
+        assert "redis_version:7.0.15" in info
+        bench = subprocess.run(["redis-benchmark", "-p", str(port), "-c", "10", "-n", "2000",
+                                "-t", "set,get", "--csv"], capture_output=True, text=True,
+                               timeout=300)
+        assert bench.returncode == 0 and '"GET"' in bench.stdout, bench.stdout + bench.stderr
+    finally:
+        proc.kill()
+        out, _ = proc.communicate()
+    assert "netinit:" not in out, out  # every module loaded, eth0 configured
