@@ -169,9 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--memory", default="256M")
     p.add_argument("--cmdline", default="", help="extra kernel command line")
+    p.add_argument("--forward", action="append", default=[], metavar="HOST:GUEST",
+                   help="forward a host port, to profile a server under load from the host")
     p.add_argument("--top", type=int, default=25)
     ns = p.parse_args(args)
-    opts = RunOptions(memory=ns.memory, extra_cmdline=ns.cmdline, kernel_log=True, args=app_args)
+    opts = RunOptions(memory=ns.memory, extra_cmdline=ns.cmdline, kernel_log=True, args=app_args,
+                      forward=ns.forward)
     vmlinux = ns.vmlinux
     if vmlinux is None:
         pvh = load_manifest(ns.image_dir).get("images", {}).get("pvh")
