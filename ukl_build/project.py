@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from packaging.markers import Marker
 from packaging.metadata import ExceptionGroup, InvalidMetadata, Metadata, RawMetadata
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
@@ -265,16 +266,10 @@ def _requirements(table: dict[str, Any], where: str) -> dict[str, list[str]]:
         for text in _strings(extras, extra, f"{where} optional-dependencies:"):
             req = parse(text, key)
             marker = f'extra == "{canonicalize_name(extra)}"'
-            combined = f"({req.marker}) and {marker}" if req.marker else marker
-            requires.append(f"{_without_marker(req)}; {combined}")
+            req.marker = Marker(f"({req.marker}) and {marker}" if req.marker else marker)
+            requires.append(str(req))  # packaging spaces a URL from its marker
         out.setdefault("provides_extra", []).append(str(canonicalize_name(extra)))
     if requires:
         out["requires_dist"] = requires
     return out
 
-
-def _without_marker(req: Requirement) -> str:
-    text = req.name + (f"[{','.join(sorted(req.extras))}]" if req.extras else "")
-    if req.url:
-        return f"{text} @ {req.url} "
-    return text + str(req.specifier)
