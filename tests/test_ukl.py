@@ -218,7 +218,7 @@ def test_musl_threads_tls_and_fp_in_ring0_on_2_vcpus(builds: Builds) -> None:
 
 @pytest.mark.parametrize("mode", ["ukl", "user"])
 def test_guest_wall_clock_agrees_with_the_host(builds: Builds, mode: str) -> None:
-    """hostclock= (kernel patch 0012) + a paused start resumed at that time: within 50 ms.
+    """hostclock= (kernel patch 0015) + a paused start resumed at that time: within 50 ms.
 
     Each line is stamped when it arrives on the host; serial and pipe latency only
     add, so the smallest difference is the clock's error (plus that latency).
