@@ -14,7 +14,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -360,52 +360,78 @@ def _convert_table(
 
 
 def _convert(value: Any, tp: Any, origin: Origins, key: str) -> Any:
-    where = origin(key)
+    """Check ``value`` against the field type ``tp`` and convert it (CLI strings too)."""
     origin_tp = typing.get_origin(tp)
-    if origin_tp in (typing.Union, types.UnionType):
+    if origin_tp in (typing.Union, types.UnionType):  # Optional[X]: X
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _convert(value, args[0], origin, key)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return tp(**_convert_table(value, tp, origin, key))
-    if origin_tp is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            opts = ", ".join(repr(c) for c in choices)
-            raise ConfigError(f"{where}: must be one of {opts}, got {value!r}")
-        return str(value)
-    if origin_tp is list:
-        if isinstance(value, _FromCli):  # "a;b;c"
-            value = [v for v in value.split(";") if v]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_convert(v, item_tp, origin, key) for v in value]
-    if origin_tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        item = typing.get_args(tp)[1]
-        if isinstance(item, type) and dataclasses.is_dataclass(item):  # a table of tables
-            return {str(k): _convert(v, item, origin, f"{key}.{k}") for k, v in value.items()}
-        return {str(k): _kconfig_value(v, origin(f"{key}.{k}")) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, _FromCli) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, _FromCli) and value.strip().isdigit():
-            return int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported settings type {tp!r}")  # pragma: no cover
+        return _to_table(value, tp, origin, key)
+    converter = _CONVERTERS.get(origin_tp or tp)
+    if converter is None:
+        raise TypeError(f"unsupported settings type {tp!r}")  # pragma: no cover
+    return converter(value, tp, origin, key)
+
+
+def _to_table(value: Any, tp: Any, origin: Origins, key: str) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin(key)}: expected a table, got {value!r}")
+    return tp(**_convert_table(value, tp, origin, key))
+
+
+def _to_choice(value: Any, tp: Any, origin: Origins, key: str) -> str:
+    choices = typing.get_args(tp)
+    if value not in choices:
+        opts = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{origin(key)}: must be one of {opts}, got {value!r}")
+    return str(value)
+
+
+def _to_list(value: Any, tp: Any, origin: Origins, key: str) -> list[Any]:
+    if isinstance(value, _FromCli):  # "a;b;c"
+        value = [v for v in value.split(";") if v]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{origin(key)}: expected a list of strings, got {value!r}")
+    (item_tp,) = typing.get_args(tp)
+    return [_convert(v, item_tp, origin, key) for v in value]
+
+
+def _to_dict(value: Any, tp: Any, origin: Origins, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin(key)}: expected a table, got {value!r}")
+    item = typing.get_args(tp)[1]
+    if isinstance(item, type) and dataclasses.is_dataclass(item):  # a table of tables
+        return {str(k): _convert(v, item, origin, f"{key}.{k}") for k, v in value.items()}
+    return {str(k): _kconfig_value(v, origin(f"{key}.{k}")) for k, v in value.items()}
+
+
+def _to_bool(value: Any, tp: Any, origin: Origins, key: str) -> bool:
+    if isinstance(value, _FromCli) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if not isinstance(value, bool):
+        raise ConfigError(f"{origin(key)}: expected true or false, got {value!r}")
+    return value
+
+
+def _to_int(value: Any, tp: Any, origin: Origins, key: str) -> int:
+    if isinstance(value, _FromCli) and value.strip().isdigit():
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{origin(key)}: expected an integer, got {value!r}")
+    return value
+
+
+def _to_str(value: Any, tp: Any, origin: Origins, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{origin(key)}: expected a string, got {value!r}")
+    return str(value)
+
+
+# The converter for each field type (a generic's origin, or the type itself).
+_CONVERTERS: dict[Any, Callable[[Any, Any, Origins, str], Any]] = {
+    Literal: _to_choice, list: _to_list, dict: _to_dict, bool: _to_bool, int: _to_int,
+    str: _to_str,
+}
 
 
 def _kconfig_value(value: Any, where: str) -> str:
