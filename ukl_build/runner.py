@@ -510,6 +510,46 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
             shutil.rmtree(qmp_dir, ignore_errors=True)
 
 
+@dataclass
+class _Console:
+    """The serial console as it streams past: copied to ``out`` until the app's exit
+    status (or a panic) appears; the kernel's dying words after that are dropped."""
+
+    out: TextIO
+    status: int | None = None
+    panic: str | None = None
+
+    def feed(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if self.status is not None or self.panic is not None:
+            return
+        if m := _UKL_EXIT.search(line):
+            self.status = int(m.group(1))
+            return
+        if m := _PANIC_INIT.search(line):
+            self.status = wait_status_to_exit(int(m.group(1), 16))
+            return
+        if m := _PANIC.search(line):
+            self.panic = m.group(1)
+        self.out.write(line + "\n")
+        self.out.flush()
+
+
+def _kill_after(proc: subprocess.Popen[bytes],
+                timeout: float | None) -> tuple[threading.Timer | None, threading.Event]:
+    """Kill ``proc`` after ``timeout`` seconds (0 or None: never); the event tells that it did."""
+    timed_out = threading.Event()
+    if not timeout:
+        return None, timed_out
+
+    def expire() -> None:
+        timed_out.set()
+        proc.kill()
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    return timer, timed_out
+
+
 def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
          qmp_dir: Path | None, out: TextIO, err: TextIO) -> int:
     start_ns = time.time_ns() + HOST_CLOCK_LEAD_NS
@@ -529,18 +569,8 @@ def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
     stderr = proc.stderr
     err_thread = threading.Thread(target=lambda: qemu_err.extend(stderr), daemon=True)
     err_thread.start()
-    timer: threading.Timer | None = None
-    timed_out = threading.Event()
-    if opts.timeout:
-        def expire() -> None:
-            timed_out.set()
-            proc.kill()
-        timer = threading.Timer(opts.timeout, expire)
-        timer.start()
-
-    status: int | None = None
-    panic: str | None = None
-    first_line: float | None = None
+    timer, timed_out = _kill_after(proc, opts.timeout)
+    console = _Console(out)
     try:
         if host_clock is not None:
             late = resume_at(host_clock[1], host_clock[0], proc)
@@ -548,21 +578,7 @@ def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
                 print(f"[ukl-build] QEMU started {late / 1e6:.0f} ms late: the guest's wall clock "
                       "is that much behind", file=err, flush=True)
         for raw in proc.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if status is not None or panic is not None:
-                continue  # the kernel's dying words after the app's status
-            if m := _UKL_EXIT.search(line):
-                status = int(m.group(1))
-                continue
-            if m := _PANIC_INIT.search(line):
-                status = wait_status_to_exit(int(m.group(1), 16))
-                continue
-            if m := _PANIC.search(line):
-                panic = m.group(1)
-            if first_line is None and line.strip():
-                first_line = time.monotonic() - start
-            out.write(line + "\n")
-            out.flush()
+            console.feed(raw)
         proc.wait()
     except KeyboardInterrupt:
         proc.kill()
@@ -577,18 +593,24 @@ def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
             proc.wait()
         restore()
     err_thread.join(timeout=2)
-    elapsed = time.monotonic() - start
     if timed_out.is_set():
         print(f"[ukl-build] timeout: VM stopped after {opts.timeout:g} s", file=err, flush=True)
         return EXIT_TIMEOUT
-    if status is not None:
-        print(f"[ukl-build] app exited with status {status} ({elapsed:.2f} s)", file=err, flush=True)
-        return status
-    if panic is not None:
-        print(f"[ukl-build] kernel panic: {panic}", file=err, flush=True)
+    return _outcome(console, time.monotonic() - start, proc.returncode, qemu_err, err)
+
+
+def _outcome(console: _Console, elapsed: float, qemu_status: int, qemu_err: list[bytes],
+             err: TextIO) -> int:
+    """Say how the VM ended; the launcher's exit status."""
+    if console.status is not None:
+        print(f"[ukl-build] app exited with status {console.status} ({elapsed:.2f} s)",
+              file=err, flush=True)
+        return console.status
+    if console.panic is not None:
+        print(f"[ukl-build] kernel panic: {console.panic}", file=err, flush=True)
         return EXIT_NO_STATUS
     tail = b"".join(qemu_err).decode(errors="replace").strip()
-    print(f"[ukl-build] VM ended (QEMU status {proc.returncode}) without the app's exit status"
+    print(f"[ukl-build] VM ended (QEMU status {qemu_status}) without the app's exit status"
           + (f": {tail[-500:]}" if tail else ""), file=err, flush=True)
     return EXIT_NO_STATUS
 
