@@ -223,46 +223,10 @@ def build_app(
     output = app_dir / "init"
 
     if settings.sources:
-        srcs = []
-        for s in settings.sources:
-            p = (settings.project_dir / s).resolve()
-            if not p.is_file():
-                raise BuildError(f"{settings.origin('sources')}: {s} does not exist ({p})")
-            srcs.append(p)
-        what = f"{', '.join(settings.sources)} ({settings.libc}, {settings.mode} mode)"
-        reporter.stage("app", f"compiling {what}")
-        reporter.run(
-            [tc.cc, *tc.cflags, *tc.ldflags, "-o", output, *srcs, *tc.ldlibs],
-            step="app compile", cwd=settings.project_dir, env=env,
-        )
+        _compile_sources(settings, tc, output, reporter, env)
     elif settings.make is not None:
-        work = app_dir / "src"
-        # make works in its own copy, incrementally.  A fetched (verified) tree is
-        # copied whole: only the project has build outputs and tool dirs to leave out.
-        changed = sync_tree(root, work, _SKIP_DIRS if source is None else frozenset())
-        mdir = work / settings.make.dir
-        known = prefixes(deps)
-        if configure is not None and not (app_dir / "configured").is_file():
-            reporter.stage("app", f"configure in {settings.make.dir}")
-            reporter.run(["./configure", *(substitute_deps(a, known) for a in configure)],
-                         step="app configure", cwd=mdir, env=dict(env, **probe.env()))
-            (app_dir / "configured").write_text("")
-        margs = [substitute_deps(a, known) for a in settings.make.args]
-        if configure is not None:  # make's command line beats what configure recorded
-            menv, margs = env, [*tc.flags().make_vars(), *margs]
-        else:  # plain Makefiles take them from the environment (Redis adds its own)
-            menv = dict(env, CC=tc.cc, CFLAGS=" ".join(tc.cflags), LDFLAGS=" ".join(tc.ldflags),
-                        LDLIBS=" ".join(tc.ldlibs))
-        reporter.stage("app", f"make in {settings.make.dir} ({settings.libc}, {settings.mode} mode, "
-                       f"{changed} changed file{'s' if changed != 1 else ''})")
-        reporter.run(["make", "-C", mdir, f"-j{os.cpu_count() or 1}", *margs],
-                     step="app build (make)", env=menv)
-        produced = mdir / settings.make.output
-        if not produced.is_file():
-            raise BuildError(f"{settings.origin('make.output')}: make did not produce "
-                             f"{settings.make.output}")
-        shutil.copyfile(produced, output)
-        shutil.copymode(produced, output)
+        _build_make(settings, root, source is not None, tc, probe, deps, app_dir, output,
+                    reporter, env)
     else:
         _build_cmake(settings, root, tc, app_dir, output, reporter, env)
 
@@ -278,6 +242,58 @@ def build_app(
     atomic_write_text(record, json.dumps({"key": inputs_key, "output": output.name,
                                           "sha256": app.sha256, "marker": marker.hex()}))
     return app
+
+
+def _compile_sources(settings: Settings, tc: Toolchain, output: Path, reporter: Reporter,
+                     env: dict[str, str]) -> None:
+    """``sources = [...]``: one compiler run."""
+    srcs = []
+    for s in settings.sources:
+        p = (settings.project_dir / s).resolve()
+        if not p.is_file():
+            raise BuildError(f"{settings.origin('sources')}: {s} does not exist ({p})")
+        srcs.append(p)
+    what = f"{', '.join(settings.sources)} ({settings.libc}, {settings.mode} mode)"
+    reporter.stage("app", f"compiling {what}")
+    reporter.run(
+        [tc.cc, *tc.cflags, *tc.ldflags, "-o", output, *srcs, *tc.ldlibs],
+        step="app compile", cwd=settings.project_dir, env=env,
+    )
+
+
+def _build_make(settings: Settings, root: Path, fetched: bool, tc: Toolchain, probe: Flags,
+                deps: list[Dep], app_dir: Path, output: Path, reporter: Reporter,
+                env: dict[str, str]) -> None:
+    """``[tool.ukl-build.make]``: configure once, then make in a synced copy of the tree."""
+    assert settings.make is not None
+    configure = settings.make.configure
+    work = app_dir / "src"
+    # make works in its own copy, incrementally.  A fetched (verified) tree is
+    # copied whole: only the project has build outputs and tool dirs to leave out.
+    changed = sync_tree(root, work, frozenset() if fetched else _SKIP_DIRS)
+    mdir = work / settings.make.dir
+    known = prefixes(deps)
+    if configure is not None and not (app_dir / "configured").is_file():
+        reporter.stage("app", f"configure in {settings.make.dir}")
+        reporter.run(["./configure", *(substitute_deps(a, known) for a in configure)],
+                     step="app configure", cwd=mdir, env=dict(env, **probe.env()))
+        (app_dir / "configured").write_text("")
+    margs = [substitute_deps(a, known) for a in settings.make.args]
+    if configure is not None:  # make's command line beats what configure recorded
+        menv, margs = env, [*tc.flags().make_vars(), *margs]
+    else:  # plain Makefiles take them from the environment (Redis adds its own)
+        menv = dict(env, CC=tc.cc, CFLAGS=" ".join(tc.cflags), LDFLAGS=" ".join(tc.ldflags),
+                    LDLIBS=" ".join(tc.ldlibs))
+    reporter.stage("app", f"make in {settings.make.dir} ({settings.libc}, {settings.mode} mode, "
+                   f"{changed} changed file{'s' if changed != 1 else ''})")
+    reporter.run(["make", "-C", mdir, f"-j{os.cpu_count() or 1}", *margs],
+                 step="app build (make)", env=menv)
+    produced = mdir / settings.make.output
+    if not produced.is_file():
+        raise BuildError(f"{settings.origin('make.output')}: make did not produce "
+                         f"{settings.make.output}")
+    shutil.copyfile(produced, output)
+    shutil.copymode(produced, output)
 
 
 def _libc_source(musl: MuslSysroot | None) -> dict[str, Any] | None:
