@@ -1,0 +1,36 @@
+"""Settings: ``[tool.ukl-build]`` from pyproject.toml, overridden by ``-C`` config settings.
+
+- :mod:`~ukl_build.settings.model`: the tree of frozen dataclasses (and their docs);
+- :mod:`~ukl_build.settings.loader`: :func:`load_settings`, the one reader of raw
+  dicts, which checks every value against its field's type;
+- :mod:`~ukl_build.settings.validate`: the rules that span fields;
+- :mod:`~ukl_build.settings.docs`: ``docs/configuration.md`` from the model
+  (``python -m ukl_build schema``).
+"""
+
+from ukl_build.settings.docs import settings_schema_markdown
+from ukl_build.settings.loader import load_settings
+from ukl_build.settings.model import (
+    AppSourceSettings,
+    CMakeSettings,
+    DepSettings,
+    Format,
+    GitSettings,
+    KernelSettings,
+    Libc,
+    MakeSettings,
+    Mode,
+    Origins,
+    RunSettings,
+    Settings,
+    SourceKind,
+    deps_references,
+    substitute_deps,
+)
+
+__all__ = [
+    "AppSourceSettings", "CMakeSettings", "DepSettings", "Format", "GitSettings",
+    "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins", "RunSettings", "Settings",
+    "SourceKind", "deps_references", "load_settings", "settings_schema_markdown",
+    "substitute_deps",
+]

@@ -1,0 +1,249 @@
+"""The settings model: ``[tool.ukl-build]`` as a tree of frozen dataclasses.
+
+One dataclass per table; every field has a default and a ``doc`` in its
+metadata, from which :mod:`ukl_build.settings.docs` writes
+``docs/configuration.md``.  Fixed choices are ``Literal`` types, which the
+loader checks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ukl_build.project import Project
+from ukl_build.runner import Accel, Machine, RunOptions
+
+# Fixed choices are types: the loader checks membership, so validate.py
+# keeps only the rules that span fields.
+Mode = Literal["ukl", "user"]
+Libc = Literal["nolibc", "glibc", "musl"]
+Format = Literal["bzimage", "pvh"]
+SourceKind = Literal["debian", "url", "path", "git"]
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True)
+class GitSettings:
+    url: str = _doc("Repository URL or local path, anything `git fetch` accepts.")
+    rev: str = _doc("Commit, tag or branch to build; a full commit id pins it.")
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    version: str = _doc("Kernel series (VERSION.PATCHLEVEL); picks the patch series.", default="6.1")
+    source: SourceKind = _doc(
+        'Where the tree comes from: "debian" (Debian\'s linux-source-<version> package, '
+        'offline), "url", "path" or "git". Inferred from the key you set.',
+        default="debian",
+    )
+    url: str | None = _doc("Tarball URL (http, https or file); needs `sha256`.", default=None)
+    sha256: str | None = _doc(
+        "Expected sha256 of the tarball: mandatory with `url`, checked for `path`.", default=None
+    )
+    path: str | None = _doc(
+        "Local tarball or directory, relative to the project.", default=None
+    )
+    git: GitSettings | None = _doc("Git repository and revision.", default=None)
+
+    @property
+    def kind(self) -> str:
+        """Which of the source kinds is in use."""
+        for name in ("url", "path", "git"):
+            if getattr(self, name) is not None:
+                return name
+        return self.source
+
+
+@dataclass(frozen=True)
+class AppSourceSettings:
+    url: str | None = _doc("Source archive URL (http, https or file); needs `sha256`.", default=None)
+    sha256: str | None = _doc(
+        "Expected sha256 of the archive: mandatory with `url`, checked for a `path` tarball.",
+        default=None)
+    path: str | None = _doc("Local tarball or directory, relative to the project.", default=None)
+    git: GitSettings | None = _doc("Git repository and revision.", default=None)
+    debian: str | None = _doc(
+        "A Debian source package (e.g. \"redis\"): its upstream tarball, as apt verifies it "
+        "against Debian's signed index; needs deb-src entries (scripts/setup.sh adds them).",
+        default=None)
+
+
+APP_SOURCE_KINDS = ("url", "path", "git", "debian")
+_SOURCE_DOC = ("The app's source tree, fetched and verified like the kernel's (url + sha256, "
+               "path, git or debian) instead of the project directory; paths below are "
+               "relative to it.")
+
+
+_DEPS_PLACEHOLDER = ("`{deps.NAME}` in an argument stands for the install prefix of "
+                     "dependency NAME (its include/ and lib/).")
+
+
+@dataclass(frozen=True)
+class MakeSettings:
+    dir: str = _doc("Directory to run make in, relative to the project (or `source`).", default=".")
+    output: str = _doc("The executable make produces, relative to `dir`.", default="app")
+    args: list[str] = _doc("Extra make arguments (targets, variables). " + _DEPS_PLACEHOLDER,
+                           default_factory=list)
+    configure: list[str] | None = _doc(
+        "Run `./configure` in `dir` with these arguments before the first make (autotools "
+        "projects); its checks link and run test programs against the user-mode build of "
+        "the same libc, make then compiles with the mode's flags. " + _DEPS_PLACEHOLDER,
+        default=None)
+    source: AppSourceSettings | None = _doc(_SOURCE_DOC, default=None)
+
+
+@dataclass(frozen=True)
+class DepSettings:
+    source: AppSourceSettings = _doc(
+        "Where the library's source comes from (url + sha256, path, git or debian).")
+    configure: list[str] = _doc(
+        "Arguments for its `./configure`, besides the prefix and the compiler and flags "
+        "ukl-build passes (e.g. --disable-shared). " + _DEPS_PLACEHOLDER,
+        default_factory=list)
+    make_args: list[str] = _doc("Extra arguments for its `make` and `make install`.",
+                                default_factory=list)
+
+
+@dataclass(frozen=True)
+class CMakeSettings:
+    source_dir: str = _doc("CMake source directory, relative to the project (or `source`).",
+                           default=".")
+    target: str = _doc("The executable target to build.", default="app")
+    args: list[str] = _doc("Extra `-D...` arguments for configure.", default_factory=list)
+    source: AppSourceSettings | None = _doc(_SOURCE_DOC, default=None)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    machine: Machine = _doc('QEMU machine: "microvm" or "q35".', default=RunOptions.machine)
+    memory: str = _doc("Guest memory, QEMU syntax (256M, 1G).", default=RunOptions.memory)
+    smp: int = _doc("Virtual CPUs.", default=RunOptions.smp)
+    accel: Accel = _doc('"tcg", "kvm" or "auto" (probes KVM first).', default=RunOptions.accel)
+    forward: list[str] = _doc(
+        'Port forwards "HOST:GUEST" (TCP, user-mode networking).', default_factory=list
+    )
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Where a settings key came from, for error messages: pyproject.toml or ``-C``."""
+
+    pyproject: str
+    overridden: frozenset[str]  # dotted keys given with -C
+
+    def __call__(self, key: str) -> str:
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in self.overridden:
+                return f"config setting -C {'.'.join(parts[:n])}"
+        table = ".".join(["tool.ukl-build", *parts[:-1]])
+        return f"{self.pyproject}: [{table}] {parts[-1]}"
+
+    def table_of(self, key: str) -> str:
+        """Where the table holding ``key`` came from (for keys that are missing or unknown)."""
+        where = self(key)
+        if where.startswith("config setting"):
+            return f"{where}:"
+        table = key.rsplit(".", 1)[0] if "." in key else ""
+        given = sorted(k for k in self.overridden if table and k.startswith(table + "."))
+        if given:  # the table was made by -C keys beside this one
+            return f"config setting -C {given[0]}: [tool.ukl-build.{table}]"
+        return where.rsplit(" ", 1)[0]
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_dir: Path
+    project: Project  # [project]: name, version, core metadata
+    origin: Origins  # where each key came from, for errors found later in the build
+    mode: Mode = _doc(
+        '"ukl": the app is linked into vmlinux and runs in ring 0, its system calls are '
+        'function calls; "user": the app is a static /init in a built-in initramfs (the '
+        "fallback, and the baseline for speed).",
+        default="ukl",
+    )
+    libc: Libc = _doc(
+        '"nolibc" (the fetched tree\'s tools/include/nolibc + ukl-build runtime), '
+        '"musl" (built from `[tool.ukl-build.musl]`, static; in UKL mode patched so that its '
+        'system calls are calls into the kernel) or '
+        '"glibc" (the host\'s, static, user mode only).',
+        default="nolibc",
+    )
+    shortcuts: bool = _doc(
+        "UKL mode: the app calls the kernel's direct entry points for getppid, read, write, "
+        "send and recv (on a socket straight to the protocol, skipping the file layer) "
+        "instead of the generic system call bridge. No effect in user mode.",
+        default=False,
+    )
+    sources: list[str] = _doc("C sources of the app, relative to the project.", default_factory=list)
+    make: MakeSettings | None = _doc("Build the app with make instead.", default=None)
+    cmake: CMakeSettings | None = _doc("Build the app with CMake + Ninja instead.", default=None)
+    cflags: list[str] = _doc("Extra compiler flags for the app.", default_factory=list)
+    deps: dict[str, DepSettings] = _doc(
+        "Libraries the app links, each built from source before the app with the same "
+        "toolchain and libc (`[tool.ukl-build.deps.NAME]`, in the order given; autotools: "
+        "configure, make, make install) and cached; the app's build gets -I and -L for "
+        "each. Needs libc musl or glibc.",
+        default_factory=dict)
+    recipes: list[str] = _doc(
+        "Kernel config fragments on top of `base`: names from ukl-build's recipes/ or "
+        "paths (*.config) relative to the project.",
+        default_factory=lambda: ["microvm"],
+    )
+    kconfig: dict[str, str] = _doc(
+        'Extra kernel options, e.g. { HZ_100 = "y" }; each must survive olddefconfig.',
+        default_factory=dict,
+    )
+    cmdline: str = _doc("Kernel command line for the app.", default="quiet")
+    args: list[str] = _doc("The app's argv[1:].", default_factory=list)
+    formats: list[Format] = _doc(
+        'Images to produce: "bzimage" (QEMU -kernel, bootloaders), "pvh" (ELF vmlinux '
+        "for QEMU/Firecracker/cloud-hypervisor direct boot).",
+        default_factory=lambda: ["bzimage"],
+    )
+    kernel: KernelSettings = _doc("The kernel source.", default_factory=KernelSettings)
+    musl: AppSourceSettings = _doc(
+        'Where musl comes from for libc = "musl" (same keys as a make source); '
+        "default: Debian's musl source package.",
+        default_factory=lambda: AppSourceSettings(debian="musl"))
+    run: RunSettings = _doc("Defaults for `ukl_build run` and the launcher.", default_factory=RunSettings)
+
+    @property
+    def uses_shortcuts(self) -> bool:
+        """Whether the app is built to call the kernel's shortcut entry points (UKL mode only)."""
+        return self.mode == "ukl" and self.shortcuts
+
+    def kconfig_items(self) -> list[tuple[str, str]]:
+        return sorted(self.kconfig.items())
+
+
+
+# Settings fields that are not keys of [tool.ukl-build].
+TOP_LEVEL_ONLY = frozenset({"project_dir", "project", "origin"})
+
+
+def toml_key(name: str) -> str:
+    """The TOML spelling of a field name (``make_args`` -> ``make-args``)."""
+    return name.replace("_", "-")
+
+# ``{deps.NAME}`` in a make or configure argument.
+_DEPS_REF = re.compile(r"\{deps\.([^{}]*)\}")
+
+
+def deps_references(arg: str) -> list[str]:
+    """The dependency names an argument refers to as ``{deps.NAME}``."""
+    return _DEPS_REF.findall(arg)
+
+
+def substitute_deps(arg: str, prefixes: Mapping[str, Path]) -> str:
+    """``arg`` with each ``{deps.NAME}`` replaced by that dependency's install prefix."""
+    return _DEPS_REF.sub(lambda m: str(prefixes[m.group(1)]), arg)
+
+

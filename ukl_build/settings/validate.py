@@ -1,0 +1,175 @@
+"""Rules that span fields (one field's own type is the loader's check)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ukl_build.errors import ConfigError
+from ukl_build.runner import (
+    HOST_CLOCK_PLACEHOLDER,
+    RunError,
+    RunOptions,
+    check_app_args,
+    kernel_cmdline,
+    split_forward,
+)
+from ukl_build.settings.model import (
+    APP_SOURCE_KINDS,
+    AppSourceSettings,
+    KernelSettings,
+    Origins,
+    Settings,
+    deps_references,
+)
+
+_KCONFIG_NAME = re.compile(r"^[A-Z0-9_]+$")
+_MEMORY = re.compile(r"^[1-9][0-9]*[KMGT]?$", re.IGNORECASE)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def _inside(project_dir: Path, rel: str, where: str, fetched: bool = False) -> None:
+    """App inputs must live in the project (the sdist carries only the project), or in
+    the fetched source tree."""
+    path = (project_dir / rel).resolve()
+    if path != project_dir and project_dir not in path.parents:
+        if fetched:
+            raise ConfigError(f"{where}: {rel!r} leaves the fetched source tree")
+        raise ConfigError(f"{where}: {rel!r} is outside the project ({path}); an sdist "
+                          "would not carry it", hint="move it into the project directory")
+
+
+def validate(s: Settings, origin: Origins) -> None:
+    if s.mode == "ukl" and s.libc == "glibc":
+        raise ConfigError(f"{origin('libc')}: mode 'ukl' needs 'nolibc' or 'musl' "
+                          "(the host's glibc issues system calls ring 0 cannot make)")
+    if s.libc == "musl":
+        _validate_app_source(s.musl, "musl", origin)
+    if not s.formats:
+        raise ConfigError(f"{origin('formats')}: name at least one format")
+    build_kinds = [k for k in ("sources", "make", "cmake") if getattr(s, k)]
+    if len(build_kinds) != 1:
+        raise ConfigError(
+            f"{origin(build_kinds[-1] if build_kinds else 'sources')}: set exactly one of "
+            f"sources, make, cmake (got {build_kinds or 'none'})"
+        )
+    for src in s.sources:
+        _inside(s.project_dir, src, origin("sources"))
+    for table, sub in (("make", "dir"), ("cmake", "source-dir")):
+        build_settings = getattr(s, table)
+        if build_settings is None:
+            continue
+        rel = getattr(build_settings, sub.replace("-", "_"))
+        if build_settings.source is None:
+            _inside(s.project_dir, rel, origin(f"{table}.{sub}"))
+        else:  # relative to the fetched tree, which must not be left
+            _inside(Path("/source"), rel, origin(f"{table}.{sub}"), fetched=True)
+            _validate_app_source(build_settings.source, f"{table}.source", origin)
+    _validate_deps(s, origin)
+    for recipe in s.recipes:
+        if recipe.endswith(".config"):
+            _inside(s.project_dir, recipe, origin("recipes"))
+    _validate_kconfig(s, origin)
+    _validate_kernel(s.kernel, origin)
+    _validate_run(s, origin)
+
+
+def _validate_kconfig(s: Settings, origin: Origins) -> None:
+    for name, value in s.kconfig.items():
+        where = origin(f"kconfig.{name}")
+        bare = name.removeprefix("CONFIG_")
+        if not _KCONFIG_NAME.match(bare):
+            raise ConfigError(f"{where}: {name!r} is not a kernel option name")
+        if value == "m":
+            raise ConfigError(f"{where}: modules are not supported (the kernel has no "
+                              'module loader); use "y"')
+        if bare.startswith("INITRAMFS_COMPRESSION_") and bare != "INITRAMFS_COMPRESSION_NONE":
+            raise ConfigError(f"{where}: the built-in initramfs stays uncompressed (the whole "
+                              "image is compressed already, and the build checks the app in it)")
+
+
+def _validate_kernel(k: KernelSettings, origin: Origins) -> None:
+    chosen = [n for n in ("url", "path", "git") if getattr(k, n) is not None]
+    if len(chosen) > 1:
+        raise ConfigError(f"{origin('kernel.' + chosen[-1])}: set only one of url, path, git "
+                          f"(got {', '.join(chosen)})")
+    kind = k.kind
+    if kind != k.source and k.source != "debian":
+        raise ConfigError(f"{origin('kernel.source')}: {k.source!r} contradicts the {kind} key")
+    if kind in ("url", "path", "git") and not chosen:
+        raise ConfigError(f"{origin('kernel.source')}: {kind!r} needs the {kind} key")
+    if k.sha256 is not None and not _SHA256.match(k.sha256.lower()):
+        raise ConfigError(f"{origin('kernel.sha256')}: expected 64 hex digits, got {k.sha256!r}")
+    if kind == "url" and not k.sha256:
+        raise ConfigError(f"{origin('kernel.sha256')}: required with url "
+                          "(a download is only used once verified)")
+    if not re.match(r"^\d+\.\d+$", k.version):
+        raise ConfigError(f"{origin('kernel.version')}: expected e.g. \"6.1\", got {k.version!r}")
+    if k.git is not None and not k.git.rev.strip():
+        raise ConfigError(f"{origin('kernel.git.rev')}: must name a commit, tag or branch")
+
+
+def _validate_app_source(src: AppSourceSettings, key: str, origin: Origins) -> None:
+    chosen = [n for n in APP_SOURCE_KINDS if getattr(src, n) is not None]
+    if len(chosen) != 1:
+        raise ConfigError(f"{origin(key)}: set exactly one of {', '.join(APP_SOURCE_KINDS)} "
+                          f"(got {chosen or 'none'})")
+    if src.sha256 is not None and not _SHA256.match(src.sha256.lower()):
+        raise ConfigError(f"{origin(key + '.sha256')}: expected 64 hex digits, got {src.sha256!r}")
+    if src.url is not None and not src.sha256:
+        raise ConfigError(f"{origin(key + '.sha256')}: required with url "
+                          "(a download is only used once verified)")
+    if src.git is not None and not src.git.rev.strip():
+        raise ConfigError(f"{origin(key + '.git.rev')}: must name a commit, tag or branch")
+
+
+def _validate_deps(s: Settings, origin: Origins) -> None:
+    configure = s.make.configure if s.make is not None else None
+    if (s.deps or configure is not None) and s.libc not in ("musl", "glibc"):
+        key = f"deps.{next(iter(s.deps))}" if s.deps else "make.configure"
+        raise ConfigError(f"{origin(key)}: configure scripts link and run test programs, "
+                          f"which libc {s.libc!r} cannot give them", hint='libc = "musl"')
+    checked: list[tuple[str, list[str], set[str]]] = []
+    earlier: set[str] = set()
+    for name, dep in s.deps.items():
+        if not _DEP_NAME.match(name):
+            raise ConfigError(f"{origin(f'deps.{name}')}: {name!r} is not a usable dependency "
+                              "name (letters, digits, '_', '.', '+', '-')")
+        _validate_app_source(dep.source, f"deps.{name}.source", origin)
+        checked.append((f"deps.{name}.configure", dep.configure, set(earlier)))
+        checked.append((f"deps.{name}.make-args", dep.make_args, set(earlier)))
+        earlier.add(name)
+    if s.make is not None:
+        checked.append(("make.args", s.make.args, earlier))
+        checked.append(("make.configure", configure or [], earlier))
+    for key, args, known in checked:
+        for arg in args:
+            for ref in deps_references(arg):
+                if ref not in known:
+                    raise ConfigError(f"{origin(key)}: {arg!r} names {{deps.{ref}}}, which is not "
+                                      "a dependency built before it",
+                                      hint=f"known here: {', '.join(sorted(known)) or 'none'}")
+
+
+def _validate_run(s: Settings, origin: Origins) -> None:
+    r = s.run
+    if not _MEMORY.match(r.memory):
+        raise ConfigError(f"{origin('run.memory')}: expected a size such as 256M or 1G, "
+                          f"got {r.memory!r}")
+    if r.smp < 1:
+        raise ConfigError(f"{origin('run.smp')}: expected at least 1, got {r.smp}")
+    for fwd in r.forward:
+        try:
+            split_forward(fwd)
+        except ValueError as e:
+            raise ConfigError(f"{origin('run.forward')}: {e}") from None
+    try:
+        check_app_args(s.args)
+    except ValueError as e:
+        raise ConfigError(f"{origin('args')}: {e}") from None
+    try:  # the longest line a boot of this image can have (microvm adds its NIC)
+        kernel_cmdline(s.cmdline, s.args, RunOptions(machine=r.machine),
+                       network=True, host_clock_ns=HOST_CLOCK_PLACEHOLDER)
+    except RunError as e:
+        raise ConfigError(f"{origin('cmdline')}, with the app's arguments: {e}") from None
