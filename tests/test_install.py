@@ -63,7 +63,7 @@ def test_declared_packages_give_every_command_doctor_checks(tmp_path: Path) -> N
 @pytest.mark.kernel
 def test_build_and_boot_with_only_declared_commands(builds: Builds, cache: Cache,
                                                     tmp_path: Path) -> None:
-    builds("hello", "user")  # warms the shared compiler cache for this configuration
+    session = builds("hello", "user")  # warms the shared compiler cache for this configuration
     bindir = declared_commands_dir(tmp_path / "bin")
     fresh = tmp_path / "cache"
     fresh.mkdir()
@@ -77,6 +77,11 @@ def test_build_and_boot_with_only_declared_commands(builds: Builds, cache: Cache
                            capture_output=True, text=True, env=env, timeout=1500)
     assert build.returncode == 0, build.stderr[-3000:]
     assert "cold build" in build.stderr
+    # Reproducible: the same inputs built in another cache and build directory, at
+    # another time, give the session's image byte for byte.
+    ours = session.images.image("bzimage")
+    image = project / "build/ukl-build/image" / ours.name
+    assert image.read_bytes() == ours.read_bytes()
     run = subprocess.run([sys.executable, "-m", "ukl_build", "run", str(project), "-C", "mode=user",
                           "--timeout", "120"], capture_output=True, text=True, env=env, timeout=300)
     assert "Hello, world, from a unikernel! (CPL 3)" in run.stdout, run.stderr[-3000:]

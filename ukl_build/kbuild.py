@@ -148,7 +148,7 @@ def build_kernel(
     ccache = shutil.which("ccache")
     dir_key = digest("kbuild", tree.key, config.key)
     inputs = {name: file_sha256(path) for name, path in sorted(payload.files.items())}
-    image_key = digest("images", 2, dir_key, inputs, payload.initramfs)
+    image_key = digest("images", 3, dir_key, inputs, payload.initramfs)
     images = cache.path("images", image_key)
     build = cache.path("kbuild", dir_key)
     if (images / "bzImage").is_file():
@@ -168,11 +168,17 @@ def build_kernel(
             removed = remove_payload_outputs(build)
             if removed:
                 reporter.log(f"kbuild: removed {removed} app-dependent outputs before relinking")
+        mtime = int(env.get("SOURCE_DATE_EPOCH", "0"))
         for name, src in payload.files.items():
             dest = build / name
             if not dest.is_file() or file_sha256(dest) != inputs[name]:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(dest, src.read_bytes())  # a new file, with a new mtime
+                atomic_write_bytes(dest, src.read_bytes())
+            # gen_init_cpio records each file's mtime in the initramfs: the build's fixed
+            # time, so equal inputs give equal images.  make cannot be misled by it: the
+            # outputs that depend on these files were removed above unless the stamp
+            # names this very payload.
+            os.utime(dest, (mtime, mtime))
         list_path = build / INITRAMFS_LIST
         if not list_path.is_file() or list_path.read_text() != payload.initramfs:
             atomic_write_text(list_path, payload.initramfs)
