@@ -8,6 +8,7 @@ session temp dir), and the built example apps are session fixtures.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +101,17 @@ def fake_manifest(**extra: object) -> dict[str, object]:
             "run": {"machine": "microvm", "memory": "256M", "smp": 1, "accel": "tcg",
                     "forward": []},
             **extra}
+
+
+def valid_cyclonedx(text: str) -> dict[str, Any]:
+    """The SBOM, once CycloneDX's own library found it valid against the 1.5 schema."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    error = JsonStrictValidator(SchemaVersion.V1_5).validate_str(text)
+    assert error is None, f"SBOM invalid: {error}"
+    doc: dict[str, Any] = json.loads(text)
+    return doc
 
 
 def free_port() -> int:

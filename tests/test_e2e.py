@@ -18,7 +18,7 @@ import pytest
 from ukl_build.errors import BuildError, UklError
 from ukl_build.pipeline import BuildResult, build
 
-from conftest import check_httpd, copy_example, free_port, run_cli
+from conftest import check_httpd, copy_example, free_port, run_cli, valid_cyclonedx
 
 pytestmark = pytest.mark.kernel
 
@@ -121,12 +121,16 @@ def test_pip_wheel_installs_and_boots(hello_build: BuildResult, tmp_path: Path) 
     assert wheel.name == "ukl_hello-0.1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        sbom = json.loads(zf.read("ukl_hello-0.1.0.dist-info/sboms/sbom.cdx.json"))
+        sbom = valid_cyclonedx(zf.read("ukl_hello-0.1.0.dist-info/sboms/sbom.cdx.json").decode())
     assert {"ukl_hello/__main__.py", "ukl_hello/_runner.py", "ukl_hello/_image/manifest.json",
             "ukl_hello/_image/ukl_hello.bzImage"} <= names
     assert sbom["bomFormat"] == "CycloneDX"
     linux = next(c for c in sbom["components"] if c["name"] == "linux")
     assert linux["version"].startswith("6.1.") and linux["pedigree"]["patches"]
+    digests = {p["name"].removeprefix("ukl-build:patch-sha256:"): p["value"]
+               for p in linux["properties"] if p["name"].startswith("ukl-build:patch-sha256:")}
+    assert digests == {p["name"]: p["sha256"]
+                       for p in hello_build.images.manifest["kernel"]["patches"]}
 
     check = subprocess.run([sys.executable, "-m", "check_wheel_contents", str(wheel)],
                            capture_output=True, text=True)
@@ -256,7 +260,7 @@ def test_make_app_from_a_verified_archive(hello_build: BuildResult, cache,  # ty
     app = result.images.manifest["app"]
     assert app["source"] == {"kind": "path", "path": str(project / "tiny-1.0.tar.gz"),
                              "sha256": digest}
-    sbom = json.loads((result.images.directory / "sbom.cdx.json").read_text())
+    sbom = valid_cyclonedx((result.images.directory / "sbom.cdx.json").read_text())
     (comp,) = [c for c in sbom["components"] if c["bom-ref"] == "app-source"]
     assert comp["hashes"] == [{"alg": "SHA-256", "content": digest}]
     proc = run_cli("run", str(result.images.directory), "--timeout", "120", timeout=180)
@@ -273,7 +277,7 @@ def test_hello_on_musl_boots_as_init(hello_build: BuildResult, cache) -> None:  
     result = build(hello_build.settings.project_dir, {"mode": "user", "libc": "musl"}, cache=cache)
     libc = result.images.manifest["app"]["libc_source"]
     assert libc["name"] == "musl" and libc["kind"] == "debian" and len(libc["sha256"]) == 64
-    sbom = json.loads((result.images.directory / "sbom.cdx.json").read_text())
+    sbom = valid_cyclonedx((result.images.directory / "sbom.cdx.json").read_text())
     assert any(c["bom-ref"] == "libc" and c["name"] == "musl" for c in sbom["components"])
     proc = run_cli("run", str(result.images.directory), "--timeout", "120", timeout=180)
     assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr

@@ -173,8 +173,11 @@ def sbom(manifest: Manifest) -> dict[str, Any]:
                                      or "unknown"}],
              "pedigree": {"patches": [{"type": "unofficial", "diff": {"url": p["name"]},
                                        "resolves": []} for p in kernel["patches"]]},
+             # A CycloneDX patch has no hashes: each patch's digest is a property.
              "properties": [{"name": "ukl-build:config-sha256", "value": kernel["config"]["sha256"]},
-                            {"name": "ukl-build:recipes", "value": ",".join(kernel["recipes"])}]},
+                            {"name": "ukl-build:recipes", "value": ",".join(kernel["recipes"])},
+                            *({"name": f"ukl-build:patch-sha256:{p['name']}", "value": p["sha256"]}
+                              for p in kernel["patches"])]},
         ],
         "dependencies": [{"ref": "image", "dependsOn": [app_ref, kernel_ref]}],
     }
