@@ -161,3 +161,61 @@ def test_an_odd_quote_would_swallow_the_next_argument() -> None:
     assert quote_app_args(['quo"te']) == 'quo"te'  # last: fine
     with pytest.raises(ValueError, match=r"argument 1 'quo\"te' cannot be passed.*odd number"):
         quote_app_args(['quo"te', "next"])
+
+
+def firmware_dir(tmp_path: Path, **extra: object) -> tuple[Path, dict[str, object]]:
+    for name in ("app.efi", "app.disk.img"):
+        (tmp_path / name).write_bytes(b"x")
+    manifest = fake_manifest(
+        cmdline="quiet", args=["a b"], cmdline_builtin='console=ttyS0 reboot=t quiet -- "a b"',
+        images={"efi": {"file": "app.efi", "sha256": "0" * 64, "size": 1},
+                "disk": {"file": "app.disk.img", "sha256": "0" * 64, "size": 1}}, **extra)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path, manifest
+
+
+def test_firmware_formats_boot_ovmf_without_a_command_line(tmp_path: Path) -> None:
+    from ukl_build.runner import FirmwareFiles
+
+    d, manifest = firmware_dir(tmp_path)
+    files = FirmwareFiles(tmp_path / "vars.fd", tmp_path / "esp")
+    disk = qemu_argv(manifest, d, RunOptions(machine="q35", image="disk"), "tcg",  # type: ignore[arg-type]
+                     check_files=False, firmware=files)
+    assert "-append" not in disk and "-kernel" not in disk
+    assert disk[disk.index("-M") + 1] == "q35"
+    assert "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd" in disk
+    assert f"if=pflash,format=raw,unit=1,file={tmp_path / 'vars.fd'}" in disk
+    assert "if=none,id=disk0,format=raw,readonly=on,file=app.disk.img" in disk
+    efi = qemu_argv(manifest, d, RunOptions(machine="q35", image="efi", secure_boot=True,  # type: ignore[arg-type]
+                                            firmware_vars="enrolled.fd"),
+                    "tcg", check_files=False, firmware=files)
+    assert efi[efi.index("-M") + 1] == "q35,smm=on"  # Secure Boot variables behind SMM
+    assert "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd" in efi
+    assert "driver=cfi.pflash01,property=secure,value=on" in efi
+    # Not -kernel, which OVMF would start without its Secure Boot check: a FAT drive.
+    assert f"if=none,id=disk0,format=raw,readonly=on,file=fat:{tmp_path / 'esp'}" in efi
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    (RunOptions(machine="q35", image="disk", args=["x"]), "command line built in"),
+    (RunOptions(machine="q35", image="disk", extra_cmdline="debug"), "command line built in"),
+    (RunOptions(machine="q35", image="efi", kernel_log=True), "command line built in"),
+    (RunOptions(image="disk"), "made for q35: boot it with --machine q35"),
+    (RunOptions(machine="q35", image="disk", secure_boot=True), "--secure-boot needs --firmware-vars"),
+])
+def test_firmware_boot_refuses_what_it_cannot_honour(tmp_path: Path, opts: RunOptions,
+                                                      message: str) -> None:
+    d, manifest = firmware_dir(tmp_path)
+    with pytest.raises(RunError, match=message):
+        qemu_argv(manifest, d, opts, "tcg")  # type: ignore[arg-type]
+
+
+def test_firmware_refusal_is_recognised() -> None:
+    from ukl_build.runner import _Console
+
+    console = _Console(io.StringIO())
+    console.feed(b"\x1b[2J\x1b[01;01HBdsDxe: loading Boot0001 \"UEFI Misc Device\"\r\n")
+    assert console.refused is None and "\x1b" not in console.out.getvalue()  # type: ignore[attr-defined]
+    console.feed(b'BdsDxe: failed to load Boot0001 "UEFI Misc Device" from PciRoot(0x0)/'
+                 b"Pci(0x1,0x0): Access Denied\r\n")
+    assert console.refused is not None and console.refused.endswith("Access Denied")

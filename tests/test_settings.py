@@ -151,10 +151,31 @@ def test_project_name_must_be_a_distribution_name(tmp_path: Path, name: str) -> 
 def test_run_defaults_come_from_runoptions(tmp_path: Path) -> None:
     from ukl_build.runner import RunOptions
 
-    run = load_settings(project(tmp_path)).run
+    s = load_settings(project(tmp_path))
+    run = s.run
     base = RunOptions()
-    assert (run.machine, run.memory, run.smp, run.accel) == (base.machine, base.memory, base.smp,
-                                                             base.accel)
+    assert (s.run_machine, run.memory, run.smp, run.accel) == (base.machine, base.memory,
+                                                               base.smp, base.accel)
+
+
+def test_uefi_formats_boot_on_q35_and_sign_needs_them(tmp_path: Path) -> None:
+    s = load_settings(project(tmp_path), {"formats": "efi;disk"})
+    assert s.firmware_boot and s.run_machine == "q35"
+    assert load_settings(project(tmp_path), {"formats": "pvh"}).run_machine == "microvm"
+    with pytest.raises(ConfigError, match=r"-C run.machine: the efi and disk formats boot "
+                                          r"through UEFI firmware"):
+        load_settings(project(tmp_path), {"formats": "disk", "run.machine": "microvm"})
+    with pytest.raises(ConfigError, match=r"-C sign.cert: signing applies to the efi and disk"):
+        load_settings(project(tmp_path), {"sign.cert": "c.pem", "sign.key": "k.pem"})
+    with pytest.raises(ConfigError, match=r"sign.key: set exactly one of key, key-env \(got key, "
+                                          r"key_env\)"):
+        load_settings(project(tmp_path), {"formats": "efi", "sign.cert": "c.pem",
+                                          "sign.key": "k.pem", "sign.key-env": "K"})
+    with pytest.raises(ConfigError, match=r"\[tool.ukl-build.sign\] required key 'cert'"):
+        load_settings(project(tmp_path, "formats = ['disk']\n[tool.ukl-build.sign]\nkey = 'k'\n"))
+    with pytest.raises(ConfigError, match=r"kconfig\] CMDLINE: with the efi or disk format"):
+        load_settings(project(tmp_path, "formats = ['efi']\n[tool.ukl-build.kconfig]\n"
+                                        "CMDLINE = 'x'\n"))
 
 
 def test_schema_documents_kernel_version() -> None:

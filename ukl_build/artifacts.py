@@ -19,17 +19,21 @@ from typing import Any
 from ukl_build import __version__
 from ukl_build.appbuild import AppBinary
 from ukl_build.cache import file_sha256
+from ukl_build.efi import Signer, make_disk, make_efi
 from ukl_build.errors import ConfigError
 from ukl_build.kbuild import KernelImages
 from ukl_build.kconfig import KernelConfig, read_config
 from ukl_build.patches import PatchedTree
+from ukl_build.progress import Reporter
 from ukl_build.runner import (
     DEFAULT_INIT_ARG_LIMIT,
     MANIFEST_SCHEMA,
     AppRecord,
+    ImageFile,
     Manifest,
     RunError,
     RunOptions,
+    builtin_cmdline,
     qemu_argv,
 )
 from ukl_build.settings import Settings
@@ -55,7 +59,7 @@ def qemu_example(manifest: Manifest, fmt: str) -> str:
     """The command ``ukl_build run`` would use, for people who boot the image by hand."""
     run = manifest["run"]
     opts = RunOptions(machine=run["machine"], memory=run["memory"], smp=run["smp"],
-                      forward=run["forward"], image=fmt)
+                      forward=run["forward"], image=fmt, secure_boot=manifest.get("signed", False))
     argv = qemu_argv(manifest, Path("."), opts, "tcg", check_files=False)
     return " ".join(shlex.quote(a) for a in argv)
 
@@ -67,7 +71,9 @@ def write_image_set(
     config: KernelConfig,
     app: AppBinary,
     kernel: KernelImages,
-    source_date_epoch: int,
+    env: dict[str, str],
+    reporter: Reporter,
+    signer: Signer | None = None,
 ) -> ImageSet:
     name = settings.project.dist_name
     values = read_config(config.path)
@@ -75,14 +81,7 @@ def write_image_set(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        images: dict[str, Any] = {}
-        sources = {"bzimage": (kernel.bzimage, f"{name}.bzImage"),
-                   "pvh": (kernel.vmlinux, f"{name}.vmlinux")}
-        for fmt in settings.formats:
-            src, filename = sources[fmt]
-            shutil.copy2(src, tmp / filename)
-            images[fmt] = {"file": filename, "sha256": file_sha256(tmp / filename),
-                           "size": (tmp / filename).stat().st_size}
+        images = _write_images(settings, tmp, kernel, signer, env, reporter)
         shutil.copy2(config.path, tmp / f"{name}.config")
         manifest: Manifest = {
             "schema": MANIFEST_SCHEMA,
@@ -92,7 +91,7 @@ def write_image_set(
             "mode": settings.mode,
             "arch": "x86_64",
             "ukl_build": __version__,
-            "source_date_epoch": source_date_epoch,
+            "source_date_epoch": int(env["SOURCE_DATE_EPOCH"]),
             "kernel": {
                 "release": tree.release,
                 "source": tree.source.origin,
@@ -107,13 +106,17 @@ def write_image_set(
             "network": network,
             "images": images,
             "run": {
-                "machine": settings.run.machine,
+                "machine": settings.run_machine,
                 "memory": settings.run.memory,
                 "smp": settings.run.smp,
                 "accel": settings.run.accel,
                 "forward": list(settings.run.forward),
+                "image": settings.formats[0],
             },
         }
+        if settings.firmware_boot:
+            manifest["cmdline_builtin"] = builtin_cmdline(settings.cmdline, settings.args)
+            manifest["signed"] = signer is not None
         try:
             manifest["qemu"] = {fmt: qemu_example(manifest, fmt) for fmt in images}
         except RunError as e:  # the command line the kernel would cut or mangle
@@ -125,6 +128,30 @@ def write_image_set(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ImageSet(out_dir, manifest)
+
+
+def _write_images(settings: Settings, tmp: Path, kernel: KernelImages, signer: Signer | None,
+                  env: dict[str, str], reporter: Reporter) -> dict[str, ImageFile]:
+    """Each format's file in ``tmp``, in the order of ``formats``."""
+    name = settings.project.dist_name
+    files = {"bzimage": f"{name}.bzImage", "pvh": f"{name}.vmlinux", "efi": f"{name}.efi",
+             "disk": f"{name}.disk.img"}
+    images: dict[str, ImageFile] = {}
+    efi = tmp / files["efi"]
+    if settings.firmware_boot:  # the disk holds the efi image, shipped or not
+        make_efi(kernel.bzimage, efi, signer, env, reporter)
+    for fmt in settings.formats:
+        path = tmp / files[fmt]
+        if fmt == "bzimage":
+            shutil.copy2(kernel.bzimage, path)
+        elif fmt == "pvh":
+            shutil.copy2(kernel.vmlinux, path)
+        elif fmt == "disk":
+            make_disk(efi, path, env, reporter)
+        images[fmt] = {"file": path.name, "sha256": file_sha256(path), "size": path.stat().st_size}
+    if settings.firmware_boot and "efi" not in settings.formats:
+        efi.unlink()
+    return images
 
 
 def _app_record(app: AppBinary, shortcuts: bool) -> AppRecord:

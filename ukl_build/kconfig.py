@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from ukl_build.errors import BuildError, ConfigError
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import recipes_dir
+from ukl_build.runner import builtin_cmdline
 from ukl_build.settings import Settings
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
@@ -63,7 +64,7 @@ def parse_fragment(text: str, origin: str) -> tuple[list[Option], list[str]]:
 
 
 # Recipes a format needs on top of the app's (the pvh image is the ELF vmlinux).
-FORMAT_RECIPES = {"pvh": "pvh"}
+FORMAT_RECIPES = {"pvh": "pvh", "efi": "efi", "disk": "efi"}
 
 
 def recipes_for(settings: Settings) -> list[str]:
@@ -75,6 +76,22 @@ def recipes_for(settings: Settings) -> list[str]:
         if fmt in FORMAT_RECIPES and FORMAT_RECIPES[fmt] not in recipes:
             recipes.append(FORMAT_RECIPES[fmt])
     return recipes
+
+
+def generated_options(settings: Settings) -> list[Option]:
+    """Options ukl-build derives from other settings: for the efi and disk formats, the
+    command line, built in (firmware boots pass none)."""
+    if not settings.firmware_boot:
+        return []
+    where = f"{settings.origin('formats')} (efi/disk: the built-in command line)"
+    line = builtin_cmdline(settings.cmdline, settings.args)
+    return [Option("CMDLINE_BOOL", "y", where), Option("CMDLINE", quote_string(line), where),
+            Option("CMDLINE_OVERRIDE", "n", where)]
+
+
+def quote_string(value: str) -> str:
+    """A kconfig string value as .config spells it."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def resolve_recipes(names: list[str], project_dir: Path) -> list[tuple[str, Path]]:
@@ -136,7 +153,7 @@ def _normalise(value: str) -> str:
         return value
     if value.startswith('"') and value.endswith('"'):
         return value
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quote_string(value)
 
 
 def read_config(path: Path) -> dict[str, str]:
@@ -255,9 +272,13 @@ def configure(
     reporter: Reporter,
     make_env: dict[str, str],
     origin: Callable[[str], str] | None = None,
+    generated: Sequence[Option] = (),
 ) -> KernelConfig:
+    """The resolved .config: recipes, then the app's options, then ``generated`` ones."""
     recipes = resolve_recipes(recipe_names, project_dir)
     options = requested_options(recipes, extra, origin)
+    names = {o.name for o in generated}
+    options = [o for o in options if o.name not in names] + list(generated)
     fragments = [(n, file_sha256(p)) for n, p in recipes]
     key = digest("kconfig", tree.key, fragments, [(o.name, o.value) for o in options])
 

@@ -15,9 +15,10 @@ from typing import Any, TextIO
 from ukl_build.appbuild import AppBinary, build_app
 from ukl_build.artifacts import ImageSet, check_out_dir, remove_owned, write_image_set
 from ukl_build.cache import Cache, file_lock
+from ukl_build.efi import Signer
 from ukl_build.errors import ConfigError, UklError
 from ukl_build.kbuild import KernelImages, build_kernel, payload_for, reproducible_env
-from ukl_build.kconfig import configure, recipes_for
+from ukl_build.kconfig import configure, generated_options, recipes_for
 from ukl_build.patches import PatchedTree, apply_patches
 from ukl_build.progress import Reporter
 from ukl_build.resources import patches_dir
@@ -52,6 +53,17 @@ def source_date_epoch() -> int:
         return int(value)
     except ValueError:
         raise ConfigError(f"SOURCE_DATE_EPOCH={value!r} is not an integer") from None
+
+
+def signer_of(settings: Settings) -> Signer | None:
+    """``[tool.ukl-build.sign]`` with its paths resolved against the project."""
+    sign = settings.sign
+    if sign is None:
+        return None
+    key = settings.project_dir / sign.key if sign.key is not None else None
+    return Signer(cert=settings.project_dir / sign.cert, key=key, key_env=sign.key_env,
+                  cert_origin=settings.origin("sign.cert"),
+                  key_origin=settings.origin("sign.key" if key else "sign.key-env"))
 
 
 def prepare_tree(settings: Settings, cache: Cache, reporter: Reporter) -> PatchedTree:
@@ -110,11 +122,12 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
         reporter.stage("config", "shortcuts = true has no effect in user mode")
     tree = prepare_tree(settings, cache, reporter)
     config = configure(tree, recipes_for(settings), settings.kconfig_items(), settings.project_dir, cache,
-                       reporter, env, settings.origin)
+                       reporter, env, settings.origin, generated_options(settings))
     app = build_app(settings, tree, bdir, cache, reporter, env)
     kernel = build_kernel(tree, config, payload_for(app), cache, reporter, env,
                           jobs=os.cpu_count() or 1)
-    images = write_image_set(settings, out_dir, tree, config, app, kernel, sde)
+    images = write_image_set(settings, out_dir, tree, config, app, kernel, env, reporter,
+                             signer_of(settings))
     for fmt, info in images.manifest["images"].items():
         reporter.stage("package", f"{fmt}: {out_dir / info['file']} ({info['size']} bytes)")
     return BuildResult(settings, images, reporter.log_path or bdir / "build.log", kernel, app)

@@ -14,6 +14,10 @@ read from the serial console:
 - UKL mode: the kernel prints "ukl: exit status N" and restarts.
 
 On microvm, ``reboot=t`` (triple fault) is the reboot method that ends QEMU.
+
+The efi and disk formats boot through UEFI firmware (Debian's OVMF on q35):
+their kernel carries its whole command line (``cmdline_builtin`` in the
+manifest), so nothing is appended at boot.
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ _PANIC_INIT = re.compile(r"Attempted to kill init! exitcode=(0x[0-9a-fA-F]+)")
 _UKL_EXIT = re.compile(r"ukl: exit status (\d+)")
 _PANIC = re.compile(r"Kernel panic - not syncing: (.*)")
 KVM_PROBE_SECONDS = 3.0
+_FIRMWARE_REFUSED = re.compile(r"BdsDxe: failed to load .*: (Access Denied|Security Violation)"
+                               r"|QemuLoadKernelImage.*(Access Denied|Security Violation)")
+_CONTROL = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
+# Debian's ovmf package: UEFI firmware for q35 (code read-only, variables per boot).
+OVMF_DIR = Path("/usr/share/OVMF")
+OVMF_CODE = "OVMF_CODE_4M.fd"
+OVMF_CODE_SECURE_BOOT = "OVMF_CODE_4M.secboot.fd"  # needs SMM: Secure Boot variables stay locked
+OVMF_VARS = "OVMF_VARS_4M.fd"  # empty variable store: Secure Boot off
+FIRMWARE_FORMATS = ("efi", "disk")
 # The first virtio-mmio transport of QEMU's microvm (acpi=off): 512 bytes at 0xfeb00000, IRQ 5.
 MICROVM_NIC_PARAM = "virtio_mmio.device=512@0xfeb00000:5"
 
@@ -66,6 +79,10 @@ class RunOptions:
     kernel_log: bool = False
     args: list[str] | None = None  # replaces the manifest's app arguments
     qemu_args: list[str] = field(default_factory=list)  # appended to QEMU's command line
+    # efi/disk formats: the UEFI variable store to start from (copied per boot; default:
+    # OVMF's empty one) and whether to use the Secure Boot firmware build.
+    firmware_vars: str | None = None
+    secure_boot: bool = False
 
 
 class RunError(Exception):
@@ -109,13 +126,17 @@ class AppRecord(_AppRecord, total=False):
     deps: list[dict[str, Any]]  # libraries built from source and linked in
 
 
-class RunDefaults(TypedDict):
-    """How the image boots unless told otherwise: RunOptions' defaults, or the project's."""
+class _RunDefaults(TypedDict):
     machine: Machine
     memory: str
     smp: int
     accel: Accel
     forward: list[str]
+
+
+class RunDefaults(_RunDefaults, total=False):
+    """How the image boots unless told otherwise: RunOptions' defaults, or the project's."""
+    image: str  # the format booted by default: the first one built
 
 
 class _Manifest(TypedDict):
@@ -139,6 +160,8 @@ class _Manifest(TypedDict):
 
 class Manifest(_Manifest, total=False):
     qemu: dict[str, str]  # by format: the QEMU command line, for people
+    cmdline_builtin: str  # efi/disk builds: the whole command line, built into the kernel
+    signed: bool  # efi/disk builds: the EFI image is signed for Secure Boot
 
 
 def load_manifest(image_dir: Path) -> Manifest:
@@ -384,10 +407,66 @@ def kernel_cmdline(image_cmdline: str, image_args: Sequence[str], opts: RunOptio
     return append
 
 
+def builtin_cmdline(image_cmdline: str, image_args: Sequence[str],
+                    init_arg_limit: int = DEFAULT_INIT_ARG_LIMIT) -> str:
+    """The command line built into an efi/disk kernel: what firmware boots give it.
+
+    Only what holds on any machine: the serial console, the reboot method
+    that ends a VM, the image's own parameters and the app's arguments.
+    """
+    return kernel_cmdline(image_cmdline, image_args, RunOptions(machine="q35"), network=False,
+                          accel="", init_arg_limit=init_arg_limit)
+
+
+def _check_builtin(manifest: Manifest, opts: RunOptions) -> None:
+    """RunError for run options an image with a built-in command line cannot honour."""
+    if opts.args is not None or opts.extra_cmdline or opts.kernel_log:
+        raise RunError("this image has its command line built in (an efi/disk build): "
+                       "the app's arguments, --cmdline and --kernel-log are fixed at build "
+                       f"time ({manifest['cmdline_builtin']!r}); change cmdline or args and "
+                       "rebuild")
+    if opts.machine != "q35":
+        raise RunError("this image has its command line built in (an efi/disk build), "
+                       "made for q35: boot it with --machine q35")
+
+
+@dataclass(frozen=True)
+class FirmwareFiles:
+    """What one firmware boot writes or assembles: its own files, in a temporary directory."""
+
+    vars: Path  # a copy of the UEFI variable store (the firmware writes to it)
+    esp: Path | None  # efi format: a directory holding EFI/BOOT/BOOTX64.EFI
+
+
+def _firmware_args(opts: RunOptions, kernel: Path, files: FirmwareFiles | None,
+                   check_files: bool) -> list[str]:
+    """OVMF as pflash (code read-only, a per-boot copy of the variables) and the image
+    on a drive, which the firmware loads and (with Secure Boot) checks like any other."""
+    code = OVMF_DIR / (OVMF_CODE_SECURE_BOOT if opts.secure_boot else OVMF_CODE)
+    if check_files and not code.is_file():
+        raise RunError(f"{code}: missing (apt-get install ovmf): the {opts.image} format "
+                       "boots through UEFI firmware")
+    if check_files and opts.secure_boot and opts.firmware_vars is None:
+        raise RunError("--secure-boot needs --firmware-vars: a variable store with your "
+                       "certificate enrolled (see docs/formats.md)")
+    args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={files.vars if files else 'vars.fd'}"]
+    if opts.secure_boot:
+        args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    # efi: not -kernel, which OVMF falls back to starting without its Secure Boot check,
+    # but a FAT drive that QEMU makes of a directory holding EFI/BOOT/BOOTX64.EFI.
+    esp = files.esp if files and files.esp else "esp"
+    drive = f"fat:{esp}" if opts.image == "efi" else str(kernel)
+    return [*args, "-drive", f"if=none,id=disk0,format=raw,readonly=on,file={drive}",
+            "-device", "virtio-blk-pci,drive=disk0"]
+
+
 def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
-              check_files: bool = True, host_clock: tuple[int, Path] | None = None) -> list[str]:
+              check_files: bool = True, host_clock: tuple[int, Path] | None = None,
+              firmware: FirmwareFiles | None = None) -> list[str]:
     """QEMU's command line.  ``host_clock`` (hostclock= value, QMP socket): start
-    paused with a QMP socket, for :func:`resume_at`."""
+    paused with a QMP socket, for :func:`resume_at`.  ``firmware``: the files
+    of this boot's firmware (efi and disk formats; see :func:`firmware_files`)."""
     images = manifest["images"]
     if opts.image not in images:
         have = ", ".join(sorted(images)) or "none"
@@ -397,6 +476,11 @@ def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
         raise RunError(f"{kernel}: missing")
     if check_files and shutil.which(opts.qemu) is None:
         raise RunError(f"{opts.qemu} not found (apt-get install qemu-system-x86)")
+    builtin = manifest.get("cmdline_builtin")
+    if builtin is not None:
+        _check_builtin(manifest, opts)
+    elif opts.image in FIRMWARE_FORMATS:
+        raise RunError(f"{image_dir}: the {opts.image} image has no built-in command line")
     network = bool(opts.forward or manifest["network"])
     if opts.machine == "microvm":
         # No ACPI, and no automatic virtio_mmio.device= on the command line: QEMU
@@ -404,20 +488,25 @@ def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
         machine = "microvm,x-option-roms=off,acpi=off,auto-kernel-cmdline=off"
         nic = ["-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"]
     elif opts.machine == "q35":
-        machine = "q35"
+        # Secure Boot keeps its variables behind SMM, or the OS could rewrite them.
+        machine = "q35,smm=on" if opts.secure_boot else "q35"
         nic = ["-device", "virtio-net-pci,netdev=n0"]
     else:
         raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
 
-    append = kernel_cmdline(manifest["cmdline"], manifest["args"], opts, network, accel,
-                            host_clock[0] if host_clock is not None else None,
-                            manifest["init_arg_limit"])
-
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
-            "-serial", "stdio", "-no-reboot",
-            "-kernel", str(kernel) if check_files else images[opts.image]["file"],
-            "-append", append]
+            "-serial", "stdio", "-no-reboot"]
+    image = kernel if check_files else Path(images[opts.image]["file"])
+    if opts.image in FIRMWARE_FORMATS:
+        argv += _firmware_args(opts, image, firmware, check_files)
+    elif builtin is not None:
+        argv += ["-kernel", str(image)]
+    else:
+        argv += ["-kernel", str(image), "-append",
+                 kernel_cmdline(manifest["cmdline"], manifest["args"], opts, network, accel,
+                                host_clock[0] if host_clock is not None else None,
+                                manifest["init_arg_limit"])]
     if accel == "kvm":
         argv += ["-cpu", "host"]
     if host_clock is not None:
@@ -502,12 +591,11 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
     err = err or sys.stderr
     manifest = load_manifest(image_dir)
     accel = choose_accel(opts, err)
-    qmp_dir = Path(tempfile.mkdtemp(prefix="ukl-run-")) if accel == "tcg" else None
+    tmp = Path(tempfile.mkdtemp(prefix="ukl-run-"))
     try:
-        return _run(manifest, image_dir, opts, accel, qmp_dir, out, err)
+        return _run(manifest, image_dir, opts, accel, tmp, out, err)
     finally:
-        if qmp_dir is not None:
-            shutil.rmtree(qmp_dir, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
@@ -518,11 +606,15 @@ class _Console:
     out: TextIO
     status: int | None = None
     panic: str | None = None
+    refused: str | None = None  # the firmware would not start the image
 
     def feed(self, raw: bytes) -> None:
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if self.status is not None or self.panic is not None:
+        # UEFI firmware clears the screen with terminal control sequences: not the app's.
+        line = _CONTROL.sub("", raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        if self.status is not None or self.panic is not None or self.refused is not None:
             return
+        if _FIRMWARE_REFUSED.search(line):
+            self.refused = line.strip()
         if m := _UKL_EXIT.search(line):
             self.status = int(m.group(1))
             return
@@ -550,11 +642,38 @@ def _kill_after(proc: subprocess.Popen[bytes],
     return timer, timed_out
 
 
+def firmware_files(manifest: Manifest, image_dir: Path, opts: RunOptions,
+                   tmp: Path) -> FirmwareFiles | None:
+    """The files a firmware boot needs, made in ``tmp``: a copy of the variable store
+    and, for the efi format, the directory QEMU shows the firmware as a FAT drive."""
+    if opts.image not in FIRMWARE_FORMATS or opts.image not in manifest["images"]:
+        return None
+    src = Path(opts.firmware_vars) if opts.firmware_vars else OVMF_DIR / OVMF_VARS
+    try:
+        shutil.copyfile(src, tmp / "vars.fd")
+    except OSError as e:
+        raise RunError(f"{src}: cannot copy the UEFI variable store: {e.strerror}"
+                       + (" (apt-get install ovmf)" if not opts.firmware_vars else "")) from None
+    esp = None
+    if opts.image == "efi":
+        esp = tmp / "esp"
+        (esp / "EFI" / "BOOT").mkdir(parents=True)
+        try:
+            shutil.copyfile(image_dir / manifest["images"]["efi"]["file"],
+                            esp / "EFI" / "BOOT" / "BOOTX64.EFI")
+        except OSError as e:
+            raise RunError(f"{image_dir}: cannot copy the efi image: {e.strerror}") from None
+    return FirmwareFiles(tmp / "vars.fd", esp)
+
+
 def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
-         qmp_dir: Path | None, out: TextIO, err: TextIO) -> int:
+         tmp: Path, out: TextIO, err: TextIO) -> int:
     start_ns = time.time_ns() + HOST_CLOCK_LEAD_NS
-    host_clock = (start_ns, qmp_dir / "qmp.sock") if qmp_dir is not None else None
-    argv = qemu_argv(manifest, image_dir, opts, accel, host_clock=host_clock)
+    # The host's clock goes on the command line: not for images that carry theirs.
+    clock = accel == "tcg" and "cmdline_builtin" not in manifest
+    host_clock = (start_ns, tmp / "qmp.sock") if clock else None
+    argv = qemu_argv(manifest, image_dir, opts, accel, host_clock=host_clock,
+                     firmware=firmware_files(manifest, image_dir, opts, tmp))
     print(f"[ukl-build] booting {manifest.get('name', image_dir.name)} "
           f"({opts.image}, {opts.machine}, {accel})", file=err, flush=True)
     start = time.monotonic()
@@ -579,6 +698,8 @@ def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
                       "is that much behind", file=err, flush=True)
         for raw in proc.stdout:
             console.feed(raw)
+            if console.refused is not None:  # the firmware would wait for a key press
+                proc.kill()
         proc.wait()
     except KeyboardInterrupt:
         proc.kill()
@@ -608,6 +729,10 @@ def _outcome(console: _Console, elapsed: float, qemu_status: int, qemu_err: list
         return console.status
     if console.panic is not None:
         print(f"[ukl-build] kernel panic: {console.panic}", file=err, flush=True)
+        return EXIT_NO_STATUS
+    if console.refused is not None:
+        print(f"[ukl-build] the firmware refused to start the image ({console.refused}): "
+              "with Secure Boot on, it must be signed by a key in the db", file=err, flush=True)
         return EXIT_NO_STATUS
     tail = b"".join(qemu_err).decode(errors="replace").strip()
     print(f"[ukl-build] VM ended (QEMU status {qemu_status}) without the app's exit status"
@@ -657,10 +782,17 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, An
                         help="forward a host TCP port (127.0.0.1) to a guest port")
     parser.add_argument("--timeout", type=float, default=None,
                         help="stop the VM after this many seconds (exit status 124)")
-    parser.add_argument("--image", default="bzimage", help="which image format to boot")
+    parser.add_argument("--format", "--image", dest="image", default=None,
+                        choices=("bzimage", "pvh", *FIRMWARE_FORMATS),
+                        help="which image format to boot (default: the first one built)")
     parser.add_argument("--qemu", default="qemu-system-x86_64")
     parser.add_argument("--cmdline", default="", help="extra kernel command line")
     parser.add_argument("--kernel-log", action="store_true", help="show the kernel's boot messages")
+    parser.add_argument("--firmware-vars", metavar="FILE", default=None,
+                        help="efi/disk: UEFI variable store to start from (copied per boot)")
+    parser.add_argument("--secure-boot", action="store_true",
+                        help="efi/disk: OVMF's Secure Boot build (needs --firmware-vars "
+                             "with your certificate enrolled)")
     parser.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
                         help="append ARG to QEMU's command line (repeatable), e.g. "
                              "--qemu-arg=-icount --qemu-arg=shift=0")
@@ -687,9 +819,11 @@ def options_from_args(ns: argparse.Namespace, defaults: Mapping[str, Any]) -> Ru
 
     forward = ns.forward if ns.forward is not None else list(defaults["forward"])
     return RunOptions(accel=pick("accel"), machine=pick("machine"), memory=pick("memory"),
-                      smp=pick("smp"), forward=forward, timeout=ns.timeout, image=ns.image, qemu=ns.qemu,
+                      smp=pick("smp"), forward=forward, timeout=ns.timeout,
+                      image=ns.image or defaults.get("image", RunOptions.image), qemu=ns.qemu,
                       extra_cmdline=ns.cmdline, kernel_log=ns.kernel_log,
-                      args=getattr(ns, "app_args", None), qemu_args=list(ns.qemu_arg))
+                      args=getattr(ns, "app_args", None), qemu_args=list(ns.qemu_arg),
+                      firmware_vars=ns.firmware_vars, secure_boot=ns.secure_boot)
 
 
 def launcher_main(image_dir: Path, argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@
 from ukl_build.settings.docs import settings_schema_markdown
 from ukl_build.settings.loader import load_settings
 from ukl_build.settings.model import (
+    FIRMWARE_FORMATS,
     AppSourceSettings,
     CMakeSettings,
     DepSettings,
@@ -23,14 +24,16 @@ from ukl_build.settings.model import (
     Origins,
     RunSettings,
     Settings,
+    SignSettings,
     SourceKind,
     deps_references,
     substitute_deps,
 )
 
 __all__ = [
-    "AppSourceSettings", "CMakeSettings", "DepSettings", "Format", "GitSettings",
+    "FIRMWARE_FORMATS", "AppSourceSettings", "CMakeSettings", "DepSettings", "Format",
+    "GitSettings",
     "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins", "RunSettings", "Settings",
-    "SourceKind", "deps_references", "load_settings", "settings_schema_markdown",
+    "SignSettings", "SourceKind", "deps_references", "load_settings", "settings_schema_markdown",
     "substitute_deps",
 ]

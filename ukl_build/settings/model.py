@@ -21,7 +21,9 @@ from ukl_build.runner import Accel, Machine, RunOptions
 # keeps only the rules that span fields.
 Mode = Literal["ukl", "user"]
 Libc = Literal["nolibc", "glibc", "musl"]
-Format = Literal["bzimage", "pvh"]
+Format = Literal["bzimage", "pvh", "efi", "disk"]
+# Formats booted through UEFI firmware: their kernel carries its command line.
+FIRMWARE_FORMATS = ("efi", "disk")
 SourceKind = Literal["debian", "url", "path", "git"]
 
 
@@ -122,13 +124,25 @@ class CMakeSettings:
 
 @dataclass(frozen=True)
 class RunSettings:
-    machine: Machine = _doc('QEMU machine: "microvm" or "q35".', default=RunOptions.machine)
+    machine: Machine | None = _doc(
+        'QEMU machine: "microvm" or "q35". Default: microvm, or q35 when `formats` has '
+        'efi or disk (UEFI firmware needs a PC).', default=None)
     memory: str = _doc("Guest memory, QEMU syntax (256M, 1G).", default=RunOptions.memory)
     smp: int = _doc("Virtual CPUs.", default=RunOptions.smp)
     accel: Accel = _doc('"tcg", "kvm" or "auto" (probes KVM first).', default=RunOptions.accel)
     forward: list[str] = _doc(
         'Port forwards "HOST:GUEST" (TCP, user-mode networking).', default_factory=list
     )
+
+
+@dataclass(frozen=True)
+class SignSettings:
+    cert: str = _doc("The signer's X.509 certificate (PEM), relative to the project.")
+    key: str | None = _doc(
+        "Its private key (PEM file), relative to the project; or use `key-env`.", default=None)
+    key_env: str | None = _doc(
+        "Name of an environment variable that holds the private key (PEM text), for CI "
+        "secrets; read at build time, never written into the build's outputs.", default=None)
 
 
 @dataclass(frozen=True)
@@ -205,15 +219,34 @@ class Settings:
     args: list[str] = _doc("The app's argv[1:].", default_factory=list)
     formats: list[Format] = _doc(
         'Images to produce: "bzimage" (QEMU -kernel, bootloaders), "pvh" (ELF vmlinux '
-        "for QEMU/Firecracker/cloud-hypervisor direct boot).",
+        'for QEMU/Firecracker/cloud-hypervisor direct boot), "efi" (the kernel as an EFI '
+        'application, command line and app built in), "disk" (a raw GPT disk whose EFI '
+        "system partition holds it as \\EFI\\BOOT\\BOOTX64.EFI: bare metal, UEFI VMs, "
+        "clouds that import raw disks). With efi or disk the command line (`cmdline`, "
+        "`args`) is built into the kernel, for every format of the build.",
         default_factory=lambda: ["bzimage"],
     )
+    sign: SignSettings | None = _doc(
+        "Secure Boot: sign the efi image (and the one in the disk) with sbsigntool.",
+        default=None)
     kernel: KernelSettings = _doc("The kernel source.", default_factory=KernelSettings)
     musl: AppSourceSettings = _doc(
         'Where musl comes from for libc = "musl" (same keys as a make source); '
         "default: Debian's musl source package.",
         default_factory=lambda: AppSourceSettings(debian="musl"))
     run: RunSettings = _doc("Defaults for `ukl_build run` and the launcher.", default_factory=RunSettings)
+
+    @property
+    def firmware_boot(self) -> bool:
+        """Whether an image of this build boots through UEFI firmware (efi or disk format)."""
+        return any(f in FIRMWARE_FORMATS for f in self.formats)
+
+    @property
+    def run_machine(self) -> Machine:
+        """The machine the image boots on unless told otherwise."""
+        if self.run.machine is not None:
+            return self.run.machine
+        return "q35" if self.firmware_boot else "microvm"
 
     @property
     def uses_shortcuts(self) -> bool:

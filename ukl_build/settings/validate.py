@@ -73,6 +73,19 @@ def validate(s: Settings, origin: Origins) -> None:
     _validate_kconfig(s, origin)
     _validate_kernel(s.kernel, origin)
     _validate_run(s, origin)
+    _validate_sign(s, origin)
+
+
+def _validate_sign(s: Settings, origin: Origins) -> None:
+    if s.sign is None:
+        return
+    if not s.firmware_boot:
+        raise ConfigError(f"{origin.table_of('sign.cert')} signing applies to the efi and disk formats, "
+                          f"and formats is {s.formats}", hint='formats = ["efi", "disk"]')
+    keys = [k for k in ("key", "key_env") if getattr(s.sign, k) is not None]
+    if len(keys) != 1:
+        raise ConfigError(f"{origin('sign.key')}: set exactly one of key, key-env "
+                          f"(got {', '.join(keys) or 'none'})")
 
 
 def _validate_kconfig(s: Settings, origin: Origins) -> None:
@@ -84,6 +97,10 @@ def _validate_kconfig(s: Settings, origin: Origins) -> None:
         if value == "m":
             raise ConfigError(f"{where}: modules are not supported (the kernel has no "
                               'module loader); use "y"')
+        if bare.startswith("CMDLINE") and s.firmware_boot:
+            raise ConfigError(f"{where}: with the efi or disk format ukl-build builds the "
+                              "command line into the kernel from `cmdline` and `args`",
+                              hint="put kernel parameters in cmdline")
         if bare.startswith("INITRAMFS_COMPRESSION_") and bare != "INITRAMFS_COMPRESSION_NONE":
             raise ConfigError(f"{where}: the built-in initramfs stays uncompressed (the whole "
                               "image is compressed already, and the build checks the app in it)")
@@ -168,8 +185,11 @@ def _validate_run(s: Settings, origin: Origins) -> None:
         check_app_args(s.args)
     except ValueError as e:
         raise ConfigError(f"{origin('args')}: {e}") from None
+    if s.firmware_boot and r.machine == "microvm":
+        raise ConfigError(f"{origin('run.machine')}: the efi and disk formats boot through UEFI "
+                          "firmware, which QEMU's microvm does not have", hint='machine = "q35"')
     try:  # the longest line a boot of this image can have (microvm adds its NIC)
-        kernel_cmdline(s.cmdline, s.args, RunOptions(machine=r.machine),
+        kernel_cmdline(s.cmdline, s.args, RunOptions(machine=s.run_machine),
                        network=True, host_clock_ns=HOST_CLOCK_PLACEHOLDER)
     except RunError as e:
         raise ConfigError(f"{origin('cmdline')}, with the app's arguments: {e}") from None
