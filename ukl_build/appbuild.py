@@ -125,9 +125,19 @@ def _prefix_map(settings: Settings) -> str:
     return f"-ffile-prefix-map={settings.project_dir}=."
 
 
-def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None = None) -> Toolchain:
+CACHE_PREFIX = "/ukl-build-cache"  # what the cache's path becomes in debug information
+
+
+def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None = None,
+              cache_root: Path | None = None) -> Toolchain:
+    """The compiler and flags of the app.  Paths into the project and the cache are mapped
+    to fixed names (-ffile-prefix-map), so an app that adds its own -g (Redis does) does
+    not record where it was built."""
     cc = compiler()
-    common = ["-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident", _prefix_map(settings)]
+    maps = [_prefix_map(settings)]
+    if cache_root is not None:
+        maps.append(f"-ffile-prefix-map={cache_root}={CACHE_PREFIX}")
+    common = ["-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident", *maps]
     if settings.libc == "glibc":
         return Toolchain(cc, (*common, *settings.cflags), ("-static",), ())
     ukl = ["-fstack-clash-protection", "-DUKL_MODE=1"] if settings.mode == "ukl" else []
@@ -179,14 +189,15 @@ def build_app(
                if settings.libc == "nolibc" else None)
     version = compiler_version(compiler())
     musl = build_musl(settings, version, cache, reporter, env) if settings.libc == "musl" else None
-    tc = toolchain(settings, sysroot, musl)
+    tc = toolchain(settings, sysroot, musl, cache.root)
     configure = settings.make.configure if settings.make is not None else None
     deps: list[Dep] = []
     probe = tc.flags()
     if settings.deps or configure is not None:
         if settings.mode == "ukl":  # configure's checks run programs: see ukl_build.deps
             user = dataclasses.replace(settings, mode="user")
-            probe = toolchain(user, None, build_musl(user, version, cache, reporter, env)).flags()
+            probe = toolchain(user, None, build_musl(user, version, cache, reporter, env),
+                              cache.root).flags()
         # Without the project's own path (-ffile-prefix-map): one build per toolchain
         # serves every project.
         project_map = _prefix_map(settings)
@@ -204,9 +215,16 @@ def build_app(
         source = fetch_app_source(spec, settings.origin(f"{table}.source"), settings.project_dir,
                                   cache, reporter)
     root = source.path if source is not None else settings.project_dir
+    # Without the cache's or the project's path: the work directory's name (which make and
+    # CMake builds record) is then the same wherever the cache and the project are.
+    def portable(value: object) -> str:
+        return (repr(value).replace(str(cache.root), CACHE_PREFIX)
+                .replace(str(settings.project_dir), "."))
+
     config_key = digest("app-config", APP_FORMAT, settings.mode, settings.libc, settings.sources,
-                        settings.make, settings.cmake, tc, version, str(sysroot),
-                        directory_digest(runtime_dir()), probe, [d.key for d in deps])
+                        settings.make, settings.cmake, portable(tc), version, portable(sysroot),
+                        directory_digest(runtime_dir()), portable(probe),
+                        [portable(d.key) for d in deps])
     inputs_key = digest(config_key, directory_digest(settings.project_dir, _SKIP_DIRS),
                         source.origin if source is not None else None)
     dep_records = tuple(d.record() for d in deps)

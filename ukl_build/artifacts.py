@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ukl_build import __version__
 from ukl_build.appbuild import AppBinary
 from ukl_build.cache import file_sha256
 from ukl_build.efi import Signer, make_disk, make_efi
-from ukl_build.errors import ConfigError
+from ukl_build.errors import BuildError, ConfigError
 from ukl_build.kbuild import KernelImages
 from ukl_build.kconfig import KernelConfig, read_config
 from ukl_build.patches import PatchedTree
@@ -99,7 +100,7 @@ def write_image_set(
                 "recipes": list(config.recipes),
                 "config": {"file": f"{name}.config", "sha256": config.key},
             },
-            "app": _app_record(app, settings.uses_shortcuts),
+            "app": _app_record(app, settings),
             "cmdline": settings.cmdline,
             "args": list(settings.args),
             "init_arg_limit": int(values.get("INIT_ENV_ARG_LIMIT", DEFAULT_INIT_ARG_LIMIT)),
@@ -154,9 +155,23 @@ def _write_images(settings: Settings, tmp: Path, kernel: KernelImages, signer: S
     return images
 
 
-def _app_record(app: AppBinary, shortcuts: bool) -> AppRecord:
+def binutils_version() -> str:
+    """The linker's ``--version`` line (binutils links the app and vmlinux)."""
+    try:
+        out = subprocess.run(["ld", "--version"], capture_output=True, text=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise BuildError(f"package: cannot ask ld for its version: {e}",
+                         hint="apt-get install binutils") from None
+    return out.splitlines()[0] if out else "unknown"
+
+
+def _app_record(app: AppBinary, settings: Settings) -> AppRecord:
     record: AppRecord = {"libc": app.libc, "compiler": app.compiler, "sha256": app.sha256,
-                         "shortcuts": shortcuts}
+                         "shortcuts": settings.uses_shortcuts, "binutils": binutils_version()}
+    if settings.sources:  # the build checked these files' digests before reusing the app
+        record["files"] = [{"path": rel, "sha256": file_sha256(settings.project_dir / rel)}
+                           for rel in settings.sources]
     if app.source is not None:
         record["source"] = app.source
     if app.libc_source is not None:
@@ -182,9 +197,7 @@ def sbom(manifest: Manifest) -> dict[str, Any]:
                           "version": manifest["version"],
                           "hashes": [{"alg": "SHA-256", "content": img["sha256"]}
                                      for img in manifest["images"].values()]},
-            "tools": {"components": [{"type": "application", "name": "ukl-build",
-                                      "version": manifest["ukl_build"]},
-                                     {"type": "application", "name": manifest["app"]["compiler"]}]},
+            "tools": {"components": _tools(manifest)},
         },
         "components": [
             {"type": "application", "bom-ref": app_ref, "name": manifest["name"],
@@ -208,6 +221,11 @@ def sbom(manifest: Manifest) -> dict[str, Any]:
         ],
         "dependencies": [{"ref": "image", "dependsOn": [app_ref, kernel_ref]}],
     }
+    files = manifest["app"].get("files")
+    if files:  # the app's own source files
+        doc["components"][0]["components"] = [
+            {"type": "file", "bom-ref": f"app-file:{f['path']}", "name": f["path"],
+             "hashes": [{"alg": "SHA-256", "content": f["sha256"]}]} for f in files]
     app_needs: list[str] = []
     source = manifest["app"].get("source")
     if source is not None:  # the fetched source tree the app was built from
@@ -230,6 +248,19 @@ def sbom(manifest: Manifest) -> dict[str, Any]:
     if app_needs:  # one entry per ref
         doc["dependencies"].append({"ref": app_ref, "dependsOn": app_needs})
     return doc
+
+
+def _tools(manifest: Manifest) -> list[dict[str, Any]]:
+    """ukl-build and the toolchain: the compiler and binutils, named as they name themselves."""
+    tools: list[dict[str, Any]] = [
+        {"type": "application", "name": "ukl-build", "version": manifest["ukl_build"]}]
+    compiler = manifest["app"]["compiler"]  # "gcc (Debian 12.2.0-14) 12.2.0"
+    cc = next((w for w in compiler.split() if w in ("gcc", "clang")), "cc")
+    for name, line in ((cc, compiler), ("binutils", manifest["app"].get("binutils"))):
+        if line:  # binutils: "GNU ld (GNU Binutils for Debian) 2.40"
+            tools.append({"type": "application", "name": name, "version": line.split()[-1],
+                          "description": line})
+    return tools
 
 
 def app_source_component(ref_name: str, name: str, source: dict[str, Any]) -> dict[str, Any]:

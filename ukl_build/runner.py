@@ -121,6 +121,8 @@ class _AppRecord(TypedDict):
 
 
 class AppRecord(_AppRecord, total=False):
+    binutils: str  # `ld --version`: the linker of the app (and of vmlinux)
+    files: list[dict[str, str]]  # sources = [...] builds: each file (path, sha256)
     source: dict[str, Any]  # a fetched app source tree, with its digest
     libc_source: dict[str, Any]  # musl: version and source
     deps: list[dict[str, Any]]  # libraries built from source and linked in
