@@ -1,4 +1,4 @@
-"""``python -m ukl_build {build,run,fetch,doctor,inspect,clean,schema}``."""
+"""``python -m ukl_build {build,run,verify,fetch,doctor,inspect,clean,schema}``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,29 @@ def cmd_run(ns: argparse.Namespace) -> int:
             return run_image(image_dir, options_from_args(ns, defaults))
         except RunError as e:
             raise UklError(str(e)) from None
+
+
+def cmd_verify(ns: argparse.Namespace) -> int:
+    from ukl_build.verify import print_report, verify
+
+    project = Path(ns.path).resolve()
+    if not (project / "pyproject.toml").is_file():
+        raise UklError(f"{project}: not a project (no pyproject.toml)")
+    if ns.keep is not None:
+        work = Path(ns.keep).resolve()
+        if work.exists() and (not work.is_dir() or any(work.iterdir())):
+            raise UklError(f"--keep {work}: exists and is not an empty directory")
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="ukl-verify-"))
+    report = verify(project, _config_settings(ns.config_setting), work, sys.stderr)
+    status = print_report(report, sys.stdout)
+    if status == 0 and ns.keep is None:
+        shutil.rmtree(work)  # ours: made above
+    else:
+        print(f"verify: both builds are in {work}" + (" (e.g. diffoscope on the two files)"
+                                                     if status else ""))
+    return status
 
 
 def cmd_fetch(ns: argparse.Namespace) -> int:
@@ -166,6 +189,14 @@ def parser() -> argparse.ArgumentParser:
     with_config(r)
     add_run_arguments(r, {})  # defaults come from the image, once it is known
     r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("verify", help="build twice from empty caches in different directories "
+                       "and compare every output (exit 1 at the first difference)")
+    v.add_argument("path", nargs="?", default=".")
+    v.add_argument("--keep", metavar="DIR",
+                   help="put both builds in DIR (new or empty) and keep them")
+    with_config(v)
+    v.set_defaults(func=cmd_verify)
 
     f = sub.add_parser("fetch", help="fetch, verify and patch the kernel source; print its path")
     f.add_argument("path", nargs="?", default=".")
