@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -220,22 +221,42 @@ def test_httpd_idle_connections_cannot_lock_clients_out(httpd_build: BuildResult
         proc.wait()
 
 
-def test_pip_wheel_with_build_isolation_from_a_local_wheel(hello_build: BuildResult,
-                                                           tmp_path: Path) -> None:
-    # What the README tells users until ukl-build is on an index.
+def _ukl_build_wheel(links: Path) -> Path:
+    """A --find-links directory holding a wheel of this repository's ukl-build."""
     repo = Path(__file__).resolve().parent.parent
-    wheels = tmp_path / "wheels"
-    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels),
+    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(links),
                            str(repo)], capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stdout + made.stderr
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--find-links", str(wheels),
-         "-C", "mode=user", "-w", str(out), str(hello_build.settings.project_dir)],
-        capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (wheel,) = out.glob("*.whl")
-    run = run_cli("run", str(wheel), "--timeout", "120", timeout=180)
+    return links
+
+
+def test_frontends_with_isolation_give_one_wheel(hello_build: BuildResult,
+                                                 tmp_path: Path) -> None:
+    """pip wheel, python -m build (sdist, then the wheel from the unpacked sdist) and uv
+    build, each in its own isolated build environment with ukl-build from a local
+    --find-links directory, as it would come from an index: one wheel, byte for byte."""
+    links = _ukl_build_wheel(tmp_path / "links")
+    project = str(hello_build.settings.project_dir)
+    uv = Path(sys.executable).parent / "uv"
+    frontends = {
+        "pip": [sys.executable, "-m", "pip", "wheel", "--no-deps", "--find-links", str(links),
+                "-C", "mode=user", "-w", "{out}", project],
+        "build": [sys.executable, "-m", "build", "-C", "mode=user", "--outdir", "{out}", project],
+        "uv": [str(uv), "build", "--python", sys.executable, "--find-links", str(links),
+               "-C", "mode=user", "--out-dir", "{out}", project],
+    }
+    env = {**os.environ, "PIP_FIND_LINKS": str(links)}  # python -m build's isolated pip
+    wheels = {}
+    for name, argv in frontends.items():
+        out = tmp_path / name
+        proc = subprocess.run([a.replace("{out}", str(out)) for a in argv], capture_output=True,
+                              text=True, timeout=900, env=env)
+        assert proc.returncode == 0, name + proc.stdout[-2000:] + proc.stderr[-2000:]
+        (wheels[name],) = out.glob("*.whl")
+    assert (tmp_path / "build" / "ukl_hello-0.1.0.tar.gz").is_file()  # the wheel's source
+    digests = {name: hashlib.sha256(w.read_bytes()).hexdigest() for name, w in wheels.items()}
+    assert len(set(digests.values())) == 1, digests
+    run = run_cli("run", str(wheels["uv"]), "--timeout", "120", timeout=180)
     assert "Hello, world, from a unikernel! (CPL 3)" in run.stdout, run.stderr
 
 
@@ -283,3 +304,45 @@ def test_hello_on_musl_boots_as_init(hello_build: BuildResult, cache) -> None:  
     assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
     assert proc.returncode == 3
     build(hello_build.settings.project_dir, {"mode": "user"}, cache=cache)  # restore for later tests
+
+
+def test_setuptools_project_with_the_plugin_ships_image_and_launcher(
+        hello_build: BuildResult, tmp_path: Path) -> None:
+    """An app that keeps setuptools as its backend, with Python code of its own, and adds
+    [tool.ukl-build]: its wheel carries the image and the launcher as ours does."""
+    project = tmp_path / "hello-py"
+    shutil.copytree(hello_build.settings.project_dir / "src", project / "csrc")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=70.1", "ukl-build"]\n'
+        'build-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "hello-py"\nversion = "1.2"\n\n'
+        '[tool.setuptools]\npackages = ["hello_py"]\n\n'
+        '[tool.ukl-build]\nmode = "user"\nsources = ["csrc/hello.c"]\nargs = ["setuptools"]\n')
+    pkg = project / "hello_py"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text('def greeting() -> str:\n    return "from Python"\n')
+    (pkg / "__main__.py").write_text(
+        "import sys\nfrom pathlib import Path\n\nfrom hello_py import _ukl_runner\n\n"
+        'sys.exit(_ukl_runner.launcher_main(Path(__file__).parent / "_image"))\n')
+    # As users build it: an isolated environment, ukl-build from a --find-links directory.
+    links = _ukl_build_wheel(tmp_path / "links")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--find-links",
+                           str(links), "-w", str(out), str(project)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (wheel,) = out.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert {"hello_py/__init__.py", "hello_py/__main__.py", "hello_py/_ukl_runner.py",
+            "hello_py/_image/manifest.json", "hello_py/_image/hello_py.bzImage",
+            "hello_py/_image/sbom.cdx.json"} <= names, names
+    py = _venv(tmp_path / "venv")
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", str(wheel)], check=True)
+    own = subprocess.run([str(py), "-c", "import hello_py; print(hello_py.greeting())"],
+                         capture_output=True, text=True, check=True)
+    assert own.stdout.strip() == "from Python"
+    run = subprocess.run([str(py), "-m", "hello_py", "--timeout", "120"],
+                         capture_output=True, text=True, timeout=180)
+    assert "Hello, setuptools, from a unikernel! (CPL 3)" in run.stdout, run.stderr
+    assert run.returncode == 3

@@ -7,11 +7,13 @@ signing step, which runs after the kernel build.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,15 @@ def test_uefi_images_and_manifest(hello_uefi: BuildResult, keys: Keys) -> None:
     sbom = valid_cyclonedx((images.directory / "sbom.cdx.json").read_text())
     digests = {h["content"] for h in sbom["metadata"]["component"]["hashes"]}
     assert {m["images"]["efi"]["sha256"], m["images"]["disk"]["sha256"]} <= digests
+    # The toolchain with versions, and the app's own source files with their digests.
+    tools = {t["name"]: t["version"] for t in sbom["metadata"]["tools"]["components"]}
+    assert tools["gcc"].count(".") == 2 and tools["binutils"].startswith("2.")
+    source = hello_uefi.settings.project_dir / "src" / "hello.c"
+    (app,) = [c for c in sbom["components"] if c["bom-ref"].startswith("app:")]
+    assert app["components"] == [{"type": "file", "bom-ref": "app-file:src/hello.c",
+                                  "name": "src/hello.c", "hashes": [
+                                      {"alg": "SHA-256",
+                                       "content": hashlib.sha256(source.read_bytes()).hexdigest()}]}]
 
 
 def test_built_in_command_line_is_not_overridden_at_boot(hello_uefi: BuildResult) -> None:
@@ -160,3 +171,15 @@ def test_key_from_the_environment_signs_the_same(hello_uefi: BuildResult, keys: 
     # sbsign's signature is deterministic: the same key gives the same signed image.
     assert again.images.image("efi").read_bytes() == hello_uefi.images.image("efi").read_bytes()
     assert not list(again.images.directory.glob("*.pem"))
+
+
+def test_uefi_wheel_passes_check_wheel_contents(hello_uefi: BuildResult, tmp_path: Path) -> None:
+    from ukl_build.wheel import write_wheel
+
+    name = write_wheel(hello_uefi.settings, hello_uefi.images, tmp_path, 315532800)
+    with zipfile.ZipFile(tmp_path / name) as zf:
+        names = set(zf.namelist())
+    assert {"ukl_hello/_image/ukl_hello.efi", "ukl_hello/_image/ukl_hello.disk.img"} <= names
+    check = subprocess.run([sys.executable, "-m", "check_wheel_contents", str(tmp_path / name)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
