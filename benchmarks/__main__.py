@@ -21,7 +21,7 @@ from benchmarks import suites
 from benchmarks.harness import Context
 from ukl_build.cache import Cache
 
-SUITES = ("syscall", "boot", "size", "memory", "httpd", "redis", "build")
+SUITES = ("syscall", "boot", "size", "formats", "memory", "httpd", "redis", "build")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             suites.boot(ctx)
         elif name == "size":
             suites.size(ctx)
+        elif name == "formats":
+            suites.formats(ctx)
         elif name == "memory":
             suites.memory(ctx)
         elif name == "httpd":

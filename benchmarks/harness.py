@@ -11,6 +11,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 import tomllib
@@ -21,7 +22,7 @@ from typing import Any
 
 from ukl_build.cache import Cache
 from ukl_build.pipeline import BuildResult, build
-from ukl_build.runner import RunOptions, die_with_parent, qemu_argv, run_image
+from ukl_build.runner import RunOptions, die_with_parent, firmware_files, qemu_argv, run_image
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = {
@@ -114,7 +115,14 @@ def boot_to_line(image_dir: Path, manifest: dict[str, Any], opts: RunOptions, pa
                  timeout: float = 120.0, kernel: Path | None = None,
                  initrd: Path | None = None, extra_append: str = "") -> float:
     """Seconds from QEMU's start to the first console line matching ``pattern``."""
-    argv = qemu_argv(manifest, image_dir, opts, opts.accel)
+    with tempfile.TemporaryDirectory(prefix="ukl-bench-fw-") as tmp:
+        firmware = firmware_files(manifest, image_dir, opts, Path(tmp))
+        argv = qemu_argv(manifest, image_dir, opts, opts.accel, firmware=firmware)
+        return _time_to_line(argv, pattern, timeout, kernel, initrd, extra_append)
+
+
+def _time_to_line(argv: list[str], pattern: str, timeout: float, kernel: Path | None,
+                  initrd: Path | None, extra_append: str) -> float:
     if kernel is not None:
         argv[argv.index("-kernel") + 1] = str(kernel)
     if initrd is not None:

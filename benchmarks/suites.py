@@ -152,6 +152,32 @@ def boot(ctx: Context) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def formats(ctx: Context) -> None:
+    """Each image format of hello and httpd (UKL mode): its size, and QEMU start to the
+    app's first line.  All four formats come from one kernel (the efi build's, which has
+    the command line built in), booted on q35: only the boot path differs (-kernel
+    bzImage, PVH vmlinux, OVMF loading the EFI application, OVMF booting the disk)."""
+    apps = {"hello": r"Hello, .* from a unikernel", "httpd": r"httpd: listening on port"}
+    all_formats = ("bzimage", "pvh", "efi", "disk")
+    sizes: dict[str, dict[str, int]] = {}
+    variants: dict[str, Callable[[], float]] = {}
+    for app, pattern in apps.items():
+        built = ctx.build(app, "ukl", formats=";".join(all_formats))
+        images = built.images
+        sizes[app] = {f: images.manifest["images"][f]["size"] for f in all_formats}
+        for fmt in all_formats:
+            variants[f"{app}-{fmt}"] = (
+                lambda images=images, fmt=fmt, pattern=pattern: boot_to_line(
+                    images.directory, dict(images.manifest),
+                    ctx.options(machine="q35", image=fmt), pattern))
+    samples = alternate(variants, ctx.rounds)
+    boot_s = {name: round(median(v), 3) for name, v in samples.items()}
+    for app in apps:
+        boot_s[f"{app}-ratio_disk_over_bzimage"] = round(
+            boot_s[f"{app}-disk"] / boot_s[f"{app}-bzimage"], 3)
+    ctx.results["formats"] = {"bytes": sizes, "boot_to_first_line_s": boot_s}
+
+
 def size(ctx: Context) -> None:
     """bzImage bytes per app and mode."""
     res = {}
