@@ -463,43 +463,53 @@ def _firmware_args(opts: RunOptions, kernel: Path, files: FirmwareFiles | None,
             "-device", "virtio-blk-pci,drive=disk0"]
 
 
+def _machine(opts: RunOptions) -> tuple[str, list[str]]:
+    """QEMU's -M value and the NIC device for ``opts.machine``."""
+    if opts.machine == "microvm":
+        # No ACPI, and no automatic virtio_mmio.device= on the command line: QEMU
+        # would append it after "--", where it would land in the app's argv.
+        return ("microvm,x-option-roms=off,acpi=off,auto-kernel-cmdline=off",
+                ["-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"])
+    if opts.machine == "q35":
+        # Secure Boot keeps its variables behind SMM, or the OS could rewrite them.
+        return "q35,smm=on" if opts.secure_boot else "q35", ["-device", "virtio-net-pci,netdev=n0"]
+    raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
+
+
+def _image_path(manifest: Manifest, image_dir: Path, opts: RunOptions,
+                check_files: bool) -> Path:
+    """The file of the format to boot (just its name when ``check_files`` is off)."""
+    images = manifest["images"]
+    if opts.image not in images:
+        have = ", ".join(sorted(images)) or "none"
+        raise RunError(f"image format {opts.image!r} is not in this build (have: {have})")
+    if not check_files:
+        return Path(images[opts.image]["file"])
+    kernel = image_dir / images[opts.image]["file"]
+    if not kernel.is_file():
+        raise RunError(f"{kernel}: missing")
+    if shutil.which(opts.qemu) is None:
+        raise RunError(f"{opts.qemu} not found (apt-get install qemu-system-x86)")
+    return kernel
+
+
 def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
               check_files: bool = True, host_clock: tuple[int, Path] | None = None,
               firmware: FirmwareFiles | None = None) -> list[str]:
     """QEMU's command line.  ``host_clock`` (hostclock= value, QMP socket): start
     paused with a QMP socket, for :func:`resume_at`.  ``firmware``: the files
     of this boot's firmware (efi and disk formats; see :func:`firmware_files`)."""
-    images = manifest["images"]
-    if opts.image not in images:
-        have = ", ".join(sorted(images)) or "none"
-        raise RunError(f"image format {opts.image!r} is not in this build (have: {have})")
-    kernel = image_dir / images[opts.image]["file"]
-    if check_files and not kernel.is_file():
-        raise RunError(f"{kernel}: missing")
-    if check_files and shutil.which(opts.qemu) is None:
-        raise RunError(f"{opts.qemu} not found (apt-get install qemu-system-x86)")
+    image = _image_path(manifest, image_dir, opts, check_files)
     builtin = manifest.get("cmdline_builtin")
     if builtin is not None:
         _check_builtin(manifest, opts)
     elif opts.image in FIRMWARE_FORMATS:
         raise RunError(f"{image_dir}: the {opts.image} image has no built-in command line")
     network = bool(opts.forward or manifest["network"])
-    if opts.machine == "microvm":
-        # No ACPI, and no automatic virtio_mmio.device= on the command line: QEMU
-        # would append it after "--", where it would land in the app's argv.
-        machine = "microvm,x-option-roms=off,acpi=off,auto-kernel-cmdline=off"
-        nic = ["-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"]
-    elif opts.machine == "q35":
-        # Secure Boot keeps its variables behind SMM, or the OS could rewrite them.
-        machine = "q35,smm=on" if opts.secure_boot else "q35"
-        nic = ["-device", "virtio-net-pci,netdev=n0"]
-    else:
-        raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
-
+    machine, nic = _machine(opts)
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
             "-serial", "stdio", "-no-reboot"]
-    image = kernel if check_files else Path(images[opts.image]["file"])
     if opts.image in FIRMWARE_FORMATS:
         argv += _firmware_args(opts, image, firmware, check_files)
     elif builtin is not None:
