@@ -1,4 +1,4 @@
-"""python -m benchmarks [all|syscall|boot|size|memory|httpd|redis|build] [--quick] [--json FILE]
+"""python -m benchmarks [all|syscall|boot|size|formats|memory|httpd|redis|build] [--quick] [--json FILE]
 
 Builds what it needs through ukl-build, runs every comparison side by side in
 one run (variants alternated, medians of --rounds), prints a table, the

@@ -52,6 +52,21 @@ def render(report: dict[str, Any]) -> str:
         out += ["### bzImage size (bytes)", "", "| image | bytes |", "|---|---:|"]
         out += [f"| {k} | {v} |" for k, v in r["bzimage_bytes"].items()]
         out.append("")
+    if "formats" in r:
+        f = r["formats"]
+        fmts = ("bzimage", "pvh", "efi", "disk")
+        out += ["### Image formats: size (bytes) and QEMU start to the app's first line (s)", "",
+                "One kernel per app (UKL, efi build: command line built in), on q35; only the "
+                "boot path differs.", "",
+                "| app | " + " | ".join(f"{x} bytes" for x in fmts) + " | "
+                + " | ".join(f"{x} s" for x in fmts) + " | disk/bzimage |",
+                "|---|" + "---:|" * (2 * len(fmts) + 1)]
+        for app, sizes in f["bytes"].items():
+            boot = f["boot_to_first_line_s"]
+            out.append(f"| {app} | " + " | ".join(str(sizes[x]) for x in fmts) + " | "
+                       + " | ".join(str(boot[f"{app}-{x}"]) for x in fmts)
+                       + f" | {boot[f'{app}-ratio_disk_over_bzimage']} |")
+        out.append("")
     if "httpd_min_memory_mib" in r:
         out += ["### Smallest guest memory at which httpd boots and serves (MiB)", "",
                 "| mode | MiB |", "|---|---:|"]

@@ -85,6 +85,10 @@ def test_report_renders_every_section() -> None:
                                                  "ratio_shortcuts_over_user": 0.1}}},
             "boot_to_first_line_s": {"ukl": 1.0, "user": 1.2, "ratio_ukl_over_user": 0.83},
             "bzimage_bytes": {"hello-ukl": 1},
+            "formats": {"bytes": {"hello": {"bzimage": 1, "pvh": 2, "efi": 3, "disk": 4}},
+                        "boot_to_first_line_s": {"hello-bzimage": 0.5, "hello-pvh": 0.4,
+                                                 "hello-efi": 5.0, "hello-disk": 5.5,
+                                                 "hello-ratio_disk_over_bzimage": 11.0}},
             "httpd_min_memory_mib": {"ukl": 20},
             "httpd": {"connections": 4, "duration_s": 5, "bodies": {"64B": {
                 "ukl_req_per_s": 2, "user_req_per_s": 1, "ratio_req_per_s_ukl_over_user": 2.0,
@@ -102,7 +106,8 @@ def test_report_renders_every_section() -> None:
         },
     }
     md = render(report)
-    for heading in ("System calls", "Boot", "bzImage size", "Smallest guest memory", "httpd",
+    assert "| hello | 1 | 2 | 3 | 4 | 0.5 | 0.4 | 5.0 | 5.5 | 11.0 |" in md
+    for heading in ("System calls", "Boot", "bzImage size", "Image formats", "Smallest guest memory", "httpd",
                     "Redis", "Rebuilds"):
         assert f"### {heading}" in md
     assert "| getppid | 1.0 | 0.2 | 2.0 | 0.5 | 0.1 |" in md
