@@ -56,7 +56,7 @@ OVMF_DIR = Path("/usr/share/OVMF")
 OVMF_CODE = "OVMF_CODE_4M.fd"
 OVMF_CODE_SECURE_BOOT = "OVMF_CODE_4M.secboot.fd"  # needs SMM: Secure Boot variables stay locked
 OVMF_VARS = "OVMF_VARS_4M.fd"  # empty variable store: Secure Boot off
-FIRMWARE_FORMATS = ("efi", "disk")
+FIRMWARE_FORMATS = ("efi", "disk")  # booted through UEFI firmware: the kernel carries its command line
 # The first virtio-mmio transport of QEMU's microvm (acpi=off): 512 bytes at 0xfeb00000, IRQ 5.
 MICROVM_NIC_PARAM = "virtio_mmio.device=512@0xfeb00000:5"
 

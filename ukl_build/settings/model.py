@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ukl_build.project import Project
+from ukl_build.runner import FIRMWARE_FORMATS as FIRMWARE_FORMATS  # re-exported
 from ukl_build.runner import Accel, Machine, RunOptions
 
 # Fixed choices are types: the loader checks membership, so validate.py
@@ -22,8 +23,6 @@ from ukl_build.runner import Accel, Machine, RunOptions
 Mode = Literal["ukl", "user"]
 Libc = Literal["nolibc", "glibc", "musl"]
 Format = Literal["bzimage", "pvh", "efi", "disk"]
-# Formats booted through UEFI firmware: their kernel carries its command line.
-FIRMWARE_FORMATS = ("efi", "disk")
 SourceKind = Literal["debian", "url", "path", "git"]
 
 
