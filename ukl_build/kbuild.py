@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ukl_build.appbuild import AppBinary
 from ukl_build.cache import Cache, atomic_write_bytes, atomic_write_text, digest, file_sha256
+from ukl_build.compilers import Compiler, read_stats, stats_line
 from ukl_build.errors import BuildError
 from ukl_build.kconfig import KernelConfig
 from ukl_build.patches import PatchedTree
@@ -133,7 +134,7 @@ def build_kernel(
     cache: Cache,
     reporter: Reporter,
     env: dict[str, str],
-    jobs: int,
+    compiler: Compiler,
 ) -> KernelImages:
     """The images of ``tree`` + ``config`` with ``payload`` in them, from the cache or built.
 
@@ -144,8 +145,6 @@ def build_kernel(
     verified against this very payload, and images go into the cache only
     after :func:`verify_images` found the payload in them.
     """
-    toolchain = shutil.which("gcc") or "gcc"
-    ccache = shutil.which("ccache")
     dir_key = digest("kbuild", tree.key, config.key)
     inputs = {name: file_sha256(path) for name, path in sorted(payload.files.items())}
     image_key = digest("images", 3, dir_key, inputs, payload.initramfs)
@@ -183,17 +182,18 @@ def build_kernel(
         if not list_path.is_file() or list_path.read_text() != payload.initramfs:
             atomic_write_text(list_path, payload.initramfs)
 
-        argv = tree.make(build, f"-j{jobs}")
-        if ccache:
-            argv.append(f"CC={ccache} {toolchain}")
-        argv.append("bzImage")
+        argv = [*tree.make(build, f"-j{compiler.jobs}"), f"CC={compiler.cc}", "bzImage"]
         what = "cold build" if not (build / "include/generated").exists() else "incremental build"
         reporter.stage("kbuild", f"{what} of Linux {tree.release} in {build} "
-                       f"(-j{jobs}{', ccache' if ccache else ''})")
+                       f"({compiler.describe()})")
+        if compiler.stats_log is not None:
+            compiler.stats_log.unlink(missing_ok=True)  # this build's compiles only
         counter = _Progress(reporter)
-        reporter.run(argv, step="kernel build (make bzImage)", env=env, on_line=counter,
-                     keep_fds=(lock_fd,))
+        reporter.run(argv, step="kernel build (make bzImage)", env={**env, **compiler.env},
+                     on_line=counter, keep_fds=(lock_fd,))
         reporter.stage("kbuild", f"done: {counter.count} steps in {counter.elapsed():.0f} s")
+        if compiler.stats_log is not None:
+            reporter.stage("kbuild", stats_line(read_stats(compiler.stats_log), compiler))
         verify_images(build / "vmlinux", build / "arch/x86/boot/bzImage", payload, env)
         atomic_write_text(stamp, image_key)
 

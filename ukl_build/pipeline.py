@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from ukl_build.appbuild import AppBinary, build_app
 from ukl_build.artifacts import ImageSet, check_out_dir, remove_owned, write_image_set
 from ukl_build.cache import Cache, file_lock
+from ukl_build.compilers import kernel_compiler
 from ukl_build.efi import Signer
 from ukl_build.errors import ConfigError, UklError
 from ukl_build.kbuild import KernelImages, build_kernel, payload_for, reproducible_env
@@ -125,7 +126,7 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
                        reporter, env, settings.origin, generated_options(settings))
     app = build_app(settings, tree, bdir, cache, reporter, env)
     kernel = build_kernel(tree, config, payload_for(app), cache, reporter, env,
-                          jobs=os.cpu_count() or 1)
+                          kernel_compiler(settings, env, bdir))
     images = write_image_set(settings, out_dir, tree, config, app, kernel, env, reporter,
                              signer_of(settings))
     for fmt, info in images.manifest["images"].items():

@@ -135,6 +135,28 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class CompilerCacheSettings:
+    remote_storage: str | None = _doc(
+        "ccache's remote storage, in ccache's `remote_storage` syntax: `redis://HOST[:PORT]`, "
+        "`http://HOST/PATH`, with attributes such as `|read-only`; several separated by "
+        "spaces. Default: `$CCACHE_REMOTE_STORAGE` when set, else none.", default=None)
+    remote_only: bool = _doc(
+        "Use only the remote storage (ccache's `remote_only`): nothing is kept locally.",
+        default=False)
+    max_size: str = _doc("Size limit of the local compiler cache, ccache syntax (5G, 500M).",
+                         default="5G")
+
+
+@dataclass(frozen=True)
+class DistccSettings:
+    hosts: list[str] = _doc(
+        "distcc hosts, `DISTCC_HOSTS` syntax (`localhost/2`, `10.0.0.5/8,lzo`); the kernel's "
+        "compiles that miss the cache go to them (ccache's `CCACHE_PREFIX=distcc`). "
+        "Default: `$DISTCC_HOSTS` when set, else none (compile locally).",
+        default_factory=list)
+
+
+@dataclass(frozen=True)
 class SignSettings:
     cert: str = _doc("The signer's X.509 certificate (PEM), relative to the project.")
     key: str | None = _doc(
@@ -234,6 +256,14 @@ class Settings:
         "default: Debian's musl source package.",
         default_factory=lambda: AppSourceSettings(debian="musl"))
     run: RunSettings = _doc("Defaults for `ukl_build run` and the launcher.", default_factory=RunSettings)
+    jobs: int | None = _doc(
+        "Parallel compile jobs of the kernel build (make -j). Default: the CPU count, or with "
+        "distcc hosts the sum of their slots.", default=None)
+    ccache: CompilerCacheSettings = _doc(
+        "The compiler cache of kernel builds (used when ccache is installed).",
+        default_factory=CompilerCacheSettings)
+    distcc: DistccSettings = _doc("Distributed compilation of kernel builds.",
+                                  default_factory=DistccSettings)
 
     @property
     def firmware_boot(self) -> bool:

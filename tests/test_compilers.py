@@ -1,0 +1,70 @@
+"""The kernel build's compiler setup (ccache, remote storage, distcc) and its stats line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ukl_build.compilers import (
+    CacheStats,
+    _redact,
+    _slots,
+    kernel_compiler,
+    read_stats,
+    stats_line,
+)
+from ukl_build.errors import ConfigError
+from ukl_build.settings import load_settings
+
+BASE = '[project]\nname = "x"\nversion = "1"\n[tool.ukl-build]\nsources = ["a.c"]\n'
+
+
+def settings(tmp_path: Path, cs: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    (tmp_path / "pyproject.toml").write_text(BASE)
+    return load_settings(tmp_path, cs)
+
+
+def test_stats_log_counts_this_builds_compiles(tmp_path: Path) -> None:
+    log = tmp_path / "stats.log"
+    log.write_text("# a.c\ncache_miss\ndirect_cache_miss\nlocal_storage_miss\n"
+                   "# b.c\ndirect_cache_hit\nlocal_storage_hit\n"
+                   "# c.c\nremote_storage_hit\ndirect_cache_hit\n"
+                   "# d.c\nremote_storage_hit\n")
+    assert read_stats(log) == CacheStats(local_hits=1, remote_hits=2, misses=1)
+    assert read_stats(tmp_path / "none") == CacheStats(0, 0, 0)
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
+def test_settings_reach_ccache_and_override_the_environment(tmp_path: Path) -> None:
+    s = settings(tmp_path, {"ccache.remote-storage": "redis://127.0.0.1:6379|read-only",
+                            "ccache.max-size": "1G", "jobs": "3"})
+    c = kernel_compiler(s, {"CCACHE_REMOTE_STORAGE": "http://elsewhere/"}, tmp_path)
+    assert c.env["CCACHE_REMOTE_STORAGE"] == "redis://127.0.0.1:6379|read-only"
+    assert c.env["CCACHE_MAXSIZE"] == "1G" and c.jobs == 3
+    assert c.cc.split()[0].endswith("ccache") and c.stats_log == tmp_path / "ccache-stats.log"
+    assert "remote redis://127.0.0.1:6379|read-only" in c.describe()
+    # without the setting, ccache's own variable is honoured
+    plain = kernel_compiler(settings(tmp_path), {"CCACHE_REMOTE_STORAGE": "http://e/"}, tmp_path)
+    assert plain.env["CCACHE_REMOTE_STORAGE"] == "http://e/"
+
+
+def test_distcc_hosts_need_distcc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ukl_build.compilers.shutil.which",
+                        lambda name: None if name == "distcc" else f"/usr/bin/{name}")
+    with pytest.raises(ConfigError, match=r"-C distcc.hosts: distcc is not installed"):
+        kernel_compiler(settings(tmp_path, {"distcc.hosts": "localhost/4"}), {}, tmp_path)
+    monkeypatch.setattr("ukl_build.compilers.shutil.which", lambda name: f"/usr/bin/{name}")
+    c = kernel_compiler(settings(tmp_path, {"distcc.hosts": "localhost/4;10.0.0.5/8,lzo"}), {},
+                        tmp_path)
+    assert c.env["CCACHE_PREFIX"] == "/usr/bin/distcc" and c.distcc
+    assert c.env["DISTCC_HOSTS"] == "localhost/4 10.0.0.5/8,lzo" and c.jobs == 12
+    line = stats_line(CacheStats(1, 2, 3), c)
+    assert line == ("compiler cache: 6 compiles: 1 local hits, 2 remote hits, 3 misses, "
+                    "3 compiled through distcc")
+
+
+def test_slots_and_redaction() -> None:
+    assert _slots("localhost/2 a/8,lzo b") == 12
+    assert _redact("redis://:s3cret@host:6379") == "redis://:***@host:6379"
