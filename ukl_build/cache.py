@@ -14,7 +14,8 @@ Layout under the cache root (``$UKL_BUILD_CACHE``, else ``$XDG_CACHE_HOME/ukl-bu
     kconfig/<key>/.config        resolved kernel configurations
     kbuild/<key>/                out-of-tree kernel build dirs (O=), one per .config
     images/<key>/                verified bzImage + vmlinux of one build dir and app
-    locks/                       the flock files of the entries above
+    locks/                       the flock files of the entries above (KIND-KEY.lock while
+                                 one is made; KIND-KEY.use, shared, while builds use it)
     ccache/                      compiler cache for kernel builds
 
 An entry is built in a temporary sibling and renamed into place, so an
@@ -68,11 +69,48 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# Entries `clean --max-size` may evict, least recently used first.  Downloads and git
+# mirrors stay (sources are verified against them; `clean --cache` removes everything).
+EVICTABLE = ("verified", "sources", "trees", "sysroots", "libcs", "deps", "kconfig", "kbuild",
+             "images")
+
+
 class Cache:
-    def __init__(self, root: Path | None = None) -> None:
+    """The cache at ``root``.  A view made by :meth:`in_use` also holds every entry it
+    hands out (a shared lock on ``locks/KIND-KEY.use``) until its ``with`` ends, so a
+    concurrent ``clean --max-size`` passes over them."""
+
+    def __init__(self, root: Path | None = None,
+                 holder: contextlib.ExitStack | None = None) -> None:
         self.root = (root or default_root()).resolve()
+        self._holder = holder
+        self._held: set[tuple[str, str]] = set()
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[Cache]:
+        """A view of this cache that holds what it hands out until the block ends."""
+        with contextlib.ExitStack() as stack:
+            yield Cache(self.root, stack)
+
+    def _hold(self, kind: str, key: str) -> None:
+        """Hold ``kind/key`` (shared) for the holder's lifetime, and mark it used now.
+
+        Taken before the entry is looked at: an eviction in progress finishes
+        first, and the caller then finds the entry gone and makes it again.
+        """
+        if self._holder is None or (kind, key) in self._held:
+            return
+        path = self.root / "locks" / f"{kind}-{key}.use"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "w")  # noqa: SIM115  # closed by the holder
+        self._holder.callback(f.close)
+        fcntl.flock(f, fcntl.LOCK_SH)
+        self._held.add((kind, key))
+        with contextlib.suppress(OSError):  # the recency that eviction orders by
+            os.utime(self.root / kind / key)
 
     def path(self, kind: str, key: str) -> Path:
+        self._hold(kind, key)
         return self.root / kind / key
 
     @contextlib.contextmanager
@@ -102,9 +140,73 @@ class Cache:
                 make(tmp)
         return final
 
+    def evict(self, max_bytes: int) -> tuple[list[tuple[str, int]], int]:
+        """Remove least recently used entries until the evictable ones take at most
+        ``max_bytes``.  An entry in use (held by a build, or being made) is passed over.
+
+        Returns the removed entries (``kind/key``, bytes) and the bytes that remain.
+        """
+        found = []
+        for kind in EVICTABLE:
+            d = self.root / kind
+            if d.is_dir():
+                found += [(p.stat().st_mtime, kind, p) for p in d.iterdir()
+                          if not p.name.startswith(".") and p.is_dir()]
+        sizes = {p: tree_size(p) for _, _, p in found}
+        total = sum(sizes.values())
+        removed: list[tuple[str, int]] = []
+        for _, kind, path in sorted(found, key=lambda e: e[0]):
+            if total <= max_bytes:
+                break
+            if self._remove_unless_used(kind, path):
+                removed.append((f"{kind}/{path.name}", sizes[path]))
+                total -= sizes[path]
+        return removed, total
+
+    def _remove_unless_used(self, kind: str, path: Path) -> bool:
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{kind}-{path.name}.use", "w") as use, \
+                open(locks / f"{kind}-{path.name}.lock", "w") as make:
+            try:
+                fcntl.flock(use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(make, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # a build holds it
+            if not path.is_dir():
+                return False
+            doomed = path.with_name(f".tmp-evict-{path.name[:16]}-{os.getpid()}")
+            os.rename(path, doomed)  # gone for readers at once; removal may take a while
+            shutil.rmtree(doomed, ignore_errors=True)
+        return True
+
     def clean(self) -> None:
         if self.root.exists():
             shutil.rmtree(self.root)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes allocated under ``path`` (files and links, not following links)."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
+def parse_size(text: str) -> int:
+    """``5G``, ``500M``, ``100K`` or bytes; ValueError otherwise."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = float(num)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected a size such as 5G, 500M or 100K") from None
+    if value < 0:
+        raise ValueError(f"{text!r}: a size cannot be negative")
+    return int(value * units[unit])
 
 
 @contextlib.contextmanager

@@ -143,14 +143,28 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
 def cmd_clean(ns: argparse.Namespace) -> int:
     from ukl_build.pipeline import build_dir_of
 
-    target = build_dir_of(Path(ns.path))
-    if target.exists():
-        shutil.rmtree(target)
-        print(f"removed {target}")
+    if ns.max_size is None:  # --max-size trims the cache only
+        target = build_dir_of(Path(ns.path))
+        if target.exists():
+            shutil.rmtree(target)
+            print(f"removed {target}")
     if ns.cache:
         cache = Cache()
         cache.clean()
         print(f"removed {cache.root}")
+    elif ns.max_size is not None:
+        from ukl_build.cache import parse_size
+
+        try:
+            limit = parse_size(ns.max_size)
+        except ValueError as e:
+            raise UklError(f"--max-size {e}") from None
+        cache = Cache()
+        removed, left = cache.evict(limit)
+        for name, size in removed:
+            print(f"removed {name} ({size / 2**20:.1f} MiB)")
+        print(f"{cache.root}: {left / 2**20:.1f} MiB in entries after removing {len(removed)} "
+              f"(limit {limit / 2**20:.1f} MiB; entries in use by builds are kept)")
     return 0
 
 
@@ -214,7 +228,10 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("clean", help="remove the project's build dir (and with --cache, the cache)")
     c.add_argument("path", nargs="?", default=".")
-    c.add_argument("--cache", action="store_true")
+    c.add_argument("--cache", action="store_true", help="remove the whole cache")
+    c.add_argument("--max-size", metavar="SIZE",
+                   help="only trim the cache to SIZE (5G, 500M): least recently used entries "
+                        "first, never one a running build holds")
     c.set_defaults(func=cmd_clean)
 
     s = sub.add_parser("schema", help="print the [tool.ukl-build] reference (Markdown)")

@@ -98,10 +98,12 @@ def build(
         print(f"[ukl-build] waiting for another build of {settings.project_dir} to finish",
               file=stream or sys.stderr, flush=True)
 
-    # One build of a project at a time: they share its app dir and build.log.
-    with file_lock(bdir / ".lock", waiting), Reporter(bdir / "build.log", stream) as reporter:
+    # One build of a project at a time: they share its app dir and build.log.  The
+    # cache entries this build uses stay held until it ends (clean --max-size skips them).
+    with file_lock(bdir / ".lock", waiting), Reporter(bdir / "build.log", stream) as reporter, \
+            cache.in_use() as held:
         try:
-            return _build(settings, cache, bdir, out_dir, reporter)
+            return _build(settings, held, bdir, out_dir, reporter)
         except UklError as e:
             reporter.exception(e)
             remove_owned(out_dir)  # our stale image would not match the sources any more

@@ -1,0 +1,82 @@
+"""clean --max-size: least recently used entries go first; entries in use are never removed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ukl_build.cache import Cache, parse_size
+
+
+def make_entry(cache: Cache, kind: str, key: str, size: int, age: float) -> Path:
+    path = cache.root / kind / key
+    path.mkdir(parents=True)
+    (path / "data").write_bytes(os.urandom(size))
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
+
+
+def test_least_recently_used_go_first_and_used_entries_stay(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    old = make_entry(cache, "trees", "old", 1 << 20, 300)
+    mid = make_entry(cache, "kbuild", "mid", 1 << 20, 200)
+    new = make_entry(cache, "images", "new", 1 << 20, 100)
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "x.tar.xz").write_bytes(b"k" * 4096)  # never evicted
+    with cache.in_use() as held:
+        held.path("trees", "old")  # a build holds the oldest entry
+        removed, left = cache.evict(2 << 20)
+    assert [name for name, _ in removed] == ["kbuild/mid"]
+    assert old.is_dir() and not mid.exists() and new.is_dir()
+    assert left <= 2 << 20 + 16384
+    assert (tmp_path / "downloads" / "x.tar.xz").exists()
+    # Released.  Using it made "old" the most recently used: "new" goes now.
+    removed, _ = cache.evict(1 << 20)
+    assert [name for name, _ in removed] == ["images/new"] and old.is_dir()
+
+
+def test_an_entry_being_made_is_not_evicted(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    make_entry(cache, "kbuild", "busy", 1 << 16, 100)
+    with cache.lock("kbuild", "busy"):  # what build_kernel holds during make
+        removed, _ = cache.evict(0)
+    assert removed == []
+
+
+def test_use_marks_recency(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    a = make_entry(cache, "sources", "a", 1 << 16, 500)
+    make_entry(cache, "sources", "b", 1 << 16, 400)
+    with cache.in_use() as held:
+        held.path("sources", "a")  # used just now: b is the least recently used
+    assert a.stat().st_mtime > time.time() - 60
+    removed, _ = cache.evict(1 << 16)
+    assert [name for name, _ in removed] == ["sources/b"]
+
+
+def test_a_concurrent_clean_waits_out_no_build(tmp_path: Path) -> None:
+    """A clean in another process while this one holds an entry: it skips it at once."""
+    cache = Cache(tmp_path)
+    kept = make_entry(cache, "trees", "held", 1 << 18, 100)
+    with cache.in_use() as held:
+        held.path("trees", "held")
+        proc = subprocess.run([sys.executable, "-m", "ukl_build", "clean", "--max-size", "0"],
+                              env={**os.environ, "UKL_BUILD_CACHE": str(tmp_path)},
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert kept.is_dir() and "after removing 0" in proc.stdout
+
+
+@pytest.mark.parametrize(("text", "value"), [("5G", 5 << 30), ("500M", 500 << 20),
+                                             ("100k", 100 << 10), ("1.5GiB", 3 << 29),
+                                             ("4096", 4096)])
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+    with pytest.raises(ValueError, match="expected a size"):
+        parse_size("lots")
