@@ -3,9 +3,12 @@ real distccd, both on 127.0.0.1 (Debian's packages)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,23 +69,30 @@ def test_fresh_runner_takes_kernel_objects_from_the_remote_store(redis_store: st
 
 
 @pytest.fixture
-def distccd(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def distccd() -> Iterator[tuple[str, Path]]:
+    """distccd on 127.0.0.1; run by root it becomes user distccd, so its log lives in a
+    directory that user can write (ours, removed afterwards)."""
     port = free_port()
-    log = tmp_path / "distccd.log"
+    logdir = Path(tempfile.mkdtemp(prefix="ukl-distccd-"))
+    logdir.chmod(0o777)
+    log = logdir / "distccd.log"
     proc = subprocess.Popen(["distccd", "--no-detach", "--daemon", "--allow", "127.0.0.1",
                              "--listen", "127.0.0.1", "--port", str(port), "--jobs", "2",
                              "--log-file", str(log), "--log-level", "info",
                              "--enable-tcp-insecure"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         _wait_port(port, proc)
         yield f"127.0.0.1:{port}/2", log
     finally:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # the daemon and the workers it forked
         proc.wait()
+        shutil.rmtree(logdir, ignore_errors=True)
 
 
 def test_kernel_compiles_go_through_distcc(distccd: tuple[str, Path], tmp_path: Path) -> None:
+    """A build in an empty cache: every compile misses ccache and goes to distccd."""
     hosts, log = distccd
     project = copy_example("hello", tmp_path)
     result = build(project, {"mode": "user", "distcc.hosts": hosts},
@@ -94,4 +104,3 @@ def test_kernel_compiles_go_through_distcc(distccd: tuple[str, Path], tmp_path: 
     assert "compiled through distcc" in line
     proc = run_cli("run", str(result.images.directory), "--timeout", "120", timeout=180)
     assert proc.returncode == 3, proc.stderr
-    shutil.rmtree(tmp_path / "cache", ignore_errors=True)
