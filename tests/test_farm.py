@@ -62,8 +62,10 @@ def test_fresh_runner_takes_kernel_objects_from_the_remote_store(redis_store: st
     counts = {k: int(v) for v, k in
               (w.split(" ", 1) for w in line.split("compiles: ")[1].split(", "))}
     compiles = int(line.split("compiler cache: ")[1].split(" ")[0])
-    assert counts["remote hits"] >= 0.95 * compiles, line
-    assert counts["local hits"] == 0
+    # Nearly all from the store; a few local hits are compiles repeated within this build,
+    # served from what the first remote hit put into the (new) local cache.
+    assert counts["remote hits"] >= 0.9 * compiles, line
+    assert counts["misses"] <= 0.02 * compiles, line
     assert (second.images.image("bzimage").read_bytes()
             == first.images.image("bzimage").read_bytes())
 
