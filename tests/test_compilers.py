@@ -12,6 +12,7 @@ from ukl_build.compilers import (
     _redact,
     _slots,
     kernel_compiler,
+    read_distcc,
     read_stats,
     stats_line,
 )
@@ -60,11 +61,41 @@ def test_distcc_hosts_need_distcc(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                         tmp_path)
     assert c.env["CCACHE_PREFIX"] == "/usr/bin/distcc" and c.distcc
     assert c.env["DISTCC_HOSTS"] == "localhost/4 10.0.0.5/8,lzo" and c.jobs == 12
-    line = stats_line(CacheStats(1, 2, 3), c)
-    assert line == ("compiler cache: 6 compiles: 1 local hits, 2 remote hits, 3 misses, "
-                    "3 compiled through distcc")
+    assert c.distcc_log == tmp_path / "distcc.log" and c.env["DISTCC_LOG"] == str(c.distcc_log)
+    assert c.stats_log is not None
+    c.stats_log.write_text("# a.c\nlocal_storage_hit\n# b.c\nremote_storage_hit\n"
+                           "# c.c\ncache_miss\n# d.c\ncache_miss\n# e.c\ncache_miss\n")
+    # What distcc's client logs (trimmed): a job per "compile ... on HOST completed ok";
+    # preprocessing here and a fallback to compiling here are not jobs it ran.
+    c.distcc_log.write_text(
+        "distcc[11] cpp a.c on localhost completed ok\n"
+        "distcc[11] compile a.c on 10.0.0.5/8,lzo completed ok\n"
+        "distcc[12] compile b.c on 10.0.0.5/8,lzo completed ok\n"
+        "distcc[13] compile c.c on localhost completed ok\n"
+        "distcc[15] compile (null) on localhost completed ok\n"
+        "distcc[14] (dcc_build_somewhere) Warning: failed to distribute d.c to 10.0.0.5/8,lzo, "
+        "running locally instead\n")
+    assert read_distcc(c.distcc_log) == {"10.0.0.5/8,lzo": 2, "localhost": 1, "(here)": 1}
+    assert stats_line(c) == ("compiler cache: 5 compiles: 1 local hits, 1 remote hits, 3 misses; "
+                             "distcc sent 3 jobs (10.0.0.5/8,lzo 2, localhost 1), ran 1 here")
+    c.reset_logs()  # a new build counts its own
+    assert not c.stats_log.exists() and not c.distcc_log.exists()
 
 
 def test_slots_and_redaction() -> None:
     assert _slots("localhost/2 a/8,lzo b") == 12
     assert _redact("redis://:s3cret@host:6379") == "redis://:***@host:6379"
+
+
+def test_verify_compiles_everything_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """shared=False (verify's builds): no remote store and no distcc, from the settings or
+    from the environment."""
+    monkeypatch.setattr("ukl_build.compilers.shutil.which", lambda name: f"/usr/bin/{name}")
+    s = settings(tmp_path, {"ccache.remote-storage": "redis://h", "ccache.remote-only": "true",
+                            "distcc.hosts": "h/8"})
+    env = {"CCACHE_REMOTE_STORAGE": "http://e/", "DISTCC_HOSTS": "e/4",
+           "CCACHE_PREFIX": "distcc", "CCACHE_REMOTE_ONLY": "1", "PATH": "/usr/bin"}
+    c = kernel_compiler(s, env, tmp_path, shared=False)
+    assert c.env["CCACHE_REMOTE_STORAGE"] == "" and not c.distcc
+    assert not {"DISTCC_HOSTS", "CCACHE_PREFIX", "CCACHE_REMOTE_ONLY"} & c.env.keys()
+    assert c.cc == "/usr/bin/ccache /usr/bin/gcc" and c.describe() == f"-j{c.jobs}, ccache"

@@ -5,8 +5,9 @@ ukl-build plugs into the engines teams already run: ccache's remote storage
 compiles that miss.  They stack the way ccache documents: ``CC="ccache gcc"``
 with ``CCACHE_PREFIX=distcc``, so a hit never leaves the machine.
 
-Each build gets its own ccache stats log (``stats_log``), so the line it
-prints counts its own compiles even while other builds share the cache.
+Each build gets its own ccache stats log (``stats_log``) and distcc client
+log (``distcc_log``), so the line it prints counts its own compiles even
+while other builds share the cache and the farm.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import os
 import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ukl_build.settings import Settings
 
 STATS_LOG = "ccache-stats.log"
+DISTCC_LOG = "distcc.log"
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,22 @@ class Compiler:
     env: dict[str, str]
     jobs: int
     stats_log: Path | None  # ccache writes one record per compile here
-    distcc: bool
+    distcc_log: Path | None  # the distcc client logs each job it ran here
+
+    @property
+    def distcc(self) -> bool:
+        return self.distcc_log is not None
+
+    def reset_logs(self) -> None:
+        """Forget earlier builds' records: the line counts this build's compiles only."""
+        for log in (self.stats_log, self.distcc_log):
+            if log is not None:
+                log.unlink(missing_ok=True)
 
     def describe(self) -> str:
         parts = [f"-j{self.jobs}"]
         if self.stats_log is not None:
-            remote = self.env.get("CCACHE_REMOTE_STORAGE")
+            remote = self.env.get("CCACHE_REMOTE_STORAGE")  # "" is none
             parts.append("ccache" + (f" + remote {_redact(remote)}" if remote else ""))
         if self.distcc:
             parts.append(f"distcc {self.env['DISTCC_HOSTS']}")
@@ -57,10 +69,26 @@ def _slots(hosts: str) -> int:
     return total
 
 
+# What makes compiles leave this machine (or take objects others compiled).
+_SHARING_VARIABLES = ("CCACHE_REMOTE_STORAGE", "CCACHE_REMOTE_ONLY", "CCACHE_PREFIX",
+                      "DISTCC_HOSTS")
+
+
 def kernel_compiler(settings: Settings, env: dict[str, str], build_dir: Path,
-                    gcc: str = "gcc") -> Compiler:
-    """The compiler setup of this build's kernel (settings over the environment)."""
+                    gcc: str = "gcc", shared: bool = True) -> Compiler:
+    """The compiler setup of this build's kernel (settings over the environment).
+
+    ``shared=False`` compiles here with the local ccache only, whatever the settings
+    and the environment say (``verify``: both builds must compile everything).
+    """
     env = dict(env)
+    if not shared:
+        for name in _SHARING_VARIABLES:
+            env.pop(name, None)
+        env["CCACHE_REMOTE_STORAGE"] = ""  # over a ccache.conf that names one
+        settings = replace(settings, ccache=replace(settings.ccache, remote_storage=None,
+                                                    remote_only=False),
+                           distcc=replace(settings.distcc, hosts=[]))
     ccache = shutil.which("ccache")
     hosts = " ".join(settings.distcc.hosts) or env.get("DISTCC_HOSTS", "")
     distcc = shutil.which("distcc") if hosts else None
@@ -70,8 +98,11 @@ def kernel_compiler(settings: Settings, env: dict[str, str], build_dir: Path,
         raise ConfigError(f"{settings.origin('distcc.hosts')}: distcc is not installed",
                           hint="apt-get install distcc")
     jobs = settings.jobs or max(os.cpu_count() or 1, _slots(hosts) if distcc else 0)
+    distcc_log = None
     if distcc:
         env["DISTCC_HOSTS"] = hosts
+        distcc_log = build_dir / DISTCC_LOG
+        env["DISTCC_LOG"] = str(distcc_log)
     stats_log = None
     if ccache:
         if settings.ccache.remote_storage is not None:
@@ -88,7 +119,7 @@ def kernel_compiler(settings: Settings, env: dict[str, str], build_dir: Path,
         cc = f"{distcc} {shutil.which(gcc) or gcc}"
     else:
         cc = shutil.which(gcc) or gcc
-    return Compiler(cc, env, jobs, stats_log, distcc is not None)
+    return Compiler(cc, env, jobs, stats_log, distcc_log)
 
 
 @dataclass(frozen=True)
@@ -125,8 +156,36 @@ def read_stats(log: Path) -> CacheStats:
     return CacheStats(counts["local"], counts["remote"], counts["miss"])
 
 
-def stats_line(stats: CacheStats, compiler: Compiler) -> str:
-    """The one line a build prints about its compiler cache."""
-    sent = f", {stats.misses} compiled through distcc" if compiler.distcc else ""
-    return (f"compiler cache: {stats.compiles} compiles: {stats.local_hits} local hits, "
-            f"{stats.remote_hits} remote hits, {stats.misses} misses{sent}")
+_DISTCC_JOB = re.compile(r"^distcc\[\d+\] compile (\S+) on (\S+) completed ok$", re.M)
+HERE = "(here)"  # what distcc ran itself, not distributable: probes, links, some assembler
+
+
+def read_distcc(log: Path) -> Counter[str]:
+    """The compile jobs distcc ran, per host, from its client log (``DISTCC_LOG``).
+
+    distcc logs ``compile FILE on HOST completed ok`` for each job a host ran; the
+    commands it must run here (kbuild's compiler probes, links, ``-x`` assembler)
+    name no file and count as ``HERE``.
+    """
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return Counter()
+    return Counter(HERE if source == "(null)" else host
+                   for source, host in _DISTCC_JOB.findall(text))
+
+
+def stats_line(compiler: Compiler) -> str:
+    """The one line a build prints about its compiler cache and distcc."""
+    parts = []
+    if compiler.stats_log is not None:
+        s = read_stats(compiler.stats_log)
+        parts.append(f"{s.compiles} compiles: {s.local_hits} local hits, "
+                     f"{s.remote_hits} remote hits, {s.misses} misses")
+    if compiler.distcc_log is not None:
+        jobs = read_distcc(compiler.distcc_log)
+        here = jobs.pop(HERE, 0)
+        hosts = ", ".join(f"{host} {n}" for host, n in sorted(jobs.items()))
+        parts.append(f"distcc sent {sum(jobs.values())} jobs" + (f" ({hosts})" if hosts else "")
+                     + f", ran {here} here")
+    return "compiler cache: " + "; ".join(parts) if parts else ""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ukl_build.appbuild import AppBinary
 from ukl_build.cache import Cache, atomic_write_bytes, atomic_write_text, digest, file_sha256
-from ukl_build.compilers import Compiler, read_stats, stats_line
+from ukl_build.compilers import Compiler, stats_line
 from ukl_build.errors import BuildError
 from ukl_build.kconfig import KernelConfig
 from ukl_build.patches import PatchedTree
@@ -186,14 +186,13 @@ def build_kernel(
         what = "cold build" if not (build / "include/generated").exists() else "incremental build"
         reporter.stage("kbuild", f"{what} of Linux {tree.release} in {build} "
                        f"({compiler.describe()})")
-        if compiler.stats_log is not None:
-            compiler.stats_log.unlink(missing_ok=True)  # this build's compiles only
+        compiler.reset_logs()
         counter = _Progress(reporter)
-        reporter.run(argv, step="kernel build (make bzImage)", env={**env, **compiler.env},
+        reporter.run(argv, step="kernel build (make bzImage)", env=compiler.env,
                      on_line=counter, keep_fds=(lock_fd,))
         reporter.stage("kbuild", f"done: {counter.count} steps in {counter.elapsed():.0f} s")
-        if compiler.stats_log is not None:
-            reporter.stage("kbuild", stats_line(read_stats(compiler.stats_log), compiler))
+        if line := stats_line(compiler):
+            reporter.stage("kbuild", line)
         verify_images(build / "vmlinux", build / "arch/x86/boot/bzImage", payload, env)
         atomic_write_text(stamp, image_key)
 

@@ -1,7 +1,8 @@
 """``python -m ukl_build verify PROJECT``: build twice, independently, and compare.
 
 Each build gets its own copy of the project and its own empty cache (so its
-own ccache and kernel tree), in directories of different names and depths:
+own ccache and kernel tree, and no remote store or distcc: each compiles
+everything itself), in directories of different names and depths:
 a path, a time or a cache hit that leaks into an output shows up as a
 difference.  Compared, in the order a cause comes before its effects: the
 app binary, the kernel's .config, the linked vmlinux, then every file of the
@@ -65,7 +66,7 @@ def verify(project: Path, config_settings: dict[str, Any] | None, work: Path,
             print(f"[ukl-build] verify: build {n} of 2 in {root} (empty cache)", file=stream,
                   flush=True)
         result = build(copy, config_settings, cache=Cache(root / "cache"), stream=stream,
-                       out_dir=root / "image")
+                       out_dir=root / "image", shared_compilers=False)
         (root / "wheel").mkdir()
         name = write_wheel(result.settings, result.images, root / "wheel", source_date_epoch())
         builds.append(outputs(result, root / "wheel" / name))
