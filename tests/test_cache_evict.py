@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ukl_build.cache import Cache, parse_size
+from ukl_build.cache import Cache, eviction_summary, parse_size
+from ukl_build.errors import ConfigError
+from ukl_build.settings import load_settings
 
 
 def make_entry(cache: Cache, kind: str, key: str, size: int, age: float) -> Path:
@@ -70,7 +72,7 @@ def test_a_concurrent_clean_waits_out_no_build(tmp_path: Path) -> None:
                               env={**os.environ, "UKL_BUILD_CACHE": str(tmp_path)},
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert kept.is_dir() and "after removing 0" in proc.stdout
+    assert kept.is_dir() and "removed 0 entries" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize(("text", "value"), [("5G", 5 << 30), ("500M", 500 << 20),
@@ -80,3 +82,33 @@ def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
     with pytest.raises(ValueError, match="expected a size"):
         parse_size("lots")
+
+
+def test_an_eviction_killed_halfway_is_finished_by_the_next(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    abandoned = tmp_path / "kbuild" / f".tmp-evict-abcdef-{proc.pid}"
+    (abandoned / "sub").mkdir(parents=True)
+    ours = tmp_path / "kbuild" / f".tmp-evict-abcdef-{os.getpid()}"  # its owner lives
+    ours.mkdir()
+    cache.evict(1 << 30)
+    assert not abandoned.exists() and ours.is_dir()
+
+
+def test_eviction_summary() -> None:
+    assert eviction_summary([("kbuild/a", 3 << 20), ("trees/b", 1 << 20)], 5 << 20, 6 << 20) == (
+        "trimmed to 6.0 MiB: removed 2 entries (4.0 MiB), 5.0 MiB left in entries")
+
+
+@pytest.mark.parametrize(("key", "value", "error"), [
+    ("cache.max-size", "lots", r"-C cache.max-size: 'lots': expected a size"),
+    ("ccache.max-size", "-1G", r"-C ccache.max-size: '-1G': a size cannot be negative"),
+    ("jobs", "0", r"-C jobs: 0 jobs; at least 1"),
+    ("distcc.hosts", "a/2 b/2", r"-C distcc.hosts: 'a/2 b/2' is not one distcc host"),
+])
+def test_farm_settings_are_checked(tmp_path: Path, key: str, value: str, error: str) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\nversion = "1"\n[tool.ukl-build]\nsources = ["a.c"]\n')
+    with pytest.raises(ConfigError, match=error):
+        load_settings(tmp_path, {key: value})

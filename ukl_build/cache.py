@@ -150,6 +150,7 @@ class Cache:
         for kind in EVICTABLE:
             d = self.root / kind
             if d.is_dir():
+                _remove_abandoned_evictions(d)
                 found += [(p.stat().st_mtime, kind, p) for p in d.iterdir()
                           if not p.name.startswith(".") and p.is_dir()]
         sizes = {p: tree_size(p) for _, _, p in found}
@@ -175,7 +176,7 @@ class Cache:
                 return False  # a build holds it
             if not path.is_dir():
                 return False
-            doomed = path.with_name(f".tmp-evict-{path.name[:16]}-{os.getpid()}")
+            doomed = path.with_name(f"{_EVICTING}{path.name[:16]}-{os.getpid()}")
             os.rename(path, doomed)  # gone for readers at once; removal may take a while
             shutil.rmtree(doomed, ignore_errors=True)
         return True
@@ -183,6 +184,38 @@ class Cache:
     def clean(self) -> None:
         if self.root.exists():
             shutil.rmtree(self.root)
+
+
+_EVICTING = ".tmp-evict-"
+
+
+def _remove_abandoned_evictions(kind_dir: Path) -> None:
+    """Finish removals that an eviction killed halfway left (their process is gone)."""
+    for p in kind_dir.glob(f"{_EVICTING}*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def eviction_summary(removed: list[tuple[str, int]], left: int, limit: int) -> str:
+    """One line on what :meth:`Cache.evict` did."""
+    freed = sum(size for _, size in removed)
+    return (f"trimmed to {_mib(limit)}: removed {len(removed)} entries "
+            f"({_mib(freed)}), {_mib(left)} left in entries")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def tree_size(path: Path) -> int:

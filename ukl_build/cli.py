@@ -153,7 +153,7 @@ def cmd_clean(ns: argparse.Namespace) -> int:
         cache.clean()
         print(f"removed {cache.root}")
     elif ns.max_size is not None:
-        from ukl_build.cache import parse_size
+        from ukl_build.cache import eviction_summary, parse_size
 
         try:
             limit = parse_size(ns.max_size)
@@ -163,8 +163,8 @@ def cmd_clean(ns: argparse.Namespace) -> int:
         removed, left = cache.evict(limit)
         for name, size in removed:
             print(f"removed {name} ({size / 2**20:.1f} MiB)")
-        print(f"{cache.root}: {left / 2**20:.1f} MiB in entries after removing {len(removed)} "
-              f"(limit {limit / 2**20:.1f} MiB; entries in use by builds are kept)")
+        print(f"{cache.root}: {eviction_summary(removed, left, limit)}; entries that running "
+              "builds hold are kept")
     return 0
 
 

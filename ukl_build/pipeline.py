@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from ukl_build.appbuild import AppBinary, build_app
 from ukl_build.artifacts import ImageSet, check_out_dir, remove_owned, write_image_set
-from ukl_build.cache import Cache, file_lock
+from ukl_build.cache import Cache, eviction_summary, file_lock, parse_size
 from ukl_build.compilers import kernel_compiler
 from ukl_build.efi import Signer
 from ukl_build.errors import ConfigError, UklError
@@ -82,10 +82,13 @@ def build(
     stream: TextIO | None = None,
     out_dir: Path | None = None,
     own_metadata: bool = True,
+    shared_compilers: bool = True,
 ) -> BuildResult:
     """Build the project's images into ``out_dir`` (default: build/ukl-build/image).
 
     ``own_metadata=False``: another backend owns ``[project]`` (see load_settings).
+    ``shared_compilers=False``: no ccache remote store and no distcc, whatever the
+    settings say: the kernel compiles here (``verify``).
     """
     settings = load_settings(project_dir, config_settings, own_metadata)
     cache = cache or Cache()
@@ -103,7 +106,7 @@ def build(
     with file_lock(bdir / ".lock", waiting), Reporter(bdir / "build.log", stream) as reporter, \
             cache.in_use() as held:
         try:
-            return _build(settings, held, bdir, out_dir, reporter)
+            return _build(settings, held, bdir, out_dir, reporter, shared_compilers)
         except UklError as e:
             reporter.exception(e)
             remove_owned(out_dir)  # our stale image would not match the sources any more
@@ -114,7 +117,7 @@ def build(
 
 
 def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
-           reporter: Reporter) -> BuildResult:
+           reporter: Reporter, shared_compilers: bool) -> BuildResult:
     sde = source_date_epoch()
     env = reproducible_env(cache, sde, bdir)
     shortcuts = " + shortcuts" if settings.uses_shortcuts else ""
@@ -128,9 +131,13 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
                        reporter, env, settings.origin, generated_options(settings))
     app = build_app(settings, tree, bdir, cache, reporter, env)
     kernel = build_kernel(tree, config, payload_for(app), cache, reporter, env,
-                          kernel_compiler(settings, env, bdir))
+                          kernel_compiler(settings, env, bdir, shared=shared_compilers))
     images = write_image_set(settings, out_dir, tree, config, app, kernel, env, reporter,
                              signer_of(settings))
     for fmt, info in images.manifest["images"].items():
         reporter.stage("package", f"{fmt}: {out_dir / info['file']} ({info['size']} bytes)")
+    if settings.cache.max_size is not None:  # this build's entries are held: they stay
+        limit = parse_size(settings.cache.max_size)
+        removed, left = cache.evict(limit)
+        reporter.stage("cache", "cache.max-size: " + eviction_summary(removed, left, limit))
     return BuildResult(settings, images, reporter.log_path or bdir / "build.log", kernel, app)

@@ -148,6 +148,16 @@ class CompilerCacheSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    max_size: str | None = _doc(
+        "After each build, trim ukl-build's cache to this size (5G, 500M): least recently used "
+        "entries first (sources, trees, configs, kernel build dirs, images), never one a running "
+        "build holds. Downloads, git mirrors and the compiler cache are not counted "
+        "(`ccache.max-size` limits that). The same as `python -m ukl_build clean --max-size`. "
+        "Default: no limit.", default=None)
+
+
+@dataclass(frozen=True)
 class DistccSettings:
     hosts: list[str] = _doc(
         "distcc hosts, `DISTCC_HOSTS` syntax (`localhost/2`, `10.0.0.5/8,lzo`); the kernel's "
@@ -259,6 +269,8 @@ class Settings:
     jobs: int | None = _doc(
         "Parallel compile jobs of the kernel build (make -j). Default: the CPU count, or with "
         "distcc hosts the sum of their slots.", default=None)
+    cache: CacheSettings = _doc("ukl-build's own cache (`$UKL_BUILD_CACHE`).",
+                                default_factory=CacheSettings)
     ccache: CompilerCacheSettings = _doc(
         "The compiler cache of kernel builds (used when ccache is installed).",
         default_factory=CompilerCacheSettings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ukl_build.cache import parse_size
 from ukl_build.errors import ConfigError
 from ukl_build.runner import (
     HOST_CLOCK_PLACEHOLDER,
@@ -74,6 +75,23 @@ def validate(s: Settings, origin: Origins) -> None:
     _validate_kernel(s.kernel, origin)
     _validate_run(s, origin)
     _validate_sign(s, origin)
+    _validate_build_resources(s, origin)
+
+
+def _validate_build_resources(s: Settings, origin: Origins) -> None:
+    for key, size in (("cache.max-size", s.cache.max_size),
+                      ("ccache.max-size", s.ccache.max_size)):
+        if size is not None:
+            try:
+                parse_size(size)
+            except ValueError as e:
+                raise ConfigError(f"{origin(key)}: {e}") from None
+    if s.jobs is not None and s.jobs < 1:
+        raise ConfigError(f"{origin('jobs')}: {s.jobs} jobs; at least 1")
+    for host in s.distcc.hosts:
+        if not host.strip() or any(c.isspace() for c in host.strip()):
+            raise ConfigError(f"{origin('distcc.hosts')}: {host!r} is not one distcc host",
+                              hint='one host per list item: ["10.0.0.5/8", "10.0.0.6/8"]')
 
 
 def _validate_sign(s: Settings, origin: Origins) -> None:
