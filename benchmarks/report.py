@@ -93,6 +93,8 @@ def render(report: dict[str, Any]) -> str:
         out += ["### Rebuilds (s)", "", "| what | s |", "|---|---:|"]
         out += [f"| {k} | {v} |" for k, v in r["build"].items()]
         out.append("")
+    if "farm" in r:
+        out += _farm(r["farm"])
     out += ["Builds used:", ""] + [f"    {c}" for c in report["commands"]] + [""]
     return "\n".join(out)
 
@@ -137,3 +139,24 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+FARM_LABELS = {"cold": "cold (empty caches, fills the store)",
+               "warm_remote": "fresh runner, warm remote store",
+               "local_ccache": "warm local ccache, build dir evicted"}
+
+
+def _farm(x: dict[str, Any]) -> list[str]:
+    out = ["### Kernel build: cold vs remote store vs local ccache (hello, user mode)", "",
+           "| build | whole build s | make s | make / cold | compiles | local hits | "
+           "remote hits | misses |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, label in FARM_LABELS.items():
+        row = x[name]
+        ratio = "1" if name == "cold" else x[f"make_ratio_{name}_over_cold"]
+        out.append(f"| {label} | {row['total_s']} | {row['make_s']} | {ratio} | "
+                   f"{row['compiles']:.0f} | {row['local_hits']:.0f} | {row['remote_hits']:.0f} | "
+                   f"{row['misses']:.0f} |")
+    out += ["", f"Remote hit rate of the fresh runner: {x['remote_hit_rate']:.1%}.  The store held "
+            f"{x['cold'].get('store_mib', '?')} MiB after the cold build; its kernel build "
+            f"dir took {x['cold'].get('kbuild_dir_mib', '?')} MiB.", ""]
+    return out

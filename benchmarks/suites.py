@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import stock
-from benchmarks.harness import Context, alternate, boot_to_line, median, percentile, run_capture
+from benchmarks.harness import APPS, Context, alternate, boot_to_line, median, percentile, run_capture
 from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
-from ukl_build.cache import Cache
+from ukl_build.cache import Cache, tree_size
 from ukl_build.errors import UklError
 from ukl_build.kbuild import bzimage_kernel, initramfs_list
 from ukl_build.pipeline import build
@@ -517,3 +517,83 @@ def _redis_sample(image: Bootable, ctx: Context, requests: int, pipeline: int
 
 def _flatten(table: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{test}_{k}": v for test, row in table.items() for k, v in row.items()}
+
+
+@contextmanager
+def redis_store(work: Path) -> Iterator[str]:
+    """A redis-server on 127.0.0.1 as ccache's remote store; killed when the block ends."""
+    port = _free_port()
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                             "--save", "", "--appendonly", "no", "--dir", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_redis(port, timeout=20)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+_MAKE_DONE = re.compile(r"kbuild: done: \d+ steps in (\d+) s")
+_CACHE_LINE = re.compile(r"compiler cache: (\d+) compiles: (\d+) local hits, (\d+) remote hits, "
+                         r"(\d+) misses")
+
+
+def _farm_build(project: Path, cache: Cache, settings: dict[str, str]) -> dict[str, float]:
+    """One hello kernel build: wall clock, make's share, and what ccache did."""
+    t0 = time.monotonic()
+    with open(os.devnull, "w") as quiet:
+        result = build(project, settings, cache=cache, stream=quiet)
+    total = time.monotonic() - t0
+    log = result.log.read_text()
+    make, counts = _MAKE_DONE.search(log), _CACHE_LINE.search(log)
+    if not result.kernel_built or make is None or counts is None:
+        raise RuntimeError(f"{project}: no kernel build in {result.log}")
+    compiles, local, remote, misses = (int(g) for g in counts.groups())
+    return {"total_s": round(total, 1), "make_s": float(make.group(1)), "compiles": compiles,
+            "local_hits": local, "remote_hits": remote, "misses": misses}
+
+
+def farm(ctx: Context) -> None:
+    """Kernel build from cold vs from a warm remote store (a fresh runner: empty cache)
+    vs from a warm local ccache (build dir and trees evicted), hello in user mode."""
+    with tempfile.TemporaryDirectory(prefix="ukl-farm-", dir=ctx.work) as tmp_s, \
+            redis_store(Path(tmp_s)) as store:
+        tmp = Path(tmp_s)
+        project = tmp / "hello"
+        shutil.copytree(APPS["hello"], project, ignore=shutil.ignore_patterns("build", "dist"))
+        remote = {"mode": "user", "ccache.remote-storage": "<redis://127.0.0.1:PORT>"}
+        ctx.note("python -m ukl_build build example_apps/hello "
+                 + " ".join(f"-C {k}={v}" for k, v in remote.items())
+                 + "  (empty cache; redis-server on 127.0.0.1)")
+        runner1 = Cache(tmp / "runner1")
+        settings = {"mode": "user", "ccache.remote-storage": store}
+        cold = _farm_build(project, runner1, settings)  # fills the store
+        info = subprocess.run(["redis-cli", "-u", store, "info", "memory"], capture_output=True,
+                              text=True, check=True).stdout
+        used = re.search(r"^used_memory:(\d+)", info, re.M)
+        cold["store_mib"] = round(int(used.group(1)) / 2**20, 1) if used else -1
+        kbuild = [p for p in (runner1.root / "kbuild").iterdir() if not p.name.startswith(".")]
+        cold["kbuild_dir_mib"] = round(sum(tree_size(p) for p in kbuild) / 2**20, 1)
+
+        def warm_remote() -> dict[str, float]:
+            fresh = Cache(tmp / f"runner-{time.monotonic_ns()}")
+            try:
+                return _farm_build(project, fresh, settings)
+            finally:
+                fresh.clean()
+
+        def local_hit() -> dict[str, float]:
+            runner1.evict(0)  # everything but downloads and the compiler cache
+            return _farm_build(project, runner1, {"mode": "user"})
+
+        samples = alternate({"warm_remote": warm_remote, "local_ccache": local_hit}, ctx.rounds)
+    res: dict[str, Any] = {"cold": cold}
+    for name, runs in samples.items():
+        res[name] = {k: median(r[k] for r in runs) for k in runs[0]}  # type: ignore[index]
+    w = res["warm_remote"]
+    res["remote_hit_rate"] = round(w["remote_hits"] / w["compiles"], 3)
+    for name in ("warm_remote", "local_ccache"):
+        res[f"make_ratio_{name}_over_cold"] = round(res[name]["make_s"] / cold["make_s"], 3)
+        res[f"total_ratio_{name}_over_cold"] = round(res[name]["total_s"] / cold["total_s"], 3)
+    ctx.results["farm"] = res

@@ -103,16 +103,23 @@ def test_report_renders_every_section() -> None:
                                            "SET_ratio_rps_ukl_over_user": 1.2}
                          for p in (1, 16)}},
             "build": {"noop_ukl_s": 0.5},
+            "farm": {**{name: {"total_s": 10.0, "make_s": 5.0, "compiles": 600, "local_hits": 1,
+                               "remote_hits": 590, "misses": 9}
+                        for name in ("cold", "warm_remote", "local_ccache")},
+                     "remote_hit_rate": 0.983, "make_ratio_warm_remote_over_cold": 0.2,
+                     "make_ratio_local_ccache_over_cold": 0.1},
         },
     }
     md = render(report)
     assert "| hello | 1 | 2 | 3 | 4 | 0.5 | 0.4 | 5.0 | 5.5 | 11.0 |" in md
     for heading in ("System calls", "Boot", "bzImage size", "Image formats", "Smallest guest memory", "httpd",
-                    "Redis", "Rebuilds"):
+                    "Redis", "Rebuilds", "Kernel build: cold vs remote store"):
         assert f"### {heading}" in md
     assert "| getppid | 1.0 | 0.2 | 2.0 | 0.5 | 0.1 |" in md
     assert "| QEMU start to ready (s) | 1.0 | 1.25 |" in md
     assert "| pipeline 16: SET ukl / user | 1.2 |" in md
+    assert "| fresh runner, warm remote store | 10.0 | 5.0 | 0.2 | 600 | 1 | 590 | 9 |" in md
+    assert "Remote hit rate of the fresh runner: 98.3%." in md
 
 
 @pytest.mark.kernel
