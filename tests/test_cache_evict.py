@@ -112,3 +112,33 @@ def test_farm_settings_are_checked(tmp_path: Path, key: str, value: str, error: 
         '[project]\nname = "x"\nversion = "1"\n[tool.ukl-build]\nsources = ["a.c"]\n')
     with pytest.raises(ConfigError, match=error):
         load_settings(tmp_path, {key: value})
+
+
+def test_an_entry_another_clean_took_meanwhile_is_passed_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two cleans at once: what one lists may be gone when the other looks at it."""
+    cache = Cache(tmp_path)
+    kept = make_entry(cache, "kbuild", "a", 1 << 16, 100)
+    ghost = tmp_path / "kbuild" / "taken-by-another-clean"
+    real = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir",
+                        lambda self: iter([*real(self), ghost] if self.name == "kbuild"
+                                          else real(self)))
+    removed, _ = cache.evict(1 << 20)
+    assert removed == [] and kept.is_dir()
+    removed, _ = cache.evict(0)
+    assert [name for name, _ in removed] == ["kbuild/a"]
+
+
+def test_two_cleans_at_once_both_succeed(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    for i in range(40):
+        make_entry(cache, "trees", f"e{i:02}", 1 << 12, 100 + i)
+    env = {**os.environ, "UKL_BUILD_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-m", "ukl_build", "clean", "--max-size", "0"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert list((tmp_path / "trees").iterdir()) == []
+    assert sum(out.count("removed trees/") for out, _ in outs) == 40

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -151,8 +152,15 @@ class Cache:
             d = self.root / kind
             if d.is_dir():
                 _remove_abandoned_evictions(d)
-                found += [(p.stat().st_mtime, kind, p) for p in d.iterdir()
-                          if not p.name.startswith(".") and p.is_dir()]
+                for p in d.iterdir():
+                    if p.name.startswith("."):
+                        continue
+                    try:  # another clean may have taken it since iterdir() saw it
+                        st = p.stat()
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISDIR(st.st_mode):
+                        found.append((st.st_mtime, kind, p))
         sizes = {p: tree_size(p) for _, _, p in found}
         total = sum(sizes.values())
         removed: list[tuple[str, int]] = []

@@ -138,6 +138,10 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
         reporter.stage("package", f"{fmt}: {out_dir / info['file']} ({info['size']} bytes)")
     if settings.cache.max_size is not None:  # this build's entries are held: they stay
         limit = parse_size(settings.cache.max_size)
-        removed, left = cache.evict(limit)
-        reporter.stage("cache", "cache.max-size: " + eviction_summary(removed, left, limit))
+        try:
+            removed, left = cache.evict(limit)
+        except OSError as e:  # the images are made and right: a failed trim is no failed build
+            reporter.stage("cache", f"cache.max-size: could not trim {cache.root}: {e}")
+        else:
+            reporter.stage("cache", "cache.max-size: " + eviction_summary(removed, left, limit))
     return BuildResult(settings, images, reporter.log_path or bdir / "build.log", kernel, app)
