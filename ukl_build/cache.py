@@ -101,7 +101,7 @@ class Cache:
         """
         if self._holder is None or (kind, key) in self._held:
             return
-        path = self.root / "locks" / f"{kind}-{key}.use"
+        path = self.lock_file(kind, key, "use")
         path.parent.mkdir(parents=True, exist_ok=True)
         f = open(path, "w")  # noqa: SIM115  # closed by the holder
         self._holder.callback(f.close)
@@ -109,6 +109,11 @@ class Cache:
         self._held.add((kind, key))
         with contextlib.suppress(OSError):  # the recency that eviction orders by
             os.utime(self.root / kind / key)
+
+    def lock_file(self, kind: str, key: str, what: str = "lock") -> Path:
+        """``locks/KIND-KEY.lock`` (held while the entry is made) or ``.use`` (held,
+        shared, while builds use it)."""
+        return self.root / "locks" / f"{kind}-{key}.{what}"
 
     def path(self, kind: str, key: str) -> Path:
         self._hold(kind, key)
@@ -122,7 +127,7 @@ class Cache:
         the fd (``Reporter.run(keep_fds=...)``) keeps it held until it exits,
         so work started under the lock cannot outlive it.
         """
-        with file_lock(self.root / "locks" / f"{kind}-{key}.lock") as fd:
+        with file_lock(self.lock_file(kind, key)) as fd:
             yield fd
 
     def entry(self, kind: str, key: str, make: Callable[[Path], None]) -> Path:
@@ -173,10 +178,9 @@ class Cache:
         return removed, total
 
     def _remove_unless_used(self, kind: str, path: Path) -> bool:
-        locks = self.root / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{kind}-{path.name}.use", "w") as use, \
-                open(locks / f"{kind}-{path.name}.lock", "w") as make:
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file(kind, path.name, "use"), "w") as use, \
+                open(self.lock_file(kind, path.name), "w") as make:
             try:
                 fcntl.flock(use, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 fcntl.flock(make, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -218,11 +222,12 @@ def _alive(pid: int) -> bool:
 def eviction_summary(removed: list[tuple[str, int]], left: int, limit: int) -> str:
     """One line on what :meth:`Cache.evict` did."""
     freed = sum(size for _, size in removed)
-    return (f"trimmed to {_mib(limit)}: removed {len(removed)} entries "
-            f"({_mib(freed)}), {_mib(left)} left in entries")
+    return (f"trimmed to {mib(limit)}: removed {len(removed)} entries "
+            f"({mib(freed)}), {mib(left)} left in entries")
 
 
-def _mib(n: int) -> str:
+def mib(n: int) -> str:
+    """Bytes as MiB, one decimal."""
     return f"{n / 2**20:.1f} MiB"
 
 

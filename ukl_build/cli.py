@@ -153,7 +153,7 @@ def cmd_clean(ns: argparse.Namespace) -> int:
         cache.clean()
         print(f"removed {cache.root}")
     elif ns.max_size is not None:
-        from ukl_build.cache import eviction_summary, parse_size
+        from ukl_build.cache import eviction_summary, mib, parse_size
 
         try:
             limit = parse_size(ns.max_size)
@@ -162,7 +162,7 @@ def cmd_clean(ns: argparse.Namespace) -> int:
         cache = Cache()
         removed, left = cache.evict(limit)
         for name, size in removed:
-            print(f"removed {name} ({size / 2**20:.1f} MiB)")
+            print(f"removed {name} ({mib(size)})")
         print(f"{cache.root}: {eviction_summary(removed, left, limit)}; entries that running "
               "builds hold are kept")
     return 0
