@@ -42,7 +42,7 @@ PACKAGES: tuple[HostPackage, ...] = (
                 why="the offline default kernel source", optional=True),
     HostPackage("ccache", ("ccache",), why="compiler cache for kernel builds", optional=True),
     HostPackage("git", ("git",), why="kernel sources from git", optional=True),
-    HostPackage("distcc", ("distcc",), why="distcc.hosts: kernel compiles on a build farm",
+    HostPackage("distcc", ("distcc", "distccd"), why="distcc.hosts: kernel compiles on a build farm",
                 optional=True),
     HostPackage("fdisk", ("sfdisk",), why="the disk format's GPT partition table", optional=True),
     HostPackage("mtools", ("mformat", "mmd", "mcopy"),
