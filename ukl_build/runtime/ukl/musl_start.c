@@ -31,7 +31,8 @@ int __libc_start_main(int (*main)(int, char **, char **), int argc, char **argv,
 int main(int argc, char **argv, char **envp);
 int __ukl_start(int argc, char **argv, char **envp);
 
-extern char __ukl_tls_start[], __ukl_tls_end[], __ukl_tls_align[];	/* app.lds */
+extern char __ukl_tls_start[], __ukl_tls_end[];	/* app.lds */
+extern const unsigned long __ukl_tls_align;	/* app.lds: a word of .rodata */
 
 /* Keeps the TLS section (and its flag) in every program, even without __thread. */
 __attribute__((used)) static __thread char ukl_tls_anchor = 1;
@@ -60,7 +61,7 @@ int __ukl_start(int argc, char **argv, char **envp)
 	ukl_tls_phdr.p_vaddr = (uintptr_t)__ukl_tls_start;
 	ukl_tls_phdr.p_filesz = (uintptr_t)(__ukl_tls_end - __ukl_tls_start);
 	ukl_tls_phdr.p_memsz = ukl_tls_phdr.p_filesz;
-	ukl_tls_phdr.p_align = (uintptr_t)__ukl_tls_align;
+	ukl_tls_phdr.p_align = __ukl_tls_align;
 	__ukl_syscall(SYS_getrandom, (long)random, sizeof(random), GRND_INSECURE, 0, 0, 0);
 
 	vec[n++] = AT_PHDR;	vec[n++] = (size_t)&ukl_tls_phdr;
