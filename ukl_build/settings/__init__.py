@@ -12,6 +12,7 @@ from ukl_build.settings.docs import settings_schema_markdown
 from ukl_build.settings.loader import load_settings
 from ukl_build.settings.model import (
     FIRMWARE_FORMATS,
+    HARDENED_RECIPE,
     AppSourceSettings,
     CMakeSettings,
     DepSettings,
@@ -31,7 +32,7 @@ from ukl_build.settings.model import (
 )
 
 __all__ = [
-    "FIRMWARE_FORMATS", "AppSourceSettings", "CMakeSettings", "DepSettings", "Format",
+    "FIRMWARE_FORMATS", "HARDENED_RECIPE", "AppSourceSettings", "CMakeSettings", "DepSettings", "Format",
     "GitSettings",
     "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins", "RunSettings", "Settings",
     "SignSettings", "SourceKind", "deps_references", "load_settings", "settings_schema_markdown",

@@ -77,6 +77,8 @@ class AppSourceSettings:
 
 
 APP_SOURCE_KINDS = ("url", "path", "git", "debian")
+# The recipe `hardened = true` (the default) applies first, before the app's own.
+HARDENED_RECIPE = "hardened"
 _SOURCE_DOC = ("The app's source tree, fetched and verified like the kernel's (url + sha256, "
                "path, git or debian) instead of the project directory; paths below are "
                "relative to it.")
@@ -241,6 +243,13 @@ class Settings:
         "Kernel config fragments on top of `base`: names from ukl-build's recipes/ or "
         "paths (*.config) relative to the project.",
         default_factory=lambda: ["microvm"],
+    )
+    hardened: bool = _doc(
+        "Apply the `hardened` recipe first (kernel self-protection: stack protector, KASLR, "
+        "read-only text, hardened allocator, CPU mitigations; see docs/security.md) and "
+        "compile the app with a stack protector and stack-clash probes. "
+        "false turns both off.",
+        default=True,
     )
     kconfig: dict[str, str] = _doc(
         'Extra kernel options, e.g. { HZ_100 = "y" }; each must survive olddefconfig.',

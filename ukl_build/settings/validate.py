@@ -17,6 +17,7 @@ from ukl_build.runner import (
 )
 from ukl_build.settings.model import (
     APP_SOURCE_KINDS,
+    HARDENED_RECIPE,
     AppSourceSettings,
     KernelSettings,
     Origins,
@@ -68,14 +69,23 @@ def validate(s: Settings, origin: Origins) -> None:
             _inside(Path("/source"), rel, origin(f"{table}.{sub}"), fetched=True)
             _validate_app_source(build_settings.source, f"{table}.source", origin)
     _validate_deps(s, origin)
-    for recipe in s.recipes:
-        if recipe.endswith(".config"):
-            _inside(s.project_dir, recipe, origin("recipes"))
+    _validate_recipes(s, origin)
     _validate_kconfig(s, origin)
     _validate_kernel(s.kernel, origin)
     _validate_run(s, origin)
     _validate_sign(s, origin)
     _validate_build_resources(s, origin)
+
+
+def _validate_recipes(s: Settings, origin: Origins) -> None:
+    for recipe in s.recipes:
+        if recipe.endswith(".config"):
+            _inside(s.project_dir, recipe, origin("recipes"))
+    if not s.hardened and HARDENED_RECIPE in s.recipes:
+        raise ConfigError(
+            f"{origin('recipes')}: names the {HARDENED_RECIPE!r} recipe while "
+            f"{origin('hardened')} turns it off",
+            hint="drop one of the two; hardened = true (the default) applies the recipe")
 
 
 def _validate_build_resources(s: Settings, origin: Origins) -> None:
