@@ -43,6 +43,9 @@ UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_t
               **{f"__ukl_sc_{c}": f"ukl_sc_{c}" for c in ("getppid", "read", "write", "sendto",
                                                          "recvfrom")}}
 UKL_PREFIX = "ukl_app_"  # no kernel symbol starts with it (see CONFIG_UKL)
+# The stack protector's failure handler: in UKL mode the kernel's (its canary, %gs:40,
+# is the one kernel-code-model code checks), even where musl brings its own.
+STACK_CHK_FAIL = "__stack_chk_fail"
 MARKER_SECTION = ".rodata.ukl_build_app"
 
 
@@ -116,6 +119,31 @@ def compiler_version(cc: str) -> str:
     return out.splitlines()[0]
 
 
+def app_hardening(settings: Settings) -> tuple[list[str], list[str]]:
+    """(cflags, ldflags) that harden the app as ``hardened`` asks (docs/security.md).
+
+    Hardened: canaries in functions with arrays or address-taken locals, stack-clash
+    probes, and glibc's _FORTIFY_SOURCE (musl and nolibc have no fortified headers).
+    Canaries need a guard and a failure handler: UKL-mode code (kernel code model)
+    checks the kernel's per-CPU canary and calls the kernel's ``__stack_chk_fail``
+    (see ``_ukl_archive``); musl and glibc set up their own in user mode; nolibc sets
+    up none, so a user-mode nolibc app keeps its guard in a global that ukl_ssp.h's
+    entry stub fills from AT_RANDOM before nolibc's ``_start``.
+    """
+    if not settings.hardened:
+        return ["-fno-stack-protector"], []
+    cflags = ["-fstack-protector-strong"]
+    if settings.mode == "user":  # UKL mode always probes (toolchain)
+        cflags.append("-fstack-clash-protection")
+    if settings.libc == "glibc":
+        cflags.append("-D_FORTIFY_SOURCE=2")
+    if settings.libc == "nolibc" and settings.mode == "user":
+        ssp = runtime_dir() / "include" / "ukl_ssp.h"
+        return ([*cflags, "-mstack-protector-guard=global", "-include", str(ssp)],
+                ["-Wl,-e,__ukl_ssp_start"])
+    return cflags, []
+
+
 def compiler() -> str:
     return os.environ.get("UKL_CC", "gcc")
 
@@ -138,18 +166,20 @@ def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None
     if cache_root is not None:
         maps.append(f"-ffile-prefix-map={cache_root}={CACHE_PREFIX}")
     common = ["-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident", *maps]
+    hard_cflags, hard_ldflags = app_hardening(settings)
+    common += hard_cflags
     if settings.libc == "glibc":
-        return Toolchain(cc, (*common, *settings.cflags), ("-static",), ())
+        return Toolchain(cc, (*common, *settings.cflags), ("-static", *hard_ldflags), ())
     ukl = ["-fstack-clash-protection", "-DUKL_MODE=1"] if settings.mode == "ukl" else []
     if settings.libc == "musl":
         assert musl is not None
         cflags, ldflags, ldlibs = musl_toolchain_flags(cc, musl)
-        return Toolchain(cc, (*common, *cflags, *ukl, *settings.cflags), tuple(ldflags),
-                         tuple(ldlibs))
+        return Toolchain(cc, (*common, *cflags, *ukl, *settings.cflags),
+                         (*ldflags, *hard_ldflags), tuple(ldlibs))
     assert sysroot is not None
     gcc_include = gcc_file(cc, "include")
     cflags = [
-        *common, "-std=gnu11", "-fno-stack-protector", "-fno-pie", "-nostdinc",
+        *common, "-std=gnu11", "-fno-pie", "-nostdinc",
         "-isystem", str(runtime_dir() / "include"),
         "-isystem", str(sysroot / "include"),
         "-isystem", gcc_include,
@@ -165,8 +195,8 @@ def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None
         # The "executable" of a UKL app is one relocatable object (gcc -r).
         return Toolchain(cc, (*cflags, *settings.cflags),
                          ("-nostdlib", "-r", f"-Wl,-T,{lds}", "-Wl,--build-id=none"), ("-lgcc",))
-    return Toolchain(cc, (*cflags, *settings.cflags), ("-static", "-no-pie", "-nostdlib"),
-                     ("-lgcc",))
+    return Toolchain(cc, (*cflags, *settings.cflags),
+                     ("-static", "-no-pie", "-nostdlib", *hard_ldflags), ("-lgcc",))
 
 
 def build_app(
@@ -400,17 +430,19 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
     reporter.run(["objcopy", f"--prefix-symbols={UKL_PREFIX}", prefixed],
                  step="app (objcopy --prefix-symbols)", env=env)
     redefine = [f"--redefine-sym={UKL_PREFIX}{a}={k}" for a, k in UKL_BRIDGE.items()]
+    # Canary failures go to the kernel's handler, which panics naming the function.
+    # musl defines its own (it would halt the CPU): weakened, so the kernel's wins.
+    redefine.append(f"--redefine-sym={UKL_PREFIX}{STACK_CHK_FAIL}={STACK_CHK_FAIL}")
     if musl_start:
         redefine += [f"--redefine-sym={UKL_PREFIX}main={UKL_PREFIX}main_",
                      f"--redefine-sym={UKL_PREFIX}__ukl_start={UKL_PREFIX}main"]
     reporter.run(["objcopy", *redefine, prefixed], step="app (objcopy --redefine-sym)", env=env)
-    proc = subprocess.run(["nm", "-u", str(prefixed)], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:  # an empty answer from a failed nm must not pass the check
-        raise BuildError(f"app: nm -u {prefixed.name} failed: {proc.stderr.strip()}")
+    if STACK_CHK_FAIL in _defined(prefixed, env):
+        reporter.run(["objcopy", f"--weaken-symbol={STACK_CHK_FAIL}", prefixed],
+                     step="app (objcopy --weaken-symbol)", env=env)
     # Weak references may stay unresolved (0 in vmlinux: musl tests _DYNAMIC that way);
     # with the prefix they cannot bind to a kernel symbol by accident.
-    undefined = sorted({ln.split()[-1] for ln in proc.stdout.splitlines()
-                        if ln.split()[:1] == ["U"]} - set(UKL_BRIDGE.values()))
+    undefined = sorted(_undefined(prefixed, env) - {*UKL_BRIDGE.values(), STACK_CHK_FAIL})
     if undefined:
         names = ", ".join(u.removeprefix(UKL_PREFIX) for u in undefined)
         raise BuildError(f"app: undefined symbols after linking the app with its libc: {names}",
@@ -428,6 +460,24 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
     archive.unlink(missing_ok=True)
     reporter.run(["ar", "rcsD", archive, prefixed], step="app (ar)", env=env)
     return archive, marker
+
+
+def _nm(obj: Path, env: dict[str, str], *args: str) -> list[list[str]]:
+    """``nm``'s lines for an object, split into fields."""
+    proc = subprocess.run(["nm", *args, str(obj)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:  # an empty answer from a failed nm must not pass a check
+        raise BuildError(f"app: nm {' '.join(args)} {obj.name} failed: {proc.stderr.strip()}")
+    return [ln.split() for ln in proc.stdout.splitlines() if ln.strip()]
+
+
+def _undefined(obj: Path, env: dict[str, str]) -> set[str]:
+    """The object's strong undefined symbols."""
+    return {f[-1] for f in _nm(obj, env, "-u") if f[:1] == ["U"]}
+
+
+def _defined(obj: Path, env: dict[str, str]) -> set[str]:
+    """The object's defined symbols."""
+    return {f[-1] for f in _nm(obj, env, "--defined-only") if len(f) >= 3}
 
 
 def _build_cmake(settings: Settings, root: Path, tc: Toolchain, app_dir: Path, output: Path,
