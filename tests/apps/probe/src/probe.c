@@ -3,7 +3,9 @@
  * ukl-build test app.  `probe syscalls` calls every system call wrapper the
  * runtime offers and prints one line per check, "name: result", with results
  * that do not depend on the mode (user or UKL), so the two outputs compare
- * equal.  `probe null` and `probe overflow` crash on purpose.  It builds on
+ * equal.  `probe null`, `overflow`, `smash` (stack protector), `write-text`
+ * and `write-rodata` crash on purpose; `probe address` prints where main is
+ * (KASLR).  It builds on
  * nolibc (with ukl-build's runtime headers) and on musl; on musl, `probe
  * threads` also checks what the C library itself does per thread (TLS,
  * errno, mutexes and condition variables, malloc, clocks, atexit).
@@ -386,6 +388,38 @@ static int overflow(volatile int depth)
 	return overflow(depth + 1) + pad[0];
 }
 
+/*
+ * The stack protector: write 64 bytes into a 16-byte local array (the length
+ * comes through a volatile, so the compiler cannot see the overflow), then
+ * return through the smashed frame.  With canaries the check before the
+ * return fails; without, the return jumps to 0x4141414141414141.
+ */
+static __attribute__((noinline)) int smash(volatile unsigned long n)
+{
+	char buf[16];
+	volatile char *p = buf;
+	unsigned long i;
+
+	for (i = 0; i < n; i++)
+		p[i] = 'A';
+	return buf[1];
+}
+
+static const char probe_rodata[] = "probe: read-only data";
+int main(int argc, char **argv);
+
+/* Writes that read-only mappings of the app's text and const data must stop. */
+static __attribute__((noinline)) int write_protected(const char *what)
+{
+	volatile unsigned char *target = !strcmp(what, "write-text") ?
+		(volatile unsigned char *)(unsigned long)main :
+		(volatile unsigned char *)(unsigned long)probe_rodata;
+
+	*target = 0xcc;
+	printf("probe: %s: the write went through\n", what);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "syscalls";
@@ -398,6 +432,18 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(what, "overflow"))
 		return overflow(0);
+	if (!strcmp(what, "smash")) {
+		smash(64);
+		printf("probe: smash: returned through a smashed frame\n");
+		return 0;
+	}
+	if (!strcmp(what, "write-text") || !strcmp(what, "write-rodata"))
+		return write_protected(what);
+	if (!strcmp(what, "address")) {
+		printf("probe: main at %p, rodata at %p\n", (void *)(unsigned long)main,
+		       (void *)probe_rodata);
+		return 0;
+	}
 #ifndef NOLIBC
 	if (!strcmp(what, "wallclock")) {
 		wallclock();
