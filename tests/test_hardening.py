@@ -103,6 +103,10 @@ def test_hardened_recipe_comes_first_and_can_be_turned_off(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as e:
         load_settings(project, {"hardened": "false", "recipes": "hardened;microvm"})
     assert "recipes" in str(e.value) and "-C hardened" in str(e.value), str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_settings(project, {"kconfig.STACKPROTECTOR": "n"})
+    assert "kconfig.STACKPROTECTOR" in str(e.value) and "hardened = false" in str(e.value)
+    load_settings(project, {"kconfig.STACKPROTECTOR": "n", "hardened": "false"})
 
 
 def test_app_flags_follow_hardened_mode_and_libc(tmp_path: Path) -> None:

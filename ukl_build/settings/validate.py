@@ -81,6 +81,12 @@ def _validate_recipes(s: Settings, origin: Origins) -> None:
     for recipe in s.recipes:
         if recipe.endswith(".config"):
             _inside(s.project_dir, recipe, origin("recipes"))
+    if s.hardened and s.mode == "ukl" and s.kconfig.get("STACKPROTECTOR") == "n":
+        # The app's canary checks read the kernel's canary and call its handler.
+        raise ConfigError(
+            f"{origin('kconfig.STACKPROTECTOR')}: turns the kernel's stack protector off, "
+            "which a hardened UKL app's canary checks call into",
+            hint="set hardened = false to build both without it")
     if not s.hardened and HARDENED_RECIPE in s.recipes:
         raise ConfigError(
             f"{origin('recipes')}: names the {HARDENED_RECIPE!r} recipe while "
