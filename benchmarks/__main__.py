@@ -1,4 +1,5 @@
-"""python -m benchmarks [all|syscall|boot|size|formats|memory|httpd|redis|build|farm] [--quick] [--json FILE]
+"""python -m benchmarks [all|syscall|boot|size|formats|memory|httpd|redis|build|farm|hardening]
+   [--quick] [--json FILE]
 
 Builds what it needs through ukl-build, runs every comparison side by side in
 one run (variants alternated, medians of --rounds), prints a table, the
@@ -21,7 +22,8 @@ from benchmarks import suites
 from benchmarks.harness import Context
 from ukl_build.cache import Cache
 
-SUITES = ("syscall", "boot", "size", "formats", "memory", "httpd", "redis", "build", "farm")
+SUITES = ("syscall", "boot", "size", "formats", "memory", "httpd", "redis", "build", "farm",
+          "hardening")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             suites.build_times(ctx, ns.cold)
         elif name == "farm":
             suites.farm(ctx)
+        elif name == "hardening":
+            suites.hardening(ctx, duration, ns.connections, ns.requests or (500 if ns.quick else 20000),
+                             iterations)
         print(f"[bench] {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     report = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),

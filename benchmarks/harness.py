@@ -34,6 +34,11 @@ APPS = {
 }
 
 
+# What recipes/ukl.config turns off that the hardened recipe turns on; the user-mode
+# baseline turns it off too (tests/test_benchmarks.py keeps the two lists equal).
+UKL_OFF = ("PAGE_TABLE_ISOLATION",)
+
+
 @dataclass
 class Context:
     """Where builds go, how VMs run, and everything measured so far."""
@@ -47,15 +52,19 @@ class Context:
     _builds: dict[tuple[str, str, tuple[tuple[str, str], ...]], BuildResult] = field(
         default_factory=dict)
 
-    def build(self, app: str, mode: str, **settings: str) -> BuildResult:
-        key = (app, mode, tuple(sorted(settings.items())))
+    def build(self, app: str, mode: str, baseline: bool = True, **settings: str) -> BuildResult:
+        """The app built for ``mode``; in user mode on the UKL kernel's configuration minus
+        CONFIG_UKL (``baseline``), or else on the app's own recipes, as a user builds it."""
+        key = (app, mode, tuple(sorted({**settings, **({} if baseline else {"baseline": "no"})}
+                                       .items())))
         if key not in self._builds:
             project = self.work / "-".join([app, mode, *(f"{k}={v}" for k, v in key[2])])
             # Refreshed on every run: a --work dir kept from an earlier run must not
             # benchmark stale sources (its build/ stays, for incremental builds).
             shutil.copytree(APPS[app], project, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("build", "dist"))
-            cs = self.config_settings(project, mode, settings)
+            cs = (self.config_settings(project, mode, settings) if baseline
+                  else {"mode": mode, **settings})
             self.note(f"python -m ukl_build build {APPS[app].relative_to(REPO)} "
                       + " ".join(f"-C {k}={v}" for k, v in cs.items()))
             self._builds[key] = build(project, cs, cache=self.cache, stream=io.StringIO())
@@ -66,8 +75,12 @@ class Context:
                         ) -> dict[str, str]:
         cs = {"mode": mode, **(settings or {})}
         if mode == "user":
-            # The baseline runs on the UKL kernel's configuration minus CONFIG_UKL.
+            # The baseline runs on the UKL kernel's configuration minus CONFIG_UKL: the
+            # ukl recipe's requires (server), and what it turns off (UKL_OFF).
             cs.setdefault("recipes", ";".join([*read_recipes(project), "server"]))
+            if cs.get("hardened", "true") != "false":
+                for option in UKL_OFF:
+                    cs.setdefault(f"kconfig.{option}", "n")
         return cs
 
     def note(self, command: str) -> None:

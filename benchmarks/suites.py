@@ -597,3 +597,93 @@ def farm(ctx: Context) -> None:
         res[f"make_ratio_{name}_over_cold"] = round(res[name]["make_s"] / cold["make_s"], 3)
         res[f"total_ratio_{name}_over_cold"] = round(res[name]["total_s"] / cold["total_s"], 3)
     ctx.results["farm"] = res
+
+
+# The costs of `hardened` (docs/security.md): each pair is one app, one mode, built with
+# and without it.  UKL mode for the servers (the default, and where the app is the
+# kernel); hello in both modes (user mode as a user builds it: its own recipes, PTI on).
+HARDENING = {"on": {}, "off": {"hardened": "false"}}
+
+
+def hardening(ctx: Context, duration: float, connections: int, requests: int,
+              iterations: int) -> None:
+    """Image size, boot to first line, httpd and Redis requests/s, and instructions per
+    system call (sysbench under -icount), with and without ``hardened``, side by side."""
+    res: dict[str, Any] = {"rounds": ctx.rounds}
+    hello = {(m, h): ctx.build("hello", m, baseline=False, **extra)
+             for m in MODES for h, extra in HARDENING.items()}
+    res["bzimage_bytes"] = {f"{m}-{h}": r.images.manifest["images"]["bzimage"]["size"]
+                            for (m, h), r in hello.items()}
+    pattern = r"Hello, .* from a unikernel"
+    boot = alternate({f"{m}-{h}": (lambda r=r: boot_to_line(
+        r.images.directory, r.images.manifest, ctx.options(), pattern))
+        for (m, h), r in hello.items()}, ctx.rounds)
+    res["boot_to_first_line_s"] = {k: round(median(v), 3) for k, v in boot.items()}
+    for m in MODES:
+        res["bzimage_bytes"][f"ratio_{m}_on_over_off"] = round(
+            res["bzimage_bytes"][f"{m}-on"] / res["bzimage_bytes"][f"{m}-off"], 3)
+        res["boot_to_first_line_s"][f"ratio_{m}_on_over_off"] = round(
+            res["boot_to_first_line_s"][f"{m}-on"] / res["boot_to_first_line_s"][f"{m}-off"], 3)
+    res["syscall_instructions"] = _hardening_syscalls(ctx, iterations)
+    res["httpd"] = _hardening_httpd(ctx, duration, connections)
+    res["redis"] = _hardening_redis(ctx, requests)
+    ctx.results["hardening"] = res
+
+
+def _hardening_syscalls(ctx: Context, iterations: int) -> dict[str, Any]:
+    images = {h: ctx.build("sysbench", "ukl", **extra).images for h, extra in HARDENING.items()}
+    counted = max(iterations // 10, 100)
+    ctx.note(f"python -m ukl_build run <sysbench image> --accel tcg --qemu-arg=-icount "
+             f"--qemu-arg=shift=0 -- {counted}")
+    per_call = {}
+    for h, image in images.items():  # exact counts: one run each
+        opts = ctx.options(args=[str(counted)], timeout=900, qemu_args=["-icount", "shift=0"])
+        opts.accel = "tcg"
+        status, out = run_capture(image.directory, opts)
+        if status != 0:
+            raise RuntimeError(f"sysbench (hardened {h}) failed: {out[-2000:]}")
+        per_call[h] = {m.group(1): int(m.group(2)) / 1000.0
+                       for m in re.finditer(r"bench (\S+) (\d+)", out)}
+    return {bench: {"on": round(per_call["on"][bench]), "off": round(per_call["off"][bench]),
+                    "ratio_on_over_off": round(per_call["on"][bench] / per_call["off"][bench], 3)}
+            for bench in per_call["on"]}
+
+
+def _hardening_httpd(ctx: Context, duration: float, connections: int) -> dict[str, Any]:
+    results = {h: ctx.build("httpd", "ukl", **extra) for h, extra in HARDENING.items()}
+    ports = {h: _free_port() for h in HARDENING}
+    busy = duration * len(HARDENING) * ctx.rounds
+    for h in HARDENING:  # both VMs up; the load alternates between them
+        opts = ctx.options(forward=[f"{ports[h]}:8080"], timeout=2 * busy + 120)
+        threading.Thread(target=run_capture, args=(results[h].images.directory, opts),
+                         daemon=True).start()
+    try:
+        for h in HARDENING:
+            _wait_http(ports[h])
+        samples = alternate({h: (lambda h=h: _load(ports[h], "/bytes/64", connections, duration))
+                             for h in HARDENING}, ctx.rounds)
+    finally:
+        for h in HARDENING:
+            _stop_vms(ports[h])
+    row: dict[str, Any] = {"connections": connections, "duration_s": duration}
+    for h in HARDENING:
+        for k in ("req_per_s", "p50_ms", "p99_ms"):
+            row[f"{h}_{k}"] = round(median(s[k] for s in samples[h]), 2)
+    row["ratio_req_per_s_on_over_off"] = round(row["on_req_per_s"] / row["off_req_per_s"], 3)
+    return row
+
+
+def _hardening_redis(ctx: Context, requests: int) -> dict[str, Any]:
+    images = {h: Bootable(ctx.build("redis", "ukl", **extra).images.directory)
+              for h, extra in HARDENING.items()}
+    ctx.note(f"redis-benchmark -p PORT -c {REDIS_CLIENTS} -n {requests} -P 1 -t set,get --csv")
+    samples = alternate({h: (lambda b=b: _redis_sample(b, ctx, requests, 1))
+                         for h, b in images.items()}, ctx.rounds)
+    row: dict[str, Any] = {"requests": requests, "clients": REDIS_CLIENTS, "pipeline": 1}
+    for h in HARDENING:
+        for k in samples[h][0]:
+            row[f"{h}_{k}"] = round(median(s[k] for s in samples[h]), 2)
+    for test in ("SET", "GET"):
+        row[f"{test}_ratio_rps_on_over_off"] = round(row[f"on_{test}_rps"]
+                                                     / row[f"off_{test}_rps"], 3)
+    return row

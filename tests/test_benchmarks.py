@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import alternate, median, percentile
+from benchmarks.harness import UKL_OFF, Context, alternate, median, percentile
 from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
 from ukl_build.cache import Cache
+from ukl_build.kconfig import parse_fragment
 from ukl_build.pipeline import build
 
 from conftest import Builds, free_port
@@ -30,6 +31,21 @@ def test_alternate_runs_variants_in_turn() -> None:
     assert order == ["a", "b", "a", "b", "a", "b"]
     assert samples == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
     assert median([3, 1, 2]) == 2 and percentile([1, 2, 3, 4], 0.99) == 4
+
+
+def test_user_baseline_turns_off_what_the_ukl_recipe_turns_off() -> None:
+    # "The UKL configuration minus CONFIG_UKL": what ukl.config takes back from the
+    # hardened recipe, the baseline takes back too.
+    ukl = {o.name for o in parse_fragment((REPO / "recipes/ukl.config").read_text(), "u")[0]
+           if o.value == "n"}
+    hardened = {o.name for o in
+                parse_fragment((REPO / "recipes/hardened.config").read_text(), "h")[0]
+                if o.value != "n"}
+    assert set(UKL_OFF) == ukl & hardened
+    cs = Context.config_settings(REPO / "example_apps/hello", "user")
+    assert cs["kconfig.PAGE_TABLE_ISOLATION"] == "n"
+    assert "kconfig.PAGE_TABLE_ISOLATION" not in Context.config_settings(
+        REPO / "example_apps/hello", "user", {"hardened": "false"})
 
 
 @pytest.mark.kernel
@@ -57,7 +73,8 @@ def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untype
     assert res["boot_to_first_line_s"]["ukl"] > 0 and res["boot_to_first_line_s"]["user"] > 0
     # the user-mode baseline runs on the UKL configuration minus CONFIG_UKL
     assert ("python -m ukl_build build benchmarks/apps/sysbench -C mode=user "
-            "-C recipes=net;virtio-net;microvm;server") in report["commands"]
+            "-C recipes=net;virtio-net;microvm;server -C kconfig.PAGE_TABLE_ISOLATION=n"
+            ) in report["commands"]
     # 64-byte TCP round trips over loopback: the network stack's cost, counted exactly
     assert res["syscall"]["per_call"]["tcp_roundtrip_64B"]["user_instructions"] > 1000
     assert "ratio_ukl_over_user" in proc.stdout
