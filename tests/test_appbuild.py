@@ -101,7 +101,12 @@ def test_ukl_archive_is_prefixed_and_self_contained(tmp_path: Path, patched_tree
     defined = _nm(archive, "--defined-only")
     assert "ukl_app_main" in defined and "ukl_app__start" in defined  # nolibc start code, renamed too
     assert all(name.startswith("ukl_") for name in defined), defined
-    assert _nm(archive, "-u") == {"ukl_syscall"}  # the bridge into the kernel, nothing else
+    # the bridge into the kernel, and (hardened) the kernel's canary-failure handler
+    assert _nm(archive, "-u") == {"ukl_syscall", "__stack_chk_fail"}
+    (tmp_path / "plain").mkdir()
+    plain = build(tmp_path / "plain", patched_tree, cache,
+                  'sources = ["src/app.c"]\nhardened = false', mode="ukl")
+    assert _nm(plain, "-u") == {"ukl_syscall"}
 
 
 def test_ukl_undefined_symbol_is_named(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
@@ -129,12 +134,12 @@ def test_ukl_shortcuts_bind_the_kernels_direct_entry_points(tmp_path: Path, patc
     archive = build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]\nshortcuts = true',
                     source=SHORTCUT_APP, mode="ukl")
     assert _nm(archive, "-u") == {"ukl_syscall", "ukl_sc_getppid", "ukl_sc_read", "ukl_sc_write",
-                                  "ukl_sc_sendto", "ukl_sc_recvfrom"}
+                                  "ukl_sc_sendto", "ukl_sc_recvfrom", "__stack_chk_fail"}
     # Without the switch, the same source calls only the generic bridge.
     (tmp_path / "plain").mkdir()
     plain = build(tmp_path / "plain", patched_tree, cache, 'sources = ["src/app.c"]',
                   source=SHORTCUT_APP, mode="ukl")
-    assert _nm(plain, "-u") == {"ukl_syscall"}
+    assert _nm(plain, "-u") == {"ukl_syscall", "__stack_chk_fail"}
 
 
 def test_freestanding_headers_user_mode(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
