@@ -74,10 +74,13 @@ def test_distcc_hosts_need_distcc(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "distcc[13] compile c.c on localhost completed ok\n"
         "distcc[15] compile (null) on localhost completed ok\n"
         "distcc[14] (dcc_build_somewhere) Warning: failed to distribute d.c to 10.0.0.5/8,lzo, "
-        "running locally instead\n")
-    assert read_distcc(c.distcc_log) == {"10.0.0.5/8,lzo": 2, "localhost": 1, "(here)": 1}
+        "running locally instead\n"
+        "distcc[14] compile d.c on localhost completed ok\n")
+    assert read_distcc(c.distcc_log) == {"10.0.0.5/8,lzo": 2, "localhost": 1, "(here)": 1,
+                                         "(fell back)": 1}
     assert stats_line(c) == ("compiler cache: 5 compiles: 1 local hits, 1 remote hits, 3 misses; "
-                             "distcc sent 3 jobs (10.0.0.5/8,lzo 2, localhost 1), ran 1 here")
+                             "distcc sent 3 jobs (10.0.0.5/8,lzo 2, localhost 1), ran 1 here, "
+                             "1 here after failing to distribute them")
     c.reset_logs()  # a new build counts its own
     assert not c.stats_log.exists() and not c.distcc_log.exists()
 

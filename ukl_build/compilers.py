@@ -156,8 +156,10 @@ def read_stats(log: Path) -> CacheStats:
     return CacheStats(counts["local"], counts["remote"], counts["miss"])
 
 
-_DISTCC_JOB = re.compile(r"^distcc\[\d+\] compile (\S+) on (\S+) completed ok$", re.M)
+_DISTCC_JOB = re.compile(r"^distcc\[(\d+)\] compile (\S+) on (\S+) completed ok$", re.M)
+_DISTCC_FALLBACK = re.compile(r"^distcc\[(\d+)\] .*failed to distribute", re.M)
 HERE = "(here)"  # what distcc ran itself, not distributable: probes, links, some assembler
+FELL_BACK = "(fell back)"  # jobs a host failed (or refused) that distcc then compiled here
 
 
 def read_distcc(log: Path) -> Counter[str]:
@@ -165,14 +167,16 @@ def read_distcc(log: Path) -> Counter[str]:
 
     distcc logs ``compile FILE on HOST completed ok`` for each job a host ran; the
     commands it must run here (kbuild's compiler probes, links, ``-x`` assembler)
-    name no file and count as ``HERE``.
+    name no file and count as ``HERE``.  A job it failed to distribute is logged as
+    compiled "on localhost" by the same process after a warning: ``FELL_BACK``.
     """
     try:
         text = log.read_text(errors="replace")
     except FileNotFoundError:
         return Counter()
-    return Counter(HERE if source == "(null)" else host
-                   for source, host in _DISTCC_JOB.findall(text))
+    fell_back = set(_DISTCC_FALLBACK.findall(text))
+    return Counter(HERE if source == "(null)" else FELL_BACK if pid in fell_back else host
+                   for pid, source, host in _DISTCC_JOB.findall(text))
 
 
 def stats_line(compiler: Compiler) -> str:
@@ -185,7 +189,10 @@ def stats_line(compiler: Compiler) -> str:
     if compiler.distcc_log is not None:
         jobs = read_distcc(compiler.distcc_log)
         here = jobs.pop(HERE, 0)
+        fell_back = jobs.pop(FELL_BACK, 0)
         hosts = ", ".join(f"{host} {n}" for host, n in sorted(jobs.items()))
         parts.append(f"distcc sent {sum(jobs.values())} jobs" + (f" ({hosts})" if hosts else "")
-                     + f", ran {here} here")
+                     + f", ran {here} here"
+                     + (f", {fell_back} here after failing to distribute them" if fell_back
+                        else ""))
     return "compiler cache: " + "; ".join(parts) if parts else ""
