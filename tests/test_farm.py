@@ -29,6 +29,10 @@ from ukl_build.pipeline import BuildResult, build
 
 from conftest import copy_example, free_port, run_cli
 
+# The farm is about compilers and caches, not the kernel's configuration: the smallest,
+# fastest kernel to compile (the hardened recipe makes each cold build ~1.6x longer).
+PLAIN = {"hardened": "false"}
+
 pytestmark = pytest.mark.kernel
 
 
@@ -97,7 +101,7 @@ def first_runner(farm: Farm, tmp_path_factory: pytest.TempPathFactory) -> BuildR
     """A cold build in an empty cache: every compile misses, runs on distccd, and its
     object goes into the store."""
     tmp = tmp_path_factory.mktemp("runner1")
-    result = build(copy_example("hello", tmp), {"mode": "user", "ccache.remote-storage": farm.store,
+    result = build(copy_example("hello", tmp), {"mode": "user", **PLAIN, "ccache.remote-storage": farm.store,
                                                 "distcc.hosts": farm.hosts},
                    cache=Cache(tmp / "cache"))
     assert result.kernel_built
@@ -110,7 +114,7 @@ def fresh_runner(farm: Farm, first_runner: BuildResult,
     """A new CI runner: another directory, an empty cache (no local ccache), the store."""
     tmp = tmp_path_factory.mktemp("runner2")
     cache = Cache(tmp / "cache")
-    result = build(copy_example("hello", tmp), {"mode": "user", "ccache.remote-storage": farm.store},
+    result = build(copy_example("hello", tmp), {"mode": "user", **PLAIN, "ccache.remote-storage": farm.store},
                    cache=cache)
     return result, cache
 
@@ -180,7 +184,7 @@ def test_clean_max_size_during_a_build_never_breaks_it(
     cleaner.start()
     try:
         third = build(copy_example("hello", tmp_path),
-                      {"mode": "user", "ccache.remote-storage": farm.store,
+                      {"mode": "user", **PLAIN, "ccache.remote-storage": farm.store,
                        "cache.max-size": "1M"}, cache=cache, stream=hook)
     finally:
         stop.set()
