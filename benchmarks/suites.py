@@ -45,18 +45,7 @@ def syscall(ctx: Context, iterations: int) -> None:
     images = {name: r.images for name, r in _variant_builds(ctx, "sysbench").items()}
 
     def sample(name: str, n: int = iterations, icount: bool = False) -> dict[str, float]:
-        # With -icount shift=0 the guest clock advances 1 ns per guest instruction,
-        # so the app's "ns per call" is instructions per call: exact, and immune to
-        # the host's noise (but blind to what an instruction costs: a syscall counts 1).
-        opts = ctx.options(args=[str(n)], timeout=900,
-                           qemu_args=["-icount", "shift=0"] if icount else [])
-        if icount:
-            opts.accel = "tcg"  # -icount is a TCG feature, whatever --accel says
-        status, out = run_capture(images[name].directory, opts)
-        if status != 0:
-            raise RuntimeError(f"sysbench ({name}) failed: {out[-2000:]}")
-        return {m.group(1): int(m.group(2)) / 1000.0
-                for m in re.finditer(r"bench (\S+) (\d+)", out)}
+        return _sysbench(ctx, images[name].directory, n, icount, name)
 
     ctx.note(f"python -m ukl_build run <sysbench image> --accel {ctx.accel} -- {iterations}")
     samples = alternate({name: (lambda name=name: sample(name)) for name in VARIANTS}, ctx.rounds)
@@ -82,6 +71,24 @@ def syscall(ctx: Context, iterations: int) -> None:
                             round(insn["shortcuts"] / insn["user"], 3)}
     ctx.results["syscall"] = {"iterations": iterations, "icount_iterations": counted,
                               "rounds": ctx.rounds, "per_call": table}
+
+
+def _sysbench(ctx: Context, image_dir: Path, n: int, icount: bool, name: str
+              ) -> dict[str, float]:
+    """ns per call of each sysbench benchmark, ``n`` calls each.
+
+    With -icount shift=0 the guest clock advances 1 ns per guest instruction, so the
+    app's "ns per call" is instructions per call: exact, and immune to the host's noise
+    (but blind to what an instruction costs: a syscall counts 1).
+    """
+    opts = ctx.options(args=[str(n)], timeout=900,
+                       qemu_args=["-icount", "shift=0"] if icount else [])
+    if icount:
+        opts.accel = "tcg"  # -icount is a TCG feature, whatever --accel says
+    status, out = run_capture(image_dir, opts)
+    if status != 0:
+        raise RuntimeError(f"sysbench ({name}) failed: {out[-2000:]}")
+    return {m.group(1): int(m.group(2)) / 1000.0 for m in re.finditer(r"bench (\S+) (\d+)", out)}
 
 
 def _initramfs_cpio(result: Any, dest: Path) -> Path:
@@ -635,15 +642,9 @@ def _hardening_syscalls(ctx: Context, iterations: int) -> dict[str, Any]:
     counted = max(iterations // 10, 100)
     ctx.note(f"python -m ukl_build run <sysbench image> --accel tcg --qemu-arg=-icount "
              f"--qemu-arg=shift=0 -- {counted}")
-    per_call = {}
-    for h, image in images.items():  # exact counts: one run each
-        opts = ctx.options(args=[str(counted)], timeout=900, qemu_args=["-icount", "shift=0"])
-        opts.accel = "tcg"
-        status, out = run_capture(image.directory, opts)
-        if status != 0:
-            raise RuntimeError(f"sysbench (hardened {h}) failed: {out[-2000:]}")
-        per_call[h] = {m.group(1): int(m.group(2)) / 1000.0
-                       for m in re.finditer(r"bench (\S+) (\d+)", out)}
+    # Exact counts: one run each.
+    per_call = {h: _sysbench(ctx, image.directory, counted, True, f"hardened {h}")
+                for h, image in images.items()}
     return {bench: {"on": round(per_call["on"][bench]), "off": round(per_call["off"][bench]),
                     "ratio_on_over_off": round(per_call["on"][bench] / per_call["off"][bench], 3)}
             for bench in per_call["on"]}
