@@ -125,6 +125,12 @@ def run_cli(*args: str, timeout: float = 600, **kw: object) -> subprocess.Comple
                           text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
 
 
+def run_image(image_dir: Path, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """``python -m ukl_build run IMAGE_DIR --timeout T ARGS``: status, stdout, stderr."""
+    proc = run_cli("run", str(image_dir), "--timeout", str(timeout), *args, timeout=timeout + 60)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes, str | None]:
     conn.request("GET", path)
     resp = conn.getresponse()

@@ -29,7 +29,8 @@ from ukl_build.kconfig import (
 from ukl_build.progress import Reporter
 from ukl_build.settings import load_settings
 
-from conftest import EXAMPLES, REPO, Builds, copy_example, run_cli
+from conftest import EXAMPLES, REPO, Builds, copy_example
+from conftest import run_image as run
 
 PROTECTIONS = REPO / "security" / "protections.txt"
 RECIPES = REPO / "recipes"
@@ -157,11 +158,6 @@ def test_hardened_false_leaves_the_recipe_out(patched_tree, cache, tmp_path: Pat
 
 
 # -- the protections firing (the probe's images, shared with test_ukl.py) ------------------
-
-def run(image_dir: Path, *args: str, timeout: float = 120) -> tuple[int, str, str]:
-    proc = run_cli("run", str(image_dir), "--timeout", str(timeout), *args, timeout=timeout + 60)
-    return proc.returncode, proc.stdout, proc.stderr
-
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("libc", ["nolibc", "musl"])

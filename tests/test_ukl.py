@@ -13,14 +13,10 @@ from elftools.elf.elffile import ELFFile
 
 from ukl_build.cache import Cache
 
-from conftest import Builds, check_httpd, run_cli
+from conftest import Builds, check_httpd
+from conftest import run_image as run
 
 pytestmark = pytest.mark.kernel
-
-
-def run(image_dir: Path, *args: str, timeout: float = 120) -> tuple[int, str, str]:
-    proc = run_cli("run", str(image_dir), "--timeout", str(timeout), *args, timeout=timeout + 60)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_hello_runs_in_ring0_and_returns_status(builds: Builds) -> None:
