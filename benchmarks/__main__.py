@@ -1,5 +1,5 @@
 """python -m benchmarks [all|syscall|boot|size|formats|memory|httpd|redis|build|farm|hardening]
-   [--quick] [--json FILE]
+   [--quick] [--baseline ukl|app] [--json FILE]
 
 Builds what it needs through ukl-build, runs every comparison side by side in
 one run (variants alternated, medians of --rounds), prints a table, the
@@ -37,6 +37,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=4)
     p.add_argument("--requests", type=int, help="redis-benchmark requests per test (default 20000)")
     p.add_argument("--cold", action="store_true", help="also time a build from an empty cache")
+    p.add_argument("--baseline", choices=["ukl", "app"], default="ukl",
+                   help="the user-mode kernel: the UKL configuration minus CONFIG_UKL (ukl, "
+                        "the default), or the app's own recipes as -C mode=user builds it (app)")
     p.add_argument("--work", help="where the benchmark projects are built (default: a temp dir)")
     p.add_argument("--json", help="write the results here as JSON")
     return p.parse_args(argv)
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [64] if ns.quick else [64, 4096, 65536]
     work = Path(ns.work) if ns.work else Path(tempfile.mkdtemp(prefix="ukl-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    ctx = Context(work=work, cache=Cache(), accel=ns.accel, rounds=rounds)
+    ctx = Context(work=work, cache=Cache(), accel=ns.accel, rounds=rounds, baseline=ns.baseline)
     started = time.monotonic()
     for name in chosen:
         t0 = time.monotonic()
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release(), "accel": ns.accel},
         "rounds": rounds,
+        "baseline": ns.baseline,
         "results": ctx.results,
         "commands": ctx.commands,
         "seconds": round(time.monotonic() - started, 1),

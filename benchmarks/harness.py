@@ -47,6 +47,10 @@ class Context:
     cache: Cache
     accel: str = "tcg"
     rounds: int = 3
+    # "ukl": user mode runs on the UKL kernel's configuration minus CONFIG_UKL (like with
+    # like, what every published figure uses); "app": on the app's own recipes, as a user
+    # builds it with -C mode=user (the test suite's kernels: no configuration of its own).
+    baseline: str = "ukl"
     commands: list[str] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     _builds: dict[tuple[str, str, tuple[tuple[str, str], ...]], BuildResult] = field(
@@ -54,9 +58,11 @@ class Context:
 
     def build(self, app: str, mode: str, baseline: bool = True, **settings: str) -> BuildResult:
         """The app built for ``mode``; in user mode on the UKL kernel's configuration minus
-        CONFIG_UKL (``baseline``), or else on the app's own recipes, as a user builds it."""
-        key = (app, mode, tuple(sorted({**settings, **({} if baseline else {"baseline": "no"})}
-                                       .items())))
+        CONFIG_UKL (``baseline``, unless the context's baseline is "app"), or else on the
+        app's own recipes, as a user builds it."""
+        baseline = mode == "user" and baseline and self.baseline == "ukl"
+        own = {"baseline": "no"} if mode == "user" and not baseline else {}
+        key = (app, mode, tuple(sorted({**settings, **own}.items())))
         if key not in self._builds:
             project = self.work / "-".join([app, mode, *(f"{k}={v}" for k, v in key[2])])
             # Refreshed on every run: a --work dir kept from an earlier run must not
