@@ -1,5 +1,5 @@
 # The two entry points of the README.  Each does its own set-up.
-.PHONY: setup demo demo-httpd test bench docs clean
+.PHONY: setup demo demo-httpd test check lint bench docs clean
 
 PY := .venv/bin/python
 # Tests share one kernel cache across the session; CI starts empty.
@@ -20,10 +20,22 @@ demo: setup
 demo-httpd: setup
 	bash scripts/demo-httpd.sh
 
-test: setup
+# The whole suite (what CI runs): two workers, since QEMU under TCG uses one core and
+# boots can run beside each other and beside kernel builds (tests/conftest.py says
+# which tests stay together).  WORKERS=0 runs it in one process.
+WORKERS ?= 2
+XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
+
+test: lint
+	$(PY) -m pytest -v --durations=40 $(XDIST)
+
+# The edit-compile loop: lint, types and the unit tests; no kernel tree, build or boot.
+check: lint
+	$(PY) -m pytest -q -m "not kernel"
+
+lint: setup
 	$(PY) -m ruff check ukl_build tests benchmarks
 	$(PY) -m mypy
-	$(PY) -m pytest -v --durations=15
 
 # UKL vs user mode (vs Debian's cloud kernel), side by side; see docs/performance.md.
 bench: setup

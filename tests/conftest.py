@@ -1,8 +1,10 @@
-"""Shared fixtures.
+"""Shared fixtures, and how the suite is spread over pytest-xdist's workers.
 
 Kernel builds are slow (~4 min cold on 2 cores), so every distinct kernel is
 built once per session: all tests share one cache (``UKL_BUILD_CACHE``, or a
-session temp dir), and the built example apps are session fixtures.
+session temp dir shared by the workers), and the built example apps are
+session fixtures.  Two workers building or needing the same kernel at once
+take turns on the cache's locks: the second finds the first one's images.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +26,80 @@ import pytest
 from ukl_build.cache import Cache
 from ukl_build.pipeline import BuildResult, build, prepare_tree
 from ukl_build.progress import Reporter
+from ukl_build.pytest_plugin import UklVm
 from ukl_build.settings import load_settings
+
+import kernel_times
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_apps"
 TEST_APPS = REPO / "tests" / "apps"
 
 
+# make test runs the suite on two workers (-n 2 --dist loadgroup --no-loadscope-reorder):
+# QEMU under TCG is single-threaded, so boots and server tests run beside each other and
+# beside kernel builds.  The tests of each module named here stay on one worker (per
+# value of the module-scoped fixture named with it, e.g. the Redis served in each mode):
+# their fixtures (a VM serving the module's tests, signing keys, a build farm) would be
+# set up again on another.  A test can join a group with @pytest.mark.xdist_group(name).
+MODULE_GROUPS = {"test_redis.py": ("redis", "redis_port"),
+                 "test_memcached.py": ("memcached", "memcached_port"),
+                 "test_uefi.py": ("uefi", None), "test_farm.py": ("farm", None)}
+# Handed out first, in this order (the rest follow in file order): the long tests and
+# groups, so that the run does not end with one of them alone on a worker while the
+# other idles.  Durations measured on a clean clone are in the README.
+FIRST = (
+    "test_verify.py::test_verify_two_builds_from_empty_caches_are_identical",
+    "test_farm.py",
+    "test_benchmarks.py::test_harness_quick",
+    "test_redis.py",
+    "test_memcached.py",
+    "test_uefi.py",
+    "test_install.py::test_build_and_boot_with_only_declared_commands",
+    "test_robustness.py",
+    "test_plugin.py",
+)
+
+
+def _priority(item: pytest.Item) -> int:
+    name = item.nodeid.removeprefix("tests/")
+    return next((i for i, prefix in enumerate(FIRST) if name.startswith(prefix)), len(FIRST))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture parameters
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name not in MODULE_GROUPS or item.get_closest_marker("xdist_group"):
+            continue
+        group, fixture = MODULE_GROUPS[item.path.name]
+        params = getattr(item, "callspec", None)
+        if fixture is not None and params is not None and fixture in params.params:
+            group += f"-{params.params[fixture]}"
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=_priority)  # stable: each module keeps its own order
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The session's kernel makes, longest first (tests/kernel_times.py)."""
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    makes = kernel_times.kernel_makes(factory.getbasetemp())
+    if makes:
+        terminalreporter.section("kernel builds (from the session's build logs)")
+        for line in kernel_times.table(makes):
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cache]:
     root = os.environ.get("UKL_BUILD_CACHE")
-    path = Path(root) if root else tmp_path_factory.mktemp("ukl-cache")
+    if root:
+        path = Path(root)
+    else:  # one cache for all workers: under xdist each has its own basetemp below a shared one
+        base = tmp_path_factory.getbasetemp()
+        path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "ukl-cache"
+        path.mkdir(exist_ok=True)
     old = os.environ.get("UKL_BUILD_CACHE")
     os.environ["UKL_BUILD_CACHE"] = str(path)  # for subprocesses (pip, the CLI)
     yield Cache(path)
@@ -89,6 +154,17 @@ def httpd_build(builds: Builds) -> BuildResult:
     return builds("httpd", "user")
 
 
+@pytest.fixture(scope="session")
+def ukl_build_links(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A --find-links directory holding a wheel of this repository's ukl-build, as an
+    isolated build environment would get it from an index (made once per session)."""
+    links = tmp_path_factory.mktemp("links")
+    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(links),
+                           str(REPO)], capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stdout + made.stderr
+    return links
+
+
 def fake_manifest(**extra: object) -> dict[str, object]:
     """A complete schema-1 manifest.json for an image directory of fake files."""
     return {"schema": 1, "name": "app", "version": "0.1", "module": "app", "mode": "ukl",
@@ -131,6 +207,26 @@ def run_image(image_dir: Path, *args: str, timeout: float = 120) -> tuple[int, s
     return proc.returncode, proc.stdout, proc.stderr
 
 
+@contextmanager
+def booted(image_dir: Path, *run_args: str, forward: Sequence[int] = (),
+           timeout: float = 240) -> Iterator[UklVm]:
+    """``python -m ukl_build run IMAGE_DIR RUN_ARGS`` as the pytest plugin's UklVm (its
+    console streamed, ``vm.wait_for(pattern)``); each port in ``forward`` is reached
+    through a free host port, ``vm.port(guest)``.  The VM is stopped on leaving; a failure
+    inside carries the end of its console."""
+    ports = {guest: free_port() for guest in forward}
+    argv = [sys.executable, "-m", "ukl_build", "run", str(image_dir), "--timeout", f"{timeout:g}"]
+    for guest, host in ports.items():
+        argv += ["--forward", f"{host}:{guest}"]
+    vm = UklVm([*argv, *run_args], ports, f"run {image_dir}")
+    try:
+        yield vm
+    except (AssertionError, pytest.fail.Exception) as e:
+        raise AssertionError(f"{e}\n--- console of {vm.name} ---\n{vm.console[-4000:]}") from e
+    finally:
+        vm.stop()
+
+
 def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes, str | None]:
     conn.request("GET", path)
     resp = conn.getresponse()
@@ -139,20 +235,9 @@ def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes, str |
 
 def check_httpd(image_dir: Path, *run_args: str, requests: int = 200) -> None:
     """Boot example_apps/httpd, talk HTTP/1.1 to it through a forwarded port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ukl_build", "run", str(image_dir),
-         "--forward", f"{port}:8080", "--timeout", "240", *run_args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 90
-        for line in proc.stdout:
-            if "listening on port 8080" in line:
-                break
-            assert time.monotonic() < deadline, "httpd did not start"
-        else:
-            raise AssertionError(f"httpd ended: {proc.stderr.read() if proc.stderr else ''}")
+    with booted(image_dir, *run_args, forward=[8080]) as vm:
+        vm.wait_for("listening on port 8080", timeout=90)
+        port = vm.port(8080)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         status, body, connection = _get(conn, "/")
         assert status == 200 and body == b"Hello from ukl-build httpd!\n"
@@ -175,9 +260,6 @@ def check_httpd(image_dir: Path, *run_args: str, requests: int = 200) -> None:
             status, body, _ = _get(conn, "/bytes/64")
             assert status == 200 and len(body) == 64
         conn.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    # SIGTERM to the launcher must not leave the VM running
+    # SIGTERM to the launcher (UklVm.stop) must not leave the VM running
     left = subprocess.run(["pgrep", "-f", f"hostfwd=tcp:127.0.0.1:{port}-"], capture_output=True)
     assert left.returncode == 1, "QEMU outlived its launcher"

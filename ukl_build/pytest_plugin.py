@@ -71,6 +71,11 @@ class UklVm:
         with self._cond:
             return "".join(self._lines)
 
+    @property
+    def running(self) -> bool:
+        """Whether the VM (its runner) is still running."""
+        return self._proc.poll() is None
+
     def port(self, guest: int) -> int:
         """The host port (on 127.0.0.1) forwarded to ``guest``."""
         try:
