@@ -19,7 +19,7 @@ import pytest
 from ukl_build.errors import BuildError, UklError
 from ukl_build.pipeline import BuildResult, build
 
-from conftest import check_httpd, copy_example, free_port, run_cli, valid_cyclonedx
+from conftest import Builds, booted, check_httpd, copy_example, run_cli, valid_cyclonedx
 
 pytestmark = pytest.mark.kernel
 
@@ -49,11 +49,11 @@ def test_rebuild_does_no_kernel_work(hello_build: BuildResult, cache) -> None:  
     assert elapsed < 10, f"no-op rebuild took {elapsed:.1f} s"
 
 
-def test_pvh_vmlinux_boots_directly_from_the_same_kernel(hello_build: BuildResult, cache) -> None:  # type: ignore[no-untyped-def]
+def test_pvh_vmlinux_boots_directly_from_the_same_kernel(hello_build: BuildResult,
+                                                        builds: Builds) -> None:
     # microvm kernels carry the PVH entry: the pvh format only exports vmlinux, no new kernel.
-    both = build(hello_build.settings.project_dir, {"mode": "user", "formats": "bzimage;pvh"},
-                 cache=cache)
-    assert not both.kernel_built
+    both = builds("hello", "user", formats="bzimage;pvh")
+    assert both.images.manifest["kernel"]["config"] == hello_build.images.manifest["kernel"]["config"]
     assert both.kernel.build_dir == hello_build.kernel.build_dir
     vmlinux = both.images.directory / both.images.manifest["images"]["pvh"]["file"]
     assert vmlinux.read_bytes()[:4] == b"\x7fELF"
@@ -61,7 +61,6 @@ def test_pvh_vmlinux_boots_directly_from_the_same_kernel(hello_build: BuildResul
                    timeout=180)
     assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
     assert proc.returncode == 3, proc.stderr
-    build(hello_build.settings.project_dir, {"mode": "user"}, cache=cache)  # restore for later tests
 
 
 def test_run_project_via_cli_with_args(hello_build: BuildResult) -> None:
@@ -165,23 +164,11 @@ def test_python_build_sdist_and_wheel(hello_build: BuildResult, tmp_path: Path) 
     assert json.loads(manifest.stdout)["name"] == "ukl-hello"
 
 
-def _boot_httpd(image_dir: Path, *app_args: str) -> tuple[subprocess.Popen[str], int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ukl_build", "run", str(image_dir), "--forward", f"{port}:8080",
-         "--timeout", "240", "--", "--port", "8080", *app_args],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "listening on port 8080" in line:
-            return proc, port
-    raise AssertionError("httpd did not start")
-
-
 def test_httpd_times_out_half_sent_requests(httpd_build: BuildResult) -> None:
-    proc, port = _boot_httpd(httpd_build.images.directory, "--idle-timeout", "2")
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+    with booted(httpd_build.images.directory, "--", "--port", "8080", "--idle-timeout", "2",
+                forward=[8080]) as vm:
+        vm.wait_for("listening on port 8080", timeout=90)
+        with socket.create_connection(("127.0.0.1", vm.port(8080)), timeout=30) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # no blank line: never complete
             start = time.monotonic()
             reply = b""
@@ -190,14 +177,13 @@ def test_httpd_times_out_half_sent_requests(httpd_build: BuildResult) -> None:
             waited = time.monotonic() - start
         assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), reply
         assert 1.0 < waited < 10, waited
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_httpd_idle_connections_cannot_lock_clients_out(httpd_build: BuildResult) -> None:
-    proc, port = _boot_httpd(httpd_build.images.directory, "--max-conns", "8")
-    try:
+    with booted(httpd_build.images.directory, "--", "--port", "8080", "--max-conns", "8",
+                forward=[8080]) as vm:
+        vm.wait_for("listening on port 8080", timeout=90)
+        port = vm.port(8080)
         idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(12)]
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/")
@@ -216,26 +202,14 @@ def test_httpd_idle_connections_cannot_lock_clients_out(httpd_build: BuildResult
             finally:
                 s.close()
         assert closed >= 4, closed
-    finally:
-        proc.kill()
-        proc.wait()
 
 
-def _ukl_build_wheel(links: Path) -> Path:
-    """A --find-links directory holding a wheel of this repository's ukl-build."""
-    repo = Path(__file__).resolve().parent.parent
-    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(links),
-                           str(repo)], capture_output=True, text=True, timeout=600)
-    assert made.returncode == 0, made.stdout + made.stderr
-    return links
-
-
-def test_frontends_with_isolation_give_one_wheel(hello_build: BuildResult,
+def test_frontends_with_isolation_give_one_wheel(hello_build: BuildResult, ukl_build_links: Path,
                                                  tmp_path: Path) -> None:
     """pip wheel, python -m build (sdist, then the wheel from the unpacked sdist) and uv
     build, each in its own isolated build environment with ukl-build from a local
     --find-links directory, as it would come from an index: one wheel, byte for byte."""
-    links = _ukl_build_wheel(tmp_path / "links")
+    links = ukl_build_links
     project = str(hello_build.settings.project_dir)
     uv = Path(sys.executable).parent / "uv"
     frontends = {
@@ -294,8 +268,9 @@ def test_make_app_from_a_verified_archive(hello_build: BuildResult, cache,  # ty
     assert not (project / "build/ukl-build/image").exists()
 
 
-def test_hello_on_musl_boots_as_init(hello_build: BuildResult, cache) -> None:  # type: ignore[no-untyped-def]
-    result = build(hello_build.settings.project_dir, {"mode": "user", "libc": "musl"}, cache=cache)
+def test_hello_on_musl_boots_as_init(hello_build: BuildResult, builds: Builds) -> None:
+    result = builds("hello", "user", libc="musl")
+    assert result.kernel.build_dir == hello_build.kernel.build_dir  # hello's kernel, relinked
     libc = result.images.manifest["app"]["libc_source"]
     assert libc["name"] == "musl" and libc["kind"] == "debian" and len(libc["sha256"]) == 64
     sbom = valid_cyclonedx((result.images.directory / "sbom.cdx.json").read_text())
@@ -303,11 +278,10 @@ def test_hello_on_musl_boots_as_init(hello_build: BuildResult, cache) -> None:  
     proc = run_cli("run", str(result.images.directory), "--timeout", "120", timeout=180)
     assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
     assert proc.returncode == 3
-    build(hello_build.settings.project_dir, {"mode": "user"}, cache=cache)  # restore for later tests
 
 
 def test_setuptools_project_with_the_plugin_ships_image_and_launcher(
-        hello_build: BuildResult, tmp_path: Path) -> None:
+        hello_build: BuildResult, ukl_build_links: Path, tmp_path: Path) -> None:
     """An app that keeps setuptools as its backend, with Python code of its own, and adds
     [tool.ukl-build]: its wheel carries the image and the launcher as ours does."""
     project = tmp_path / "hello-py"
@@ -325,7 +299,7 @@ def test_setuptools_project_with_the_plugin_ships_image_and_launcher(
         "import sys\nfrom pathlib import Path\n\nfrom hello_py import _ukl_runner\n\n"
         'sys.exit(_ukl_runner.launcher_main(Path(__file__).parent / "_image"))\n')
     # As users build it: an isolated environment, ukl-build from a --find-links directory.
-    links = _ukl_build_wheel(tmp_path / "links")
+    links = ukl_build_links
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--find-links",
                            str(links), "-w", str(out), str(project)],
