@@ -10,37 +10,37 @@ Talked to with pymemcache, a real client, through a forwarded port.
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pymemcache.client.base import Client
 
+from ukl_build.appbuild import build_app
 from ukl_build.cache import Cache
-from ukl_build.pipeline import build
+from ukl_build.kbuild import reproducible_env
+from ukl_build.pipeline import source_date_epoch
+from ukl_build.progress import Reporter
+from ukl_build.settings import load_settings
 
-from conftest import Builds, copy_example, free_port
+from conftest import EXAMPLES, Builds, booted
 
 pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture(scope="module", params=["ukl", "user"])
 def memcached_port(builds: Builds, request: pytest.FixtureRequest) -> Iterator[int]:
-    # User mode: the same sources as a static /init, on the benchmarks' user-mode
-    # kernel configuration (server, net, virtio-net, microvm): no extra kernel.
+    # User mode: the same sources as a static /init, on the app's own recipes (server,
+    # net, virtio-net, microvm): memcached needs the server recipe's users and event fds.
     result = builds("memcached", request.param)
     manifest = result.images.manifest
     assert manifest["mode"] == request.param
     assert manifest["app"]["source"]["package"] == "memcached"
     assert [(d["name"], d["package"]) for d in manifest["app"]["deps"]] == [("libevent", "libevent")]
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ukl_build", "run", str(result.images.directory),
-         "--forward", f"{port}:11211", "--timeout", "600"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with booted(result.images.directory, forward=[11211], timeout=600) as vm:
+        port = vm.port(11211)
         deadline = time.monotonic() + 120
         while True:
             c = Client(("127.0.0.1", port), connect_timeout=5, timeout=10)
@@ -51,13 +51,10 @@ def memcached_port(builds: Builds, request: pytest.FixtureRequest) -> Iterator[i
                 pass
             finally:
                 c.close()
-            assert proc.poll() is None, f"memcached exited: {proc.communicate()}"
+            assert vm.running, "memcached's VM ended"
             assert time.monotonic() < deadline, "memcached did not answer through the forward"
             time.sleep(0.5)
         yield port
-    finally:
-        proc.kill()
-        proc.communicate()
 
 
 def client(port: int) -> Client:
@@ -119,13 +116,48 @@ def test_concurrent_clients(memcached_port: int) -> None:
     assert not errors
 
 
-def test_libevent_is_built_once_per_toolchain(builds: Builds, cache: Cache,
-                                              tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A second project with the same dependency reuses the cached libevent."""
+LIBEVENT_APP = r"""
+#include <event2/event.h>
+#include <stdio.h>
+
+int main(void)
+{
+    struct event_base *base = event_base_new();
+
+    printf("libevent %s: %s\n", event_get_version(), base ? "ok" : "FAIL");
+    return base == NULL;
+}
+"""
+
+
+@pytest.mark.xdist_group("memcached-ukl")  # where the ring-0 memcached is built (conftest.py)
+def test_libevent_is_built_once_per_toolchain(builds: Builds, cache: Cache, patched_tree,  # type: ignore[no-untyped-def]
+                                              tmp_path: Path) -> None:
+    """A second project with the same dependency (a small program on libevent) reuses the
+    libevent that memcached's build put into the cache, and links against it."""
     builds("memcached", "ukl")
     entries = sorted(p.name for p in (cache.root / "deps").iterdir() if p.is_dir())
-    project = copy_example("memcached", tmp_path_factory.mktemp("memcached-again"))
-    log = project / "build" / "ukl-build" / "build.log"
-    build(project, {"mode": "ukl"}, cache=cache)
+    example = (EXAMPLES / "memcached" / "pyproject.toml").read_text()
+    deps = example[example.index("[tool.ukl-build.deps.libevent]"):example.index("[tool.ukl-build.make]")]
+    project = tmp_path / "evapp"
+    project.mkdir()
+    (project / "app.c").write_text(LIBEVENT_APP)
+    (project / "Makefile").write_text(
+        "app: app.c\n\t$(CC) $(CFLAGS) $(LDFLAGS) -o $@ app.c -levent $(LDLIBS)\n")
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "evapp"\nversion = "1"\n[tool.ukl-build]\nmode = "ukl"\nlibc = "musl"\n'
+        f'{deps}\n[tool.ukl-build.make]\noutput = "app"\n')
+    log = tmp_path / "build.log"
+    with Reporter(log) as r:
+        app = build_app(load_settings(project), patched_tree, project / "build", cache, r,
+                        reproducible_env(cache, source_date_epoch()))
     assert sorted(p.name for p in (cache.root / "deps").iterdir() if p.is_dir()) == entries
     assert "deps: building libevent" not in log.read_text()
+    assert [(d["name"], d["package"]) for d in app.deps] == [("libevent", "libevent")]
+    assert "ukl_app_event_base_new" in _defined(app.path)  # libevent's code, in the archive
+
+
+def _defined(path: Path) -> set[str]:
+    out = subprocess.run(["nm", "--defined-only", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    return {ln.split()[-1] for ln in out.splitlines() if ln.strip() and ":" not in ln}

@@ -12,7 +12,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import pytest
 from ukl_build.cache import Cache
 from ukl_build.pipeline import build
 
-from conftest import Builds, free_port
+from conftest import Builds, booted
 
 pytestmark = pytest.mark.kernel
 
@@ -33,26 +32,14 @@ def redis_port(builds: Builds, request: pytest.FixtureRequest) -> Iterator[int]:
     result = builds("redis", request.param)
     assert result.images.manifest["mode"] == request.param
     assert result.images.manifest["app"]["source"]["package"] == "redis"
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ukl_build", "run", str(result.images.directory),
-         "--forward", f"{port}:6379", "--timeout", "600"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if "Ready to accept connections" in line:
-                break
-        else:
-            raise AssertionError(f"redis did not start: {proc.stderr.read() if proc.stderr else ''}")
+    with booted(result.images.directory, forward=[6379], timeout=600) as vm:
+        vm.wait_for("Ready to accept connections", timeout=120)
+        port = vm.port(6379)
         deadline = time.monotonic() + 60
         while cli(port, "PING").stdout.strip() != "PONG":
             assert time.monotonic() < deadline, "no PONG through the forward"
             time.sleep(0.5)
         yield port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def cli(port: int, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -154,6 +141,7 @@ def test_what_ring0_refuses_fails_cleanly(redis_port: int, request: pytest.Fixtu
     assert cli(redis_port, "GET", "k9999").returncode == 0
 
 
+@pytest.mark.xdist_group("redis-ukl")  # where the ring-0 Redis is built (conftest.py)
 def test_incremental_redis_builds(builds: Builds, cache: Cache, tmp_path: Path) -> None:
     """Unchanged: no compiler runs.  One changed .c file: only it is compiled again."""
     fetched = builds("redis", "ukl")
