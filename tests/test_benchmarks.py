@@ -19,7 +19,7 @@ from ukl_build.cache import Cache
 from ukl_build.kconfig import parse_fragment
 from ukl_build.pipeline import build
 
-from conftest import Builds, free_port
+from conftest import Builds, booted
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,14 +48,29 @@ def test_user_baseline_turns_off_what_the_ukl_recipe_turns_off() -> None:
         REPO / "example_apps/hello", "user", {"hardened": "false"})
 
 
+def test_baseline_decides_the_user_mode_kernel(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, str]] = []
+    monkeypatch.setattr("benchmarks.harness.build",
+                        lambda project, cs, **kw: seen.append(cs) or object())
+    for baseline in ("ukl", "app"):
+        ctx = Context(work=tmp_path / baseline, cache=Cache(tmp_path / "cache"), baseline=baseline)
+        ctx.build("hello", "user")
+        ctx.build("hello", "ukl")
+    assert seen[0]["recipes"] == "microvm;server" and seen[0]["kconfig.PAGE_TABLE_ISOLATION"] == "n"
+    assert seen[1:] == [{"mode": "ukl"}, {"mode": "user"}, {"mode": "ukl"}]
+
+
 @pytest.mark.kernel
 def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         # 50,000 calls: the guest clock ticks every 4 ms under TCG (jiffies), and
         # 2,000 getppid calls often fit inside one tick and measure 0 ns.
+        # --baseline app: user mode on the apps' own configurations, kernels the suite
+        # builds anyway (the "ukl" baseline's settings are checked without a kernel above).
         [sys.executable, "-m", "benchmarks", "syscall", "boot", "--quick", "--iterations", "50000",
-         "--work", str(tmp_path / "work"), "--json", str(out)],
+         "--baseline", "app", "--work", str(tmp_path / "work"), "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=1800,
         env={**os.environ, "UKL_BUILD_CACHE": str(cache.root)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -71,10 +86,9 @@ def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untype
     assert "python -m ukl_build build benchmarks/apps/sysbench -C mode=ukl -C shortcuts=true" \
         in report["commands"]
     assert res["boot_to_first_line_s"]["ukl"] > 0 and res["boot_to_first_line_s"]["user"] > 0
-    # the user-mode baseline runs on the UKL configuration minus CONFIG_UKL
-    assert ("python -m ukl_build build benchmarks/apps/sysbench -C mode=user "
-            "-C recipes=net;virtio-net;microvm;server -C kconfig.PAGE_TABLE_ISOLATION=n"
-            ) in report["commands"]
+    # --baseline app: user mode as -C mode=user builds it, on the app's own recipes
+    assert report["baseline"] == "app"
+    assert "python -m ukl_build build benchmarks/apps/sysbench -C mode=user" in report["commands"]
     # 64-byte TCP round trips over loopback: the network stack's cost, counted exactly
     assert res["syscall"]["per_call"]["tcp_roundtrip_64B"]["user_instructions"] > 1000
     assert "ratio_ukl_over_user" in proc.stdout
@@ -140,6 +154,7 @@ def test_report_renders_every_section() -> None:
 
 
 @pytest.mark.kernel
+@pytest.mark.xdist_group("redis-user")  # with test_redis.py's user-mode Redis (conftest.py)
 def test_redis_on_debian_cloud_kernel(builds: Builds, cache: Cache, tmp_path: Path) -> None:
     """The benchmarks' stock-kernel column: the user-mode Redis as /init on Debian's cloud
     kernel, whose virtio-net is a module (benchmarks/stock.py, benchmarks/apps/netinit)."""
@@ -155,20 +170,16 @@ def test_redis_on_debian_cloud_kernel(builds: Builds, cache: Cache, tmp_path: Pa
                             redis.kernel.build_dir / "usr" / "gen_init_cpio",
                             tmp_path / "initramfs.cpio")
     image = stock_image_dir(redis.images.directory, kernel, tmp_path / "image")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ukl_build", "run", str(image), "--machine", "q35",
-         "--qemu-arg=-initrd", f"--qemu-arg={cpio}", "--cmdline", "rdinit=/init",
-         "--forward", f"{port}:6379", "--timeout", "300"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with booted(image, "--machine", "q35", "--qemu-arg=-initrd", f"--qemu-arg={cpio}",
+                "--cmdline", "rdinit=/init", forward=[6379], timeout=300) as vm:
+        port = vm.port(6379)
         deadline = time.monotonic() + 120
         while True:
             ping = subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
                                   text=True, timeout=30)
             if ping.stdout.strip() == "PONG":
                 break
-            assert time.monotonic() < deadline and proc.poll() is None, "no PONG"
+            assert time.monotonic() < deadline and vm.running, "no PONG"
             time.sleep(0.5)
         info = subprocess.run(["redis-cli", "-p", str(port), "INFO", "server"],
                               capture_output=True, text=True, timeout=30).stdout
@@ -179,7 +190,4 @@ def test_redis_on_debian_cloud_kernel(builds: Builds, cache: Cache, tmp_path: Pa
                                 "-t", "set,get", "--csv"], capture_output=True, text=True,
                                timeout=300)
         assert bench.returncode == 0 and '"GET"' in bench.stdout, bench.stdout + bench.stderr
-    finally:
-        proc.kill()
-        out, _ = proc.communicate()
-    assert "netinit:" not in out, out  # every module loaded, eth0 configured
+        assert "netinit:" not in vm.console, vm.console  # every module loaded, eth0 configured
