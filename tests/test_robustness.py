@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from ukl_build.cache import Cache
-
 from conftest import Builds, copy_example, free_port, run_cli
 
 pytestmark = pytest.mark.kernel
@@ -106,45 +104,54 @@ def test_two_builds_of_one_project_take_turns(builds: Builds, tmp_path: Path) ->
     boots_own_app(project, "same")
 
 
-def _ours_running(cache: Cache, owner: int) -> list[str]:
-    """Processes still working in the cache or supervising for ``owner``."""
+# Set in the environment of one doomed build, and so inherited by every process it starts:
+# what is left of that build, and not the builds other tests run at the same time.
+DOOMED = "UKL_TEST_DOOMED_BUILD"
+
+
+def _ours_running(tag: str) -> list[str]:
+    """Processes still running that the build started with ``DOOMED=tag`` made."""
+    marker = f"{DOOMED}={tag}".encode()
     left = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and (f"supervise.py {owner} " in cmd or f"O={cache.root}/kbuild" in cmd):
+        if state != "Z" and marker in environ:
             left.append(cmd[:200])
     return left
 
 
-def _wait_none_left(cache: Cache, owner: int, seconds: float = 15) -> None:
+def _wait_none_left(tag: str, seconds: float = 15) -> None:
     deadline = time.monotonic() + seconds
-    while (left := _ours_running(cache, owner)) and time.monotonic() < deadline:
+    while (left := _ours_running(tag)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"outlived the killed build: {left}"
 
 
 def test_build_killed_at_random_points_then_a_changed_app_boots(
-        builds: Builds, cache: Cache, tmp_path: Path) -> None:
+        builds: Builds, tmp_path: Path) -> None:
     builds("hello", "ukl")
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     project = hello_variant(tmp_path, "k", "ukl")
     for attempt in range(3):
         set_tag(project, f"doomed{attempt}")
+        tag = f"{SALT}-{attempt}"
         proc = subprocess.Popen(cli("build", str(project)), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, DOOMED: tag})
         # a relink takes ~5-15 s here; kill anywhere from app compile to image copy
         delay = rng.uniform(0.5, 10.0)
         time.sleep(delay)
         proc.kill()
         proc.wait()
-        _wait_none_left(cache, proc.pid)
+        _wait_none_left(tag)
         set_tag(project, f"alive{attempt}")
         done = run_cli("build", str(project), timeout=900)
         assert done.returncode == 0, f"seed {seed}, killed after {delay:.1f} s: {done.stderr}"
