@@ -83,7 +83,9 @@ class Context:
         if mode == "user":
             # The baseline runs on the UKL kernel's configuration minus CONFIG_UKL: the
             # ukl recipe's requires (server), and what it turns off (UKL_OFF).
-            cs.setdefault("recipes", ";".join([*read_recipes(project), "server"]))
+            recipes = read_recipes(project)
+            cs.setdefault("recipes", ";".join([*recipes, *(["server"] if "server" not in recipes
+                                                           else [])]))
             if cs.get("hardened", "true") != "false":
                 for option in UKL_OFF:
                     cs.setdefault(f"kconfig.{option}", "n")

@@ -57,8 +57,11 @@ def test_baseline_decides_the_user_mode_kernel(tmp_path: Path,
         ctx = Context(work=tmp_path / baseline, cache=Cache(tmp_path / "cache"), baseline=baseline)
         ctx.build("hello", "user")
         ctx.build("hello", "ukl")
+        ctx.build("sysbench", "user")
     assert seen[0]["recipes"] == "microvm;server" and seen[0]["kconfig.PAGE_TABLE_ISOLATION"] == "n"
-    assert seen[1:] == [{"mode": "ukl"}, {"mode": "user"}, {"mode": "ukl"}]
+    assert seen[1] == {"mode": "ukl"}
+    assert seen[2]["recipes"] == "server;net;virtio-net;microvm"  # server named once
+    assert seen[3:] == [{"mode": "user"}, {"mode": "ukl"}, {"mode": "user"}]
 
 
 @pytest.mark.kernel
