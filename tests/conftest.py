@@ -146,7 +146,9 @@ def builds(cache: Cache, tmp_path_factory: pytest.TempPathFactory) -> Builds:
 
 @pytest.fixture(scope="session")
 def hello_build(builds: Builds) -> BuildResult:
-    return builds("hello", "user")
+    """example_apps/hello as it is (UKL mode, the demo's kernel): the packaging tests' app.
+    Its user-mode kernel would be a configuration of its own, which no other test needs."""
+    return builds("hello", "ukl")
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def test_hello_boots_and_returns_status(hello_build: BuildResult) -> None:
     start = time.monotonic()
     proc = run_cli("run", str(image_dir), "--accel", "tcg", "--timeout", "120", timeout=180)
     elapsed = time.monotonic() - start
-    assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
+    assert "Hello, world, from a unikernel! (CPL 0)" in proc.stdout, proc.stderr
     assert proc.returncode == 3, proc.stderr
     assert "app exited with status 3" in proc.stderr
     assert elapsed < 60
@@ -41,7 +41,7 @@ def test_hello_boots_and_returns_status(hello_build: BuildResult) -> None:
 
 def test_rebuild_does_no_kernel_work(hello_build: BuildResult, cache) -> None:  # type: ignore[no-untyped-def]
     start = time.monotonic()
-    again = build(hello_build.settings.project_dir, {"mode": "user"}, cache=cache)
+    again = build(hello_build.settings.project_dir, cache=cache)
     elapsed = time.monotonic() - start
     assert not again.kernel_built
     assert "make bzImage" not in again.log.read_text()
@@ -52,21 +52,21 @@ def test_rebuild_does_no_kernel_work(hello_build: BuildResult, cache) -> None:  
 def test_pvh_vmlinux_boots_directly_from_the_same_kernel(hello_build: BuildResult,
                                                         builds: Builds) -> None:
     # microvm kernels carry the PVH entry: the pvh format only exports vmlinux, no new kernel.
-    both = builds("hello", "user", formats="bzimage;pvh")
+    both = builds("hello", "ukl", formats="bzimage;pvh")
     assert both.images.manifest["kernel"]["config"] == hello_build.images.manifest["kernel"]["config"]
     assert both.kernel.build_dir == hello_build.kernel.build_dir
     vmlinux = both.images.directory / both.images.manifest["images"]["pvh"]["file"]
     assert vmlinux.read_bytes()[:4] == b"\x7fELF"
     proc = run_cli("run", str(both.images.directory), "--image", "pvh", "--timeout", "120",
                    timeout=180)
-    assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
+    assert "Hello, world, from a unikernel! (CPL 0)" in proc.stdout, proc.stderr
     assert proc.returncode == 3, proc.stderr
 
 
 def test_run_project_via_cli_with_args(hello_build: BuildResult) -> None:
     # `run PROJECT` builds (a no-op here) and boots; -C overrides reach the build.
     proc = run_cli("run", str(hello_build.settings.project_dir), "--timeout", "120",
-                   "-C", "mode=user", "-C", "args=ukl", timeout=400)
+                   "-C", "mode=ukl", "-C", "args=ukl", timeout=400)
     assert "Hello, ukl, from a unikernel!" in proc.stdout, proc.stderr
     assert proc.returncode == 3
 
@@ -88,7 +88,7 @@ def test_compile_error_reports_compiler_message_and_leaves_no_artifact(
     shutil.copytree(hello_build.images.directory, project / "build/ukl-build/image")
     (project / "src/hello.c").write_text("int main(void) { return undefined_thing; }\n")
     with pytest.raises(BuildError) as e:
-        build(project, {"mode": "user"}, cache=cache)
+        build(project, cache=cache)
     assert "app compile failed" in str(e.value)
     assert "'undefined_thing' undeclared" in str(e.value)
     assert "build.log" in str(e.value)
@@ -114,7 +114,7 @@ def test_pip_wheel_installs_and_boots(hello_build: BuildResult, tmp_path: Path) 
     wheels = tmp_path / "wheels"
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
-         "-C", "mode=user", "-w", str(wheels), str(project)],
+         "-w", str(wheels), str(project)],
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = wheels.glob("*.whl")
@@ -154,7 +154,7 @@ def test_pip_wheel_installs_and_boots(hello_build: BuildResult, tmp_path: Path) 
 def test_python_build_sdist_and_wheel(hello_build: BuildResult, tmp_path: Path) -> None:
     project = hello_build.settings.project_dir
     out = tmp_path / "dist"
-    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "-C", "mode=user",
+    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation",
                            "--outdir", str(out), str(project)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -214,10 +214,10 @@ def test_frontends_with_isolation_give_one_wheel(hello_build: BuildResult, ukl_b
     uv = Path(sys.executable).parent / "uv"
     frontends = {
         "pip": [sys.executable, "-m", "pip", "wheel", "--no-deps", "--find-links", str(links),
-                "-C", "mode=user", "-w", "{out}", project],
-        "build": [sys.executable, "-m", "build", "-C", "mode=user", "--outdir", "{out}", project],
+                "-w", "{out}", project],
+        "build": [sys.executable, "-m", "build", "--outdir", "{out}", project],
         "uv": [str(uv), "build", "--python", sys.executable, "--find-links", str(links),
-               "-C", "mode=user", "--out-dir", "{out}", project],
+               "--out-dir", "{out}", project],
     }
     env = {**os.environ, "PIP_FIND_LINKS": str(links)}  # python -m build's isolated pip
     wheels = {}
@@ -231,7 +231,7 @@ def test_frontends_with_isolation_give_one_wheel(hello_build: BuildResult, ukl_b
     digests = {name: hashlib.sha256(w.read_bytes()).hexdigest() for name, w in wheels.items()}
     assert len(set(digests.values())) == 1, digests
     run = run_cli("run", str(wheels["uv"]), "--timeout", "120", timeout=180)
-    assert "Hello, world, from a unikernel! (CPL 3)" in run.stdout, run.stderr
+    assert "Hello, world, from a unikernel! (CPL 0)" in run.stdout, run.stderr
 
 
 def test_make_app_from_a_verified_archive(hello_build: BuildResult, cache,  # type: ignore[no-untyped-def]
@@ -248,7 +248,7 @@ def test_make_app_from_a_verified_archive(hello_build: BuildResult, cache,  # ty
                     "tiny-1.0"], check=True)
     digest = hashlib.sha256((project / "tiny-1.0.tar.gz").read_bytes()).hexdigest()
     (project / "pyproject.toml").write_text(
-        '[project]\nname = "tiny"\nversion = "1.0"\n[tool.ukl-build]\nmode = "user"\n'
+        '[project]\nname = "tiny"\nversion = "1.0"\n[tool.ukl-build]\nmode = "ukl"\n'
         '[tool.ukl-build.make]\noutput = "tiny"\n'
         f'source = {{ path = "tiny-1.0.tar.gz", sha256 = "{digest}" }}\n')
     result = build(project, cache=cache)
@@ -268,15 +268,15 @@ def test_make_app_from_a_verified_archive(hello_build: BuildResult, cache,  # ty
     assert not (project / "build/ukl-build/image").exists()
 
 
-def test_hello_on_musl_boots_as_init(hello_build: BuildResult, builds: Builds) -> None:
-    result = builds("hello", "user", libc="musl")
+def test_hello_on_musl_boots_in_ring0(hello_build: BuildResult, builds: Builds) -> None:
+    result = builds("hello", "ukl", libc="musl")
     assert result.kernel.build_dir == hello_build.kernel.build_dir  # hello's kernel, relinked
     libc = result.images.manifest["app"]["libc_source"]
     assert libc["name"] == "musl" and libc["kind"] == "debian" and len(libc["sha256"]) == 64
     sbom = valid_cyclonedx((result.images.directory / "sbom.cdx.json").read_text())
     assert any(c["bom-ref"] == "libc" and c["name"] == "musl" for c in sbom["components"])
     proc = run_cli("run", str(result.images.directory), "--timeout", "120", timeout=180)
-    assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
+    assert "Hello, world, from a unikernel! (CPL 0)" in proc.stdout, proc.stderr
     assert proc.returncode == 3
 
 
@@ -291,7 +291,7 @@ def test_setuptools_project_with_the_plugin_ships_image_and_launcher(
         'build-backend = "setuptools.build_meta"\n\n'
         '[project]\nname = "hello-py"\nversion = "1.2"\n\n'
         '[tool.setuptools]\npackages = ["hello_py"]\n\n'
-        '[tool.ukl-build]\nmode = "user"\nsources = ["csrc/hello.c"]\nargs = ["setuptools"]\n')
+        '[tool.ukl-build]\nsources = ["csrc/hello.c"]\nargs = ["setuptools"]\n')
     pkg = project / "hello_py"
     pkg.mkdir()
     (pkg / "__init__.py").write_text('def greeting() -> str:\n    return "from Python"\n')
@@ -318,5 +318,5 @@ def test_setuptools_project_with_the_plugin_ships_image_and_launcher(
     assert own.stdout.strip() == "from Python"
     run = subprocess.run([str(py), "-m", "hello_py", "--timeout", "120"],
                          capture_output=True, text=True, timeout=180)
-    assert "Hello, setuptools, from a unikernel! (CPL 3)" in run.stdout, run.stderr
+    assert "Hello, setuptools, from a unikernel! (CPL 0)" in run.stdout, run.stderr
     assert run.returncode == 3

@@ -63,7 +63,7 @@ def test_declared_packages_give_every_command_doctor_checks(tmp_path: Path) -> N
 @pytest.mark.kernel
 def test_build_and_boot_with_only_declared_commands(builds: Builds, cache: Cache,
                                                     tmp_path: Path) -> None:
-    session = builds("hello", "user")  # warms the shared compiler cache for this configuration
+    session = builds("hello", "ukl")  # warms the shared compiler cache for this configuration
     bindir = declared_commands_dir(tmp_path / "bin")
     fresh = tmp_path / "cache"
     fresh.mkdir()
@@ -73,7 +73,7 @@ def test_build_and_boot_with_only_declared_commands(builds: Builds, cache: Cache
     project = copy_example("hello", tmp_path)
     env = {"PATH": str(bindir), "HOME": str(tmp_path), "UKL_BUILD_CACHE": str(fresh),
            "LANG": "C.UTF-8"}
-    build = subprocess.run([sys.executable, "-m", "ukl_build", "build", str(project), "-C", "mode=user"],
+    build = subprocess.run([sys.executable, "-m", "ukl_build", "build", str(project)],
                            capture_output=True, text=True, env=env, timeout=1500)
     assert build.returncode == 0, build.stderr[-3000:]
     assert "cold build" in build.stderr
@@ -82,7 +82,7 @@ def test_build_and_boot_with_only_declared_commands(builds: Builds, cache: Cache
     ours = session.images.image("bzimage")
     image = project / "build/ukl-build/image" / ours.name
     assert image.read_bytes() == ours.read_bytes()
-    run = subprocess.run([sys.executable, "-m", "ukl_build", "run", str(project), "-C", "mode=user",
-                          "--timeout", "120"], capture_output=True, text=True, env=env, timeout=300)
-    assert "Hello, world, from a unikernel! (CPL 3)" in run.stdout, run.stderr[-3000:]
+    run = subprocess.run([sys.executable, "-m", "ukl_build", "run", str(project), "--timeout", "120"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert "Hello, world, from a unikernel! (CPL 0)" in run.stdout, run.stderr[-3000:]
     assert run.returncode == 3
