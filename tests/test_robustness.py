@@ -25,11 +25,19 @@ pytestmark = pytest.mark.kernel
 SALT = os.urandom(4).hex()
 
 
+# User-mode variants run on the servers' user-mode kernel, one the suite builds anyway
+# (hello's own would be a configuration of its own for these tests alone).
+USER_RECIPES = 'recipes = ["server", "net", "virtio-net", "microvm"]'
+
+
 def hello_variant(tmp: Path, tag: str, mode: str) -> Path:
     """example_apps/hello printing "Hello-<tag>", built in ``mode``."""
     project = copy_example("hello", tmp / f"{tag}-{mode}")
     set_tag(project, tag)
     text = (project / "pyproject.toml").read_text().replace('mode = "ukl"', f'mode = "{mode}"')
+    if mode == "user":
+        text = text.replace('recipes = ["microvm"]', USER_RECIPES)
+        assert USER_RECIPES in text
     (project / "pyproject.toml").write_text(text)
     return project
 
@@ -87,7 +95,7 @@ def test_two_apps_built_at_once_each_boot_their_own(builds: Builds, tmp_path: Pa
 
 def test_stress_four_apps_at_once_twice(builds: Builds, tmp_path: Path) -> None:
     builds("hello", "ukl")
-    builds("hello", "user")
+    builds("probe", "user")  # the kernel configuration of the user-mode variants
     projects = {f"{m}{i}": hello_variant(tmp_path, f"{m}{i}", m)
                 for m in ("ukl", "user") for i in (1, 2)}
     rounds_at_once(projects, 2)
