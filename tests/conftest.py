@@ -71,17 +71,36 @@ def _priority(item: pytest.Item) -> int:
     return next((i for i, prefix in enumerate(FIRST) if name.startswith(prefix)), len(FIRST))
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """The group marks, as each test is collected: xdist reads them in its own
+    pytest_collection_modifyitems, which runs before a trylast one."""
+    if item.path.name not in MODULE_GROUPS or item.get_closest_marker("xdist_group"):
+        return
+    group, fixture = MODULE_GROUPS[item.path.name]
+    params = getattr(item, "callspec", None)
+    if fixture is not None and params is not None and fixture in params.params:
+        group += f"-{params.params[fixture]}"
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture parameters
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name not in MODULE_GROUPS or item.get_closest_marker("xdist_group"):
-            continue
-        group, fixture = MODULE_GROUPS[item.path.name]
-        params = getattr(item, "callspec", None)
-        if fixture is not None and params is not None and fixture in params.params:
-            group += f"-{params.params[fixture]}"
-        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=_priority)  # stable: each module keeps its own order
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under --dist loadgroup, refuse to run if xdist did not take the groups (it names
+    a group in the test's node ID): each worker would set up the module-wide fixtures
+    again, the build farm's cold build included."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not session.config.getvalue("loadgroup"):
+        return
+    lost = [item.nodeid for item in session.items
+            if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(
+            f"pytest-xdist did not group {len(lost)} tests (e.g. {lost[0]}): this pytest "
+            f"({pytest.__version__}) and pytest-xdist do not work together; see the test "
+            "extras in pyproject.toml")
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
