@@ -13,9 +13,3 @@ def test_greets_whom_it_is_told(ukl_vm):
     vm = ukl_vm(args=["pytest"])
     vm.wait_for(r"Hello, pytest, from a unikernel!", timeout=120)
     assert vm.wait(timeout=60) == 3
-
-
-def test_user_mode_runs_it_in_ring_3(ukl_vm):
-    vm = ukl_vm(config_settings={"mode": "user"})
-    assert vm.wait(timeout=120) == 3
-    assert "(CPL 3)" in vm.console
