@@ -84,8 +84,8 @@ class Context:
             # The baseline runs on the UKL kernel's configuration minus CONFIG_UKL: the
             # ukl recipe's requires (server), and what it turns off (UKL_OFF).
             recipes = read_recipes(project)
-            cs.setdefault("recipes", ";".join([*recipes, *(["server"] if "server" not in recipes
-                                                           else [])]))
+            cs.setdefault("recipes", ";".join(recipes if "server" in recipes
+                                              else [*recipes, "server"]))
             if cs.get("hardened", "true") != "false":
                 for option in UKL_OFF:
                     cs.setdefault(f"kconfig.{option}", "n")
