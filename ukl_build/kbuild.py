@@ -121,6 +121,9 @@ def reproducible_env(cache: Cache, source_date_epoch: int,
             "CCACHE_DIR": str(cache.root / "ccache"),
             "CCACHE_BASEDIR": str(cache.root),
             "CCACHE_NOHASHDIR": "1",
+            # Depend mode: hashed from the sources and the headers the compile's own
+            # -MD list names, never running the preprocessor for ccache (docs/design.md).
+            "CCACHE_DEPEND": "1",
             "CCACHE_MAXSIZE": "5G",
         }
     )
@@ -147,7 +150,7 @@ def build_kernel(
     """
     dir_key = digest("kbuild", tree.key, config.key)
     inputs = {name: file_sha256(path) for name, path in sorted(payload.files.items())}
-    image_key = digest("images", 3, dir_key, inputs, payload.initramfs)
+    image_key = digest("images", 4, dir_key, inputs, payload.initramfs)
     images = cache.path("images", image_key)
     build = cache.path("kbuild", dir_key)
     if (images / "bzImage").is_file():
@@ -182,7 +185,16 @@ def build_kernel(
         if not list_path.is_file() or list_path.read_text() != payload.initramfs:
             atomic_write_text(list_path, payload.initramfs)
 
-        argv = [*tree.make(build, f"-j{compiler.jobs}"), f"CC={compiler.cc}", "bzImage"]
+        # ccache hands the compiler the source's path relative to CCACHE_BASEDIR (the
+        # cache), which the tree's own -fmacro-prefix-map=$(srctree)/= does not strip:
+        # __FILE__ would record ../../trees/KEY/tree/mm/x.c with ccache and mm/x.c
+        # without it.  This map strips the relative form too, so the image does not
+        # depend on whether (or how) a compiler cache ran.
+        relative = sorted({os.path.relpath(tree.path, build),
+                           os.path.relpath(tree.path.resolve(), build.resolve())})
+        prefix_maps = " ".join(f"-fmacro-prefix-map={r}/=" for r in relative)
+        argv = [*tree.make(build, f"-j{compiler.jobs}"), f"CC={compiler.cc}",
+                f"KCPPFLAGS={prefix_maps}", "bzImage"]
         what = "cold build" if not (build / "include/generated").exists() else "incremental build"
         reporter.stage("kbuild", f"{what} of Linux {tree.release} in {build} "
                        f"({compiler.describe()})")
