@@ -91,8 +91,8 @@ def test_slots_and_redaction() -> None:
 
 
 def test_verify_compiles_everything_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """shared=False (verify's builds): no remote store and no distcc, from the settings or
-    from the environment."""
+    """shared=False (verify's builds): no compiler cache, no remote store and no distcc,
+    from the settings or from the environment."""
     monkeypatch.setattr("ukl_build.compilers.shutil.which", lambda name: f"/usr/bin/{name}")
     s = settings(tmp_path, {"ccache.remote-storage": "redis://h", "ccache.remote-only": "true",
                             "distcc.hosts": "h/8"})
@@ -101,4 +101,5 @@ def test_verify_compiles_everything_here(tmp_path: Path, monkeypatch: pytest.Mon
     c = kernel_compiler(s, env, tmp_path, shared=False)
     assert c.env["CCACHE_REMOTE_STORAGE"] == "" and not c.distcc
     assert not {"DISTCC_HOSTS", "CCACHE_PREFIX", "CCACHE_REMOTE_ONLY"} & c.env.keys()
-    assert c.cc == "/usr/bin/ccache /usr/bin/gcc" and c.describe() == f"-j{c.jobs}, ccache"
+    assert c.cc == "/usr/bin/gcc" and c.stats_log is None
+    assert c.describe() == f"-j{c.jobs}, no compiler cache"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import ukl_build.verify as verify_mod
+from ukl_build.cache import Cache
 from ukl_build.verify import Output, compare, elf_section_at, first_difference
 
 from conftest import copy_example, run_cli
@@ -54,17 +58,81 @@ def test_compare_reports_the_first_difference_in_order(tmp_path: Path) -> None:
     assert report.difference == "the builds made different files: app, other"
 
 
-@pytest.mark.kernel
-def test_verify_two_builds_from_empty_caches_are_identical(tmp_path: Path) -> None:
-    """Two cold builds of hello (user mode: the smallest configuration), nothing shared."""
+class _FakeBuilds:
+    """``build`` and ``write_wheel`` as verify calls them, making small files whose bytes
+    are ``content`` (the same in every build unless told otherwise)."""
+
+    def __init__(self, content: dict[str, bytes]) -> None:
+        self.content, self.calls = content, []  # type: list[dict[str, object]]
+
+    def build(self, project: Path, config_settings: object, *, cache: Cache, stream: object,
+              out_dir: Path, shared_compilers: bool) -> SimpleNamespace:
+        self.calls.append({"project": project, "cache": cache.root, "shared": shared_compilers})
+        out_dir.mkdir(parents=True)
+        for name in ("ukl_hello.bzImage", "manifest.json"):
+            (out_dir / name).write_bytes(self.content.get(name, b"same"))
+        work = out_dir.parent / "work"
+        work.mkdir()
+        (work / "app").write_bytes(b"app")
+        (work / "vmlinux").write_bytes(b"vmlinux")
+        images = SimpleNamespace(files=lambda: sorted(out_dir.iterdir()))
+        return SimpleNamespace(settings=None, images=images, app=SimpleNamespace(path=work / "app"),
+                               kernel=SimpleNamespace(vmlinux=work / "vmlinux"))
+
+    @staticmethod
+    def write_wheel(settings: object, images: object, wheel_dir: Path, epoch: int) -> str:
+        (wheel_dir / "x-0.1-py3-none-any.whl").write_bytes(b"wheel")
+        return "x-0.1-py3-none-any.whl"
+
+
+def test_two_builds_or_one_against_a_reference(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orchestration (the end-to-end run is the farm's `verify --against`)."""
+    fake = _FakeBuilds({})
+    monkeypatch.setattr(verify_mod, "build", fake.build)
+    monkeypatch.setattr(verify_mod, "write_wheel", fake.write_wheel)
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("")
+    (project / "build").mkdir()  # never copied
+    report = verify_mod.verify(project, None, tmp_path / "two")
+    assert report.difference is None and report.against is None
+    assert [label for label, _ in report.compared] == [
+        "app binary (before linking)", "vmlinux (the linked kernel)", "image manifest.json",
+        "image ukl_hello.bzImage", "wheel x-0.1-py3-none-any.whl"]
+    # Each build: its own copy of the project, its own empty cache, nothing shared.
+    assert [c["cache"] for c in fake.calls] == [tmp_path / "two/a/cache",
+                                                tmp_path / "two/second-build/b/cache"]
+    assert all(c["shared"] is False for c in fake.calls)
+    assert not (tmp_path / "two/a/src/proj/build").exists()
+
+    # --against an image directory: one build, compared file by file with it.
+    fake.calls.clear()
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "manifest.json").write_bytes(b"same")
+    (shipped / "ukl_hello.bzImage").write_bytes(b"other")
+    report = verify_mod.verify(project, None, tmp_path / "one", against=shipped)
+    assert len(fake.calls) == 1 and report.against == shipped
+    assert report.difference is not None and report.difference.startswith("image ukl_hello.bzImage")
+    (shipped / "ukl_hello.bzImage").write_bytes(b"same")
+    report = verify_mod.verify(project, None, tmp_path / "one-again", against=shipped)
+    assert report.difference is None
+    out = io.StringIO()
+    assert verify_mod.print_report(report, out) == 0
+    assert f"2 outputs identical to {shipped}" in out.getvalue()
+    # --against a wheel: the wheels are compared.
+    wheel = tmp_path / "x-0.1-py3-none-any.whl"
+    wheel.write_bytes(b"wheel")
+    report = verify_mod.verify(project, None, tmp_path / "w", against=wheel)
+    assert [label for label, _ in report.compared] == ["wheel x-0.1-py3-none-any.whl"]
+
+
+def test_against_must_be_an_image_dir_or_a_wheel(tmp_path: Path) -> None:
     project = copy_example("hello", tmp_path)
-    # Without the hardened recipe: two cold kernel builds, each ~1.6x longer with it.
-    proc = run_cli("verify", str(project), "-C", "mode=user", "-C", "hardened=false",
-                   "--keep", str(tmp_path / "v"), timeout=3000)  # shares 2 cores with a worker
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert "verify: reproducible: " in proc.stdout
-    for label in ("app binary", "vmlinux", "image ukl_hello.bzImage", "image manifest.json",
-                  "image sbom.cdx.json", "image ukl_hello.config", "wheel ukl_hello-0.1.0-"):
-        assert label in proc.stdout
-    caches = [tmp_path / "v" / "a" / "cache", tmp_path / "v" / "second-build" / "b" / "cache"]
-    assert all((c / "ccache").is_dir() for c in caches)  # each its own compiler cache
+    for bad in (tmp_path / "missing", project, project / "pyproject.toml"):
+        proc = run_cli("verify", str(project), "--against", str(bad), "--keep",
+                       str(tmp_path / "k"), timeout=60)
+        assert proc.returncode != 0
+        assert f"verify --against {bad}: neither a wheel" in proc.stderr, proc.stderr
+    assert not (tmp_path / "k").exists()  # refused before anything was made

@@ -79,11 +79,14 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_verify(ns: argparse.Namespace) -> int:
-    from ukl_build.verify import print_report, verify
+    from ukl_build.verify import print_report, reference_outputs, verify
 
     project = Path(ns.path).resolve()
     if not (project / "pyproject.toml").is_file():
         raise UklError(f"{project}: not a project (no pyproject.toml)")
+    against = Path(ns.against).resolve() if ns.against is not None else None
+    if against is not None:
+        reference_outputs(against)  # refused before anything is made
     if ns.keep is not None:
         work = Path(ns.keep).resolve()
         if work.exists() and (not work.is_dir() or any(work.iterdir())):
@@ -91,13 +94,14 @@ def cmd_verify(ns: argparse.Namespace) -> int:
         work.mkdir(parents=True, exist_ok=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="ukl-verify-"))
-    report = verify(project, _config_settings(ns.config_setting), work, sys.stderr)
+    report = verify(project, _config_settings(ns.config_setting), work, sys.stderr, against)
     status = print_report(report, sys.stdout)
     if status == 0 and ns.keep is None:
         shutil.rmtree(work)  # ours: made above
     else:
-        print(f"verify: both builds are in {work}" + (" (e.g. diffoscope on the two files)"
-                                                     if status else ""))
+        builds = "the build is" if against is not None else "both builds are"
+        print(f"verify: {builds} in {work}" + (" (e.g. diffoscope on the two files)"
+                                              if status else ""))
     return status
 
 
@@ -209,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("path", nargs="?", default=".")
     v.add_argument("--keep", metavar="DIR",
                    help="put both builds in DIR (new or empty) and keep them")
+    v.add_argument("--against", metavar="PATH",
+                   help="build once and compare with PATH, an image directory or a wheel "
+                        "made elsewhere (e.g. the one CI shipped)")
     with_config(v)
     v.set_defaults(func=cmd_verify)
 

@@ -50,6 +50,8 @@ class Compiler:
         if self.stats_log is not None:
             remote = self.env.get("CCACHE_REMOTE_STORAGE")  # "" is none
             parts.append("ccache" + (f" + remote {_redact(remote)}" if remote else ""))
+        else:
+            parts.append("no compiler cache")
         if self.distcc:
             parts.append(f"distcc {self.env['DISTCC_HOSTS']}")
         return ", ".join(parts)
@@ -78,8 +80,9 @@ def kernel_compiler(settings: Settings, env: dict[str, str], build_dir: Path,
                     gcc: str = "gcc", shared: bool = True) -> Compiler:
     """The compiler setup of this build's kernel (settings over the environment).
 
-    ``shared=False`` compiles here with the local ccache only, whatever the settings
-    and the environment say (``verify``: both builds must compile everything).
+    ``shared=False`` compiles here, with no compiler cache, whatever the settings and
+    the environment say (``verify``: each build must compile everything itself; an
+    empty cache could only miss, and each miss would cost ccache's preprocessing).
     """
     env = dict(env)
     if not shared:
@@ -89,7 +92,7 @@ def kernel_compiler(settings: Settings, env: dict[str, str], build_dir: Path,
         settings = replace(settings, ccache=replace(settings.ccache, remote_storage=None,
                                                     remote_only=False),
                            distcc=replace(settings.distcc, hosts=[]))
-    ccache = shutil.which("ccache")
+    ccache = shutil.which("ccache") if shared else None
     hosts = " ".join(settings.distcc.hosts) or env.get("DISTCC_HOSTS", "")
     distcc = shutil.which("distcc") if hosts else None
     if hosts and distcc is None:

@@ -87,8 +87,8 @@ def build(
     """Build the project's images into ``out_dir`` (default: build/ukl-build/image).
 
     ``own_metadata=False``: another backend owns ``[project]`` (see load_settings).
-    ``shared_compilers=False``: no ccache remote store and no distcc, whatever the
-    settings say: the kernel compiles here (``verify``).
+    ``shared_compilers=False``: no compiler cache and no distcc, whatever the
+    settings say: the kernel compiles here, every file (``verify``).
     """
     settings = load_settings(project_dir, config_settings, own_metadata)
     cache = cache or Cache()

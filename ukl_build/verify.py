@@ -1,14 +1,20 @@
 """``python -m ukl_build verify PROJECT``: build twice, independently, and compare.
 
-Each build gets its own copy of the project and its own empty cache (so its
-own ccache and kernel tree, and no remote store or distcc: each compiles
-everything itself), in directories of different names and depths:
-a path, a time or a cache hit that leaks into an output shows up as a
-difference.  Compared, in the order a cause comes before its effects: the
-app binary, the kernel's .config, the linked vmlinux, then every file of the
-image directory (images, manifest, SBOM) and the wheel.  The first difference
-is reported with a pointer: the offset and, in an ELF file, the section; in
-JSON, the key; in the wheel, the member.
+Each build gets its own copy of the project and its own empty cache (its own
+kernel tree; no compiler cache, remote store or distcc: each compiles every
+file itself), in directories of different names and depths: a path, a time
+or a cache hit that leaks into an output shows up as a difference.
+Compared, in the order a cause comes before its effects: the app binary, the
+linked vmlinux, then every file of the image directory (images, .config,
+manifest, SBOM) and the wheel.  The first difference is reported with a
+pointer: the offset and, in an ELF file, the section; in JSON, the key; in
+the wheel, the member.
+
+``--against PATH`` builds once, the same way, and compares with outputs made
+elsewhere: an image directory (what ``build`` writes) or a wheel.  That is the
+check a user of a shipped image wants (was it built from this source?), and
+the reference may come from any build: a warm cache, a compiler cache, a
+distcc farm.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from ukl_build.cache import Cache, file_sha256
+from ukl_build.errors import UklError
 from ukl_build.pipeline import BuildResult, build, source_date_epoch
 from ukl_build.wheel import write_wheel
 
@@ -42,6 +49,7 @@ class Report:
     compared: list[tuple[str, str]]  # (label, sha256) of each file both builds made alike
     difference: str | None  # the first difference, with a pointer into the file
     work: Path  # where both builds are (kept when they differ)
+    against: Path | None = None  # the reference (--against), if not a second build
 
 
 def outputs(result: BuildResult, wheel: Path) -> list[Output]:
@@ -54,23 +62,49 @@ def outputs(result: BuildResult, wheel: Path) -> list[Output]:
 
 
 def verify(project: Path, config_settings: dict[str, Any] | None, work: Path,
-           stream: TextIO | None = None) -> Report:
-    """Two builds of ``project`` under ``work`` and the comparison of their outputs."""
+           stream: TextIO | None = None, against: Path | None = None) -> Report:
+    """Two builds of ``project`` under ``work`` and the comparison of their outputs;
+    with ``against``, one build compared with that image directory or wheel."""
+    reference = reference_outputs(against) if against is not None else None
+    count = 1 if reference is not None else len(_LAYOUT)
     builds: list[list[Output]] = []
-    for n, sub in enumerate(_LAYOUT, 1):
-        root = work / sub
-        copy = root / "src" / project.resolve().name
-        shutil.copytree(project, copy, symlinks=True,
-                        ignore=shutil.ignore_patterns("build", "dist", ".git"))
-        if stream:
-            print(f"[ukl-build] verify: build {n} of 2 in {root} (empty cache)", file=stream,
-                  flush=True)
-        result = build(copy, config_settings, cache=Cache(root / "cache"), stream=stream,
-                       out_dir=root / "image", shared_compilers=False)
-        (root / "wheel").mkdir()
-        name = write_wheel(result.settings, result.images, root / "wheel", source_date_epoch())
-        builds.append(outputs(result, root / "wheel" / name))
-    return compare(builds[0], builds[1], work)
+    for n, sub in enumerate(_LAYOUT[:count], 1):
+        builds.append(_one_build(project, config_settings, work / sub, f"{n} of {count}", stream))
+    if reference is None:
+        return compare(builds[0], builds[1], work)
+    assert against is not None
+    return replace(compare(_like(builds[0], against), reference, work), against=against)
+
+
+def _one_build(project: Path, config_settings: dict[str, Any] | None, root: Path, which: str,
+               stream: TextIO | None) -> list[Output]:
+    copy = root / "src" / project.resolve().name
+    shutil.copytree(project, copy, symlinks=True,
+                    ignore=shutil.ignore_patterns("build", "dist", ".git"))
+    if stream:
+        print(f"[ukl-build] verify: build {which} in {root} (empty cache)", file=stream,
+              flush=True)
+    result = build(copy, config_settings, cache=Cache(root / "cache"), stream=stream,
+                   out_dir=root / "image", shared_compilers=False)
+    (root / "wheel").mkdir()
+    name = write_wheel(result.settings, result.images, root / "wheel", source_date_epoch())
+    return outputs(result, root / "wheel" / name)
+
+
+def reference_outputs(path: Path) -> list[Output]:
+    """What ``--against PATH`` compares with: a wheel, or every file of an image directory."""
+    if path.is_file() and path.suffix == ".whl":
+        return [Output(f"wheel {path.name}", path)]
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return [Output(f"image {p.name}", p) for p in sorted(path.iterdir()) if p.is_file()]
+    raise UklError(f"verify --against {path}: neither a wheel (.whl) nor an image directory "
+                   "(one holding manifest.json, as `build` writes it)")
+
+
+def _like(ours: list[Output], against: Path) -> list[Output]:
+    """Our outputs of the kinds the reference has (a wheel, or the image files)."""
+    wanted = "wheel " if against.is_file() else "image "
+    return sorted((o for o in ours if o.label.startswith(wanted)), key=lambda o: o.label)
 
 
 def compare(first: list[Output], second: list[Output], work: Path) -> Report:
@@ -178,8 +212,9 @@ def elf_section_at(path: Path, offset: int) -> str | None:
 def print_report(report: Report, out: TextIO) -> int:
     """Print the outcome; the exit status of ``verify``."""
     if report.difference is None:
-        print(f"verify: reproducible: {len(report.compared)} outputs identical in two "
-              "independent builds", file=out)
+        what = (f"identical to {report.against}" if report.against is not None
+                else "identical in two independent builds")
+        print(f"verify: reproducible: {len(report.compared)} outputs {what}", file=out)
         for label, digest in report.compared:
             print(f"  {digest}  {label}", file=out)
         return 0
