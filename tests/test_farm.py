@@ -1,9 +1,17 @@
 """Build farms end to end, as a team runs them: a shared ccache in a real redis-server
 and a real distccd, both on 127.0.0.1 (Debian's packages).
 
-One cold build compiles through distccd and fills the store (CI runner 1); a fresh
-runner (another directory, an empty cache) takes its kernel objects from the store;
-a third build shares that runner's cache with `clean --max-size 0` running under it.
+One cold build compiles through distccd and fills the store (CI runner 1); `verify
+--against` builds the same from nothing with the local compiler and finds every
+image file identical; a fresh runner (another directory, an empty cache, `PATH`
+holding only the declared packages' commands: the install closure) takes its kernel
+objects from the store and boots; a third build shares that runner's cache with
+`clean --max-size 0` running under it.
+
+The subjects here are compilers, caches and host tools, not the kernel's
+configuration: every build is the smallest kernel (hello in user mode, without the
+hardened recipe, which makes a cold build about 1.6 times as long), and the only cold
+builds in empty caches of the whole suite are the first runner's and verify's.
 """
 
 from __future__ import annotations
@@ -27,11 +35,10 @@ import pytest
 from ukl_build.cache import EVICTABLE, Cache
 from ukl_build.pipeline import BuildResult, build
 
+from closure import declared_commands_dir
 from conftest import copy_example, free_port, run_cli
 
-# The farm is about compilers and caches, not the kernel's configuration: the smallest,
-# fastest kernel to compile (the hardened recipe makes each cold build ~1.6x longer).
-PLAIN = {"hardened": "false"}
+PLAIN = {"mode": "user", "hardened": "false"}  # the smallest kernel (see above)
 
 pytestmark = pytest.mark.kernel
 
@@ -87,9 +94,9 @@ def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
         shutil.rmtree(logdir, ignore_errors=True)
 
 
-def cache_line(result: BuildResult) -> dict[str, int]:
-    """The build's "compiler cache:" line as numbers."""
-    line = next(ln for ln in result.log.read_text().splitlines() if "compiler cache:" in ln)
+def cache_line(log: Path) -> dict[str, int]:
+    """The build's "compiler cache:" line (from its build.log) as numbers."""
+    line = next(ln for ln in log.read_text().splitlines() if "compiler cache:" in ln)
     numbers = {"compiles": r"(\d+) compiles", "local": r"(\d+) local hits",
                "remote": r"(\d+) remote hits", "misses": r"(\d+) misses",
                "distcc": r"distcc sent (\d+) jobs"}
@@ -101,26 +108,49 @@ def first_runner(farm: Farm, tmp_path_factory: pytest.TempPathFactory) -> BuildR
     """A cold build in an empty cache: every compile misses, runs on distccd, and its
     object goes into the store."""
     tmp = tmp_path_factory.mktemp("runner1")
-    result = build(copy_example("hello", tmp), {"mode": "user", **PLAIN, "ccache.remote-storage": farm.store,
+    result = build(copy_example("hello", tmp), {**PLAIN, "ccache.remote-storage": farm.store,
                                                 "distcc.hosts": farm.hosts},
                    cache=Cache(tmp / "cache"))
     assert result.kernel_built
     return result
 
 
+@dataclass(frozen=True)
+class Runner:
+    """A build run as the CLI: its project, cache and captured output."""
+
+    project: Path
+    cache: Cache
+    proc: subprocess.CompletedProcess[str]
+    env: dict[str, str]
+
+    @property
+    def log(self) -> Path:
+        return self.project / "build/ukl-build/build.log"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.project / "build/ukl-build/image"
+
+
 @pytest.fixture(scope="module")
 def fresh_runner(farm: Farm, first_runner: BuildResult,
-                 tmp_path_factory: pytest.TempPathFactory) -> tuple[BuildResult, Cache]:
-    """A new CI runner: another directory, an empty cache (no local ccache), the store."""
+                 tmp_path_factory: pytest.TempPathFactory) -> Runner:
+    """A new CI runner: another directory, an empty cache (no local ccache), the store,
+    and a PATH holding only the commands of the declared packages (the install closure:
+    source extraction, patching, kconfig, sysroot, kernel build and boot all run)."""
     tmp = tmp_path_factory.mktemp("runner2")
     cache = Cache(tmp / "cache")
-    result = build(copy_example("hello", tmp), {"mode": "user", **PLAIN, "ccache.remote-storage": farm.store},
-                   cache=cache)
-    return result, cache
+    project = copy_example("hello", tmp)
+    env = {"PATH": str(declared_commands_dir(tmp / "bin")), "HOME": str(tmp),
+           "UKL_BUILD_CACHE": str(cache.root), "LANG": "C.UTF-8"}
+    settings = [f"-C{k}={v}" for k, v in {**PLAIN, "ccache.remote-storage": farm.store}.items()]
+    proc = run_cli("build", str(project), *settings, env=env, timeout=1500)
+    return Runner(project, cache, proc, env)
 
 
 def test_a_cold_build_compiles_through_distccd(farm: Farm, first_runner: BuildResult) -> None:
-    counts = cache_line(first_runner)
+    counts = cache_line(first_runner.log)
     ran = farm.distccd_log.read_text().count("COMPILE_OK")
     # Most kernel compiles ran on the distcc server, and the client counted each one.  Not
     # all: distcc runs some here (assembler through `-x`), and a few compiles repeat
@@ -131,17 +161,44 @@ def test_a_cold_build_compiles_through_distccd(farm: Farm, first_runner: BuildRe
     assert proc.returncode == 3, proc.stderr
 
 
+def test_verify_against_the_farms_image_from_an_empty_cache(
+        first_runner: BuildResult, tmp_path: Path) -> None:
+    """`verify --against`: one build from nothing, every file compiled here without a
+    compiler cache, gives the farm's image directory byte for byte (the first runner's
+    objects came from distccd through ccache).  This is the suite's reproducibility
+    test: another directory, another cache, another time, another compiler path."""
+    project = copy_example("hello", tmp_path)
+    proc = run_cli("verify", str(project), *[f"-C{k}={v}" for k, v in PLAIN.items()],
+                   "--against", str(first_runner.images.directory), "--keep", str(tmp_path / "v"),
+                   timeout=2400)  # a cold kernel build beside the other worker
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert f"verify: reproducible: 4 outputs identical to {first_runner.images.directory}" \
+        in proc.stdout, proc.stdout
+    for label in ("image ukl_hello.bzImage", "image manifest.json", "image sbom.cdx.json",
+                  "image ukl_hello.config"):
+        assert label in proc.stdout
+    log = (tmp_path / "v/a/src/hello/build/ukl-build/build.log").read_text()
+    assert ", no compiler cache)" in log, log[-2000:]
+    assert not (tmp_path / "v/a/cache/ccache").exists()
+
+
 def test_fresh_runner_takes_kernel_objects_from_the_remote_store(
-        first_runner: BuildResult, fresh_runner: tuple[BuildResult, Cache]) -> None:
-    second, _ = fresh_runner
-    assert second.kernel_built
-    counts = cache_line(second)
+        first_runner: BuildResult, fresh_runner: Runner) -> None:
+    proc = fresh_runner.proc
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cold build" in proc.stderr
+    counts = cache_line(fresh_runner.log)
     # Nearly all from the store; a few local hits are compiles repeated within this build,
     # served from what the first remote hit put into the (new) local cache.
     assert counts["remote"] >= 0.9 * counts["compiles"], counts
     assert counts["misses"] <= 0.02 * counts["compiles"], counts
-    assert (second.images.image("bzimage").read_bytes()
-            == first_runner.images.image("bzimage").read_bytes())
+    image = fresh_runner.image_dir / "ukl_hello.bzImage"
+    assert image.read_bytes() == first_runner.images.image("bzimage").read_bytes()
+    # And it boots, still with only the declared commands (QEMU, the firmware).
+    run = run_cli("run", str(fresh_runner.image_dir), "--timeout", "120", env=fresh_runner.env,
+                  timeout=300)
+    assert "Hello, world, from a unikernel! (CPL 3)" in run.stdout, run.stderr[-3000:]
+    assert run.returncode == 3
 
 
 class _CleanAtStage(io.StringIO):
@@ -160,13 +217,12 @@ class _CleanAtStage(io.StringIO):
 
 
 def test_clean_max_size_during_a_build_never_breaks_it(
-        farm: Farm, first_runner: BuildResult, fresh_runner: tuple[BuildResult, Cache],
-        tmp_path: Path) -> None:
+        farm: Farm, first_runner: BuildResult, fresh_runner: Runner, tmp_path: Path) -> None:
     """`clean --max-size 0` while a build uses the same cache, once at a fixed point and
     again and again in a loop: the entries the build holds stay, the rest go (even the
     kernel build dir it is about to take: it makes it again), and it ships the right
     image."""
-    _, cache = fresh_runner
+    cache = fresh_runner.cache
     stale = cache.root / "kbuild" / "stale-entry-of-an-old-build"
     stale.mkdir(parents=True)
     (stale / "vmlinux.o").write_bytes(b"\0" * (1 << 20))
@@ -184,8 +240,8 @@ def test_clean_max_size_during_a_build_never_breaks_it(
     cleaner.start()
     try:
         third = build(copy_example("hello", tmp_path),
-                      {"mode": "user", **PLAIN, "ccache.remote-storage": farm.store,
-                       "cache.max-size": "1M"}, cache=cache, stream=hook)
+                      {**PLAIN, "ccache.remote-storage": farm.store, "cache.max-size": "1M"},
+                      cache=cache, stream=hook)
     finally:
         stop.set()
         cleaner.join()
