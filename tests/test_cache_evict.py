@@ -142,3 +142,54 @@ def test_two_cleans_at_once_both_succeed(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs), outs
     assert list((tmp_path / "trees").iterdir()) == []
     assert sum(out.count("removed trees/") for out, _ in outs) == 40
+
+
+def _clean_cache(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ukl_build", "clean", "--cache"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "UKL_BUILD_CACHE": str(root)})
+
+
+def test_clean_cache_refuses_a_directory_that_is_not_ours(tmp_path: Path) -> None:
+    foreign = tmp_path / "somebody-elses"
+    foreign.mkdir()
+    (foreign / "important.txt").write_text("keep me")
+    proc = _clean_cache(foreign)
+    assert proc.returncode != 0
+    assert f"{foreign} (from UKL_BUILD_CACHE): not a ukl-build cache (no CACHEDIR.TAG" \
+        in proc.stderr, proc.stderr
+    assert (foreign / "important.txt").read_text() == "keep me"
+
+
+def test_clean_cache_removes_only_what_no_build_holds(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    cache.mark()  # what every build does before it puts anything in
+    assert (cache.root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d17")
+    held_entry = make_entry(cache, "trees", "held", 4096, 10)
+    free_entry = make_entry(cache, "images", "free", 4096, 10)
+    (cache.root / "ccache").mkdir()
+    with cache.in_use() as build:
+        build.path("trees", "held")  # a running build holds it
+        proc = _clean_cache(cache.root)
+        assert proc.returncode == 1, proc.stderr
+        assert "kept trees/held" in proc.stderr and "images/free" not in proc.stderr
+        assert held_entry.is_dir() and not free_entry.exists()
+        assert (cache.root / "ccache").is_dir()  # the build may still be compiling
+    proc = _clean_cache(cache.root)  # the build is over
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"removed {cache.root}\n" and not cache.root.exists()
+
+
+def test_a_killed_makers_temporary_goes_but_not_a_live_ones(tmp_path: Path) -> None:
+    """What SIGKILL (or an old SIGTERM) left: `.tmp-KEY16-*` with nobody holding the
+    entry's lock.  Decided by the lock, not by age."""
+    cache = Cache(tmp_path)
+    dead = cache.root / "sources" / ".tmp-0123456789abcdef-abcd1234"
+    live = cache.root / "sources" / ".tmp-fedcba9876543210-efgh5678"
+    for tmp in (dead, live):
+        (tmp / "tree").mkdir(parents=True)
+    with cache.lock("sources", "0123456789abcdef" + "0" * 48):
+        pass  # its maker took the lock and is gone
+    with cache.lock("sources", "fedcba9876543210" + "1" * 48):  # still making it
+        cache.evict(0)
+    assert not dead.exists() and live.is_dir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ukl_build.runner import (
     _probe_image,
     choose_accel,
     qemu_argv,
+    run_image,
     wait_status_to_exit,
 )
 
@@ -219,3 +221,26 @@ def test_firmware_refusal_is_recognised() -> None:
     console.feed(b'BdsDxe: failed to load Boot0001 "UEFI Misc Device" from PciRoot(0x0)/'
                  b"Pci(0x1,0x0): Access Denied\r\n")
     assert console.refused is not None and console.refused.endswith("Access Denied")
+
+
+def test_forward_to_an_image_without_network_is_refused(tmp_path: Path) -> None:
+    d = image_dir(tmp_path, network=False)
+    with pytest.raises(RunError, match=r"--forward 18080:80: .* has no network \(its kernel "
+                                       r"has no virtio-net driver"):
+        qemu_argv(json.loads((d / "manifest.json").read_text()), d,
+                  RunOptions(forward=["18080:80"]), "tcg")
+
+
+def test_qemu_failing_to_start_says_why(tmp_path: Path) -> None:
+    """A forwarded port already in use: QEMU's own words, not "QMP: Connection reset".
+    QEMU refuses the port before it looks at the kernel, so any image will do."""
+    d = image_dir(tmp_path, network=True)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RunError) as e:
+            run_image(d, RunOptions(forward=[f"{port}:8080"], accel="tcg", timeout=30),
+                      out=io.StringIO(), err=io.StringIO())
+    assert "QEMU said:" in str(e.value)
+    assert f"Could not set up host forwarding rule 'tcp:127.0.0.1:{port}-:8080'" in str(e.value)

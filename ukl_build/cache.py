@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from ukl_build.errors import ConfigError
+
 
 def default_root() -> Path:
     env = os.environ.get("UKL_BUILD_CACHE")
@@ -44,6 +46,28 @@ def default_root() -> Path:
         return Path(env).expanduser().resolve()
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg).expanduser().resolve() / "ukl-build"
+
+
+def root_origin() -> str:
+    """Where the cache's path came from, for messages."""
+    if os.environ.get("UKL_BUILD_CACHE"):
+        return "UKL_BUILD_CACHE"
+    return "XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "HOME (~/.cache/ukl-build)"
+
+
+# Characters that kbuild's Makefiles (and make itself) cannot take in a path: the
+# kernel tree and its build dirs live in the cache.
+_MAKE_UNSAFE = frozenset(" \t\n:#$=%\\\"';,*?[](){}|&<>!`")
+
+
+def check_root(root: Path) -> None:
+    """Refuse a cache path the kernel build cannot use, before any work is done."""
+    bad = sorted({c for c in str(root) if c in _MAKE_UNSAFE})
+    if bad:
+        raise ConfigError(
+            f"cache path {root} (from {root_origin()}) contains {' '.join(map(repr, bad))}: "
+            "the kernel's Makefiles cannot build in such a path",
+            hint="set UKL_BUILD_CACHE to a directory whose path has none of these characters")
 
 
 def digest(*parts: object) -> str:
@@ -112,8 +136,28 @@ class Cache:
 
     def lock_file(self, kind: str, key: str, what: str = "lock") -> Path:
         """``locks/KIND-KEY.lock`` (held while the entry is made) or ``.use`` (held,
-        shared, while builds use it)."""
+        shared, while builds use it).  The cache is marked as ours before anything
+        goes into it."""
+        self.mark()
         return self.root / "locks" / f"{kind}-{key}.{what}"
+
+    def mark(self) -> None:
+        """Create the root with its ``CACHEDIR.TAG`` (the Cache Directory Tagging
+        convention: backup tools skip the directory), which ``clean --cache`` requires."""
+        tag = self.root / CACHE_TAG
+        if tag.is_file():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(tag, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(_TAG_TEXT)
+
+    def is_marked(self) -> bool:
+        try:
+            return (self.root / CACHE_TAG).read_text().startswith(_TAG_TEXT)
+        except (OSError, UnicodeDecodeError):
+            return False
 
     def path(self, kind: str, key: str) -> Path:
         self._hold(kind, key)
@@ -157,6 +201,7 @@ class Cache:
             d = self.root / kind
             if d.is_dir():
                 _remove_abandoned_evictions(d)
+                _remove_abandoned_tmps(self, kind)
                 for p in d.iterdir():
                     if p.name.startswith("."):
                         continue
@@ -193,9 +238,50 @@ class Cache:
             shutil.rmtree(doomed, ignore_errors=True)
         return True
 
-    def clean(self) -> None:
-        if self.root.exists():
-            shutil.rmtree(self.root)
+    def clean(self) -> list[str]:
+        """Remove the whole cache, entry by entry, each only if no build holds it.
+
+        Refused (ConfigError) unless the root carries our ``CACHEDIR.TAG``: the
+        path comes from the environment, and whatever else it names is not ours.
+        Returns the entries kept because a build holds them; while any is held, the
+        parts builds use without entry locks (downloads, git mirrors, ccache, the
+        locks and the tag) stay too.
+        """
+        if not self.root.exists():
+            return []
+        if not self.is_marked():
+            raise ConfigError(
+                f"{self.root} (from {root_origin()}): not a ukl-build cache (no {CACHE_TAG} "
+                "written by ukl-build in it); nothing removed",
+                hint="point UKL_BUILD_CACHE at the cache, or remove the directory yourself")
+        kept = []
+        for kind in EVICTABLE:
+            d = self.root / kind
+            if not d.is_dir():
+                continue
+            _remove_abandoned_evictions(d)
+            _remove_abandoned_tmps(self, kind)
+            for p in sorted(d.iterdir()):
+                if p.name.startswith("."):
+                    kept.append(f"{kind}/{p.name}")  # being made by a running build
+                elif p.is_dir() and not self._remove_unless_used(kind, p):
+                    kept.append(f"{kind}/{p.name}")
+        if kept:
+            return kept
+        for p in sorted(self.root.iterdir()):
+            if p.name not in (CACHE_TAG, "locks"):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        shutil.rmtree(self.root / "locks", ignore_errors=True)
+        (self.root / CACHE_TAG).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # empty now, unless something arrived meanwhile
+            self.root.rmdir()
+        return []
+
+
+CACHE_TAG = "CACHEDIR.TAG"
+_TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
+             "# This file is a cache directory tag created by ukl-build.\n"
+             "# For information about cache directory tags, see https://bford.info/cachedir/\n")
 
 
 _EVICTING = ".tmp-evict-"
@@ -207,6 +293,31 @@ def _remove_abandoned_evictions(kind_dir: Path) -> None:
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _remove_abandoned_tmps(cache: Cache, kind: str) -> None:
+    """Remove the ``.tmp-KEY16-*`` entries of ``kind`` whose maker is gone.
+
+    A maker holds the entry's make lock (``locks/KIND-KEY.lock``) until it renames
+    its temporary into place or removes it; a temporary whose lock nobody holds was
+    left by a killed build.  Decided by the lock, never by a timestamp.
+    """
+    for tmp in (cache.root / kind).glob(".tmp-*"):
+        if tmp.name.startswith(_EVICTING):
+            continue
+        prefix = tmp.name[len(".tmp-"):].rsplit("-", 1)[0]
+        locks = list((cache.root / "locks").glob(f"{kind}-{prefix}*.lock"))
+        if not locks or not any(_held(lock) for lock in locks):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _held(lock: Path) -> bool:
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:

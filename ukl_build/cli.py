@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ukl_build import __version__
-from ukl_build.cache import Cache
+from ukl_build.cache import Cache, check_root
 from ukl_build.errors import UklError
 from ukl_build.runner import (
     RunError,
@@ -112,7 +112,9 @@ def cmd_fetch(ns: argparse.Namespace) -> int:
 
     settings = load_settings(Path(ns.path), _config_settings(ns.config_setting))
     with Reporter(None) as reporter:
-        tree = prepare_tree(settings, Cache(), reporter)
+        cache = Cache()
+        check_root(cache.root)
+        tree = prepare_tree(settings, cache, reporter)
     print(tree.path)
     return 0
 
@@ -154,7 +156,14 @@ def cmd_clean(ns: argparse.Namespace) -> int:
             print(f"removed {target}")
     if ns.cache:
         cache = Cache()
-        cache.clean()
+        kept = cache.clean()
+        if kept:
+            print(f"{cache.root}: removed every entry but {len(kept)} that running builds "
+                  "hold (and the downloads, git mirrors and compiler cache they may use):",
+                  file=sys.stderr)
+            for name in kept:
+                print(f"    kept {name}", file=sys.stderr)
+            return 1
         print(f"removed {cache.root}")
     elif ns.max_size is not None:
         from ukl_build.cache import eviction_summary, mib, parse_size

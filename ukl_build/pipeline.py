@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from ukl_build.appbuild import AppBinary, build_app
 from ukl_build.artifacts import ImageSet, check_out_dir, remove_owned, write_image_set
-from ukl_build.cache import Cache, eviction_summary, file_lock, parse_size
+from ukl_build.cache import Cache, check_root, eviction_summary, file_lock, parse_size
 from ukl_build.compilers import kernel_compiler
 from ukl_build.efi import Signer
 from ukl_build.errors import ConfigError, UklError
@@ -92,6 +92,8 @@ def build(
     """
     settings = load_settings(project_dir, config_settings, own_metadata)
     cache = cache or Cache()
+    check_root(cache.root)
+    cache.mark()
     bdir = build_dir_of(settings.project_dir)
     out_dir = (out_dir or bdir / "image").resolve()
     check_out_dir(out_dir, settings.project_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,11 +140,25 @@ class Reporter:
             )
 
 
+# Lines that name a cause, not only that something failed: a compiler's or
+# assembler's diagnostic (file:line: error), the linker's reasons, the system's.
+_CAUSES = re.compile(
+    r"^\S+?:\d+(?::\d+)?: (?:fatal )?error: "  # gcc, as, ld scripts
+    r"|No space left on device|Disk quota exceeded|Read-only file system"
+    r"|Permission denied|Cannot allocate memory|Out of memory|Killed\b"
+    r"|multiple definition of|undefined reference to|cannot find -l"
+    r"|No rule to make target|No such file or directory"
+)
+# Lines that only say that something failed (make's "Error 1", collect2's summary).
+_FAILED = ("error", "Error", "ERROR", "fatal", "***")
+
+
 def first_errors(lines: list[str], limit: int) -> list[str]:
-    """The first lines that look like compiler/make errors, else the last lines."""
-    markers = ("error", "Error", "ERROR", "undefined reference", "fatal", "***")
-    picked = [ln for ln in lines if any(m in ln for m in markers)]
-    return (picked or lines[-limit:])[:limit]
+    """The lines that name a cause first (in order), then those that only say that a
+    step failed; else the last lines."""
+    causes = [ln for ln in lines if _CAUSES.search(ln)]
+    failed = [ln for ln in lines if not _CAUSES.search(ln) and any(m in ln for m in _FAILED)]
+    return (causes + failed or lines[-limit:])[:limit]
 
 
 def _indent(lines: list[str]) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import re
 import shutil
@@ -505,7 +506,11 @@ def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
         _check_builtin(manifest, opts)
     elif opts.image in FIRMWARE_FORMATS:
         raise RunError(f"{image_dir}: the {opts.image} image has no built-in command line")
-    network = bool(opts.forward or manifest["network"])
+    if opts.forward and not manifest["network"]:
+        raise RunError(f"--forward {' '.join(opts.forward)}: {image_dir} has no network "
+                       "(its kernel has no virtio-net driver: add the net and virtio-net "
+                       "recipes to forward ports to it)")
+    network = bool(manifest["network"])
     machine, nic = _machine(opts)
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
@@ -704,7 +709,15 @@ def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
     console = _Console(out)
     try:
         if host_clock is not None:
-            late = resume_at(host_clock[1], host_clock[0], proc)
+            try:
+                late = resume_at(host_clock[1], host_clock[0], proc)
+            except RunError as e:  # QEMU refused to start: its own words say why
+                proc.kill()
+                proc.wait()
+                err_thread.join(timeout=2)
+                said = b"".join(qemu_err).decode(errors="replace").strip()
+                raise RunError(f"{e}\n    QEMU said: {said[-1000:]}" if said else str(e)) \
+                    from None
             if late > 1_000_000:
                 print(f"[ukl-build] QEMU started {late / 1e6:.0f} ms late: the guest's wall clock "
                       "is that much behind", file=err, flush=True)
@@ -783,17 +796,54 @@ def run_defaults(manifest: Manifest) -> RunDefaults:
     return out
 
 
+def _timeout(text: str) -> float:
+    """``--timeout``: seconds, finite, at least one (a boot takes longer than that)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a finite number of seconds, at least 1 (leave the option out "
+            "for no timeout)")
+    return value
+
+
+def _vcpus(text: str) -> int:
+    """``--smp``: a whole number of virtual CPUs, 1 to 255."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of CPUs") from None
+    if not 1 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 to 255 virtual CPUs")
+    return value
+
+
+_MEMORY = re.compile(r"[1-9][0-9]*[KMGT]?", re.IGNORECASE)  # as run.memory in settings
+
+
+def _memory(text: str) -> str:
+    """``--memory``: QEMU's size syntax, e.g. 256M or 1G."""
+    if not _MEMORY.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size such as 256M or 1G")
+    return text
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, Any]) -> None:
     """Run options; ``defaults`` from :func:`run_defaults` (None: filled in later)."""
     parser.add_argument("--accel", choices=typing.get_args(Accel), default=defaults.get("accel"),
                         help="accelerator; auto probes KVM with a short timeout (default: %(default)s)")
     parser.add_argument("--machine", choices=typing.get_args(Machine), default=defaults.get("machine"))
-    parser.add_argument("--memory", "-m", default=defaults.get("memory"))
-    parser.add_argument("--smp", type=int, default=defaults.get("smp"))
+    parser.add_argument("--memory", "-m", type=_memory, default=defaults.get("memory"),
+                        help="guest memory, e.g. 256M or 1G")
+    parser.add_argument("--smp", type=_vcpus, default=defaults.get("smp"),
+                        help="virtual CPUs (1-255)")
     parser.add_argument("--forward", "-p", action="append", metavar="HOST:GUEST",
                         help="forward a host TCP port (127.0.0.1) to a guest port")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="stop the VM after this many seconds (exit status 124)")
+    parser.add_argument("--timeout", type=_timeout, default=None,
+                        help="stop the VM after this many seconds, at least 1 "
+                             "(exit status 124; default: none)")
     parser.add_argument("--format", "--image", dest="image", default=None,
                         choices=("bzimage", "pvh", *FIRMWARE_FORMATS),
                         help="which image format to boot (default: the first one built)")
