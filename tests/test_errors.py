@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,37 @@ def test_a_cache_path_make_cannot_use_is_refused_before_any_work(
     assert f"cache path {cache} (from UKL_BUILD_CACHE) contains {bad}" in proc.stderr, proc.stderr
     assert not cache.exists()  # nothing was made
 
+
+
+# A build stand-in for the signal test: the CLI's `build` command making a cache entry
+# slowly (as extraction does), so the signal arrives while a temporary exists.
+_SLOW_BUILD = """
+import sys, time
+from pathlib import Path
+import ukl_build.cli as cli
+from ukl_build.cache import Cache
+
+def slow_build(ns):
+    def make(tmp):
+        (tmp / "tree").mkdir()
+        (tmp / "tree" / "half-extracted").write_bytes(b"x" * 4096)
+        print("making", flush=True)
+        time.sleep(60)
+    Cache(Path(sys.argv[1])).entry("sources", "0" * 64, make)
+    return 0
+
+cli.cmd_build = slow_build
+sys.exit(cli.main(["build", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_end_a_build_as_sigint_does(tmp_path: Path, sig: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_BUILD, str(tmp_path / "cache")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "making\n"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig
+    assert f"terminated ({signal.Signals(sig).name})" in err
+    assert list((tmp_path / "cache" / "sources").iterdir()) == []  # no .tmp-* left

@@ -6,13 +6,15 @@ on are printed without a traceback (the full one is in build/ukl-build/build.log
 
 from __future__ import annotations
 
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ukl_build.errors import UklError
+from ukl_build.errors import Terminated, UklError
+from ukl_build.progress import terminate_as_interrupt
 
 T = TypeVar("T")
 
@@ -27,10 +29,15 @@ __all__ = [
 
 def _guard(fn: Callable[[], T]) -> T:
     try:
-        return fn()
+        with terminate_as_interrupt():  # SIGTERM/SIGHUP clean up as SIGINT does
+            return fn()
     except UklError as e:
         print(f"ukl-build error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    except Terminated as e:
+        print(f"ukl-build: terminated ({signal.Signals(e.signum).name})", file=sys.stderr,
+              flush=True)
+        raise SystemExit(128 + e.signum) from None
 
 
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import zipfile
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from ukl_build import __version__
 from ukl_build.cache import Cache, check_root
-from ukl_build.errors import UklError
+from ukl_build.errors import Terminated, UklError
+from ukl_build.progress import terminate_as_interrupt
 from ukl_build.runner import (
     RunError,
     add_run_arguments,
@@ -262,10 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser().parse_args(own)
     ns.app_args = app_args
     try:
-        return int(ns.func(ns))
+        with terminate_as_interrupt():
+            return int(ns.func(ns))
     except UklError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Terminated as e:
+        print(f"terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

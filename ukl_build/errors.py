@@ -32,3 +32,12 @@ class SourceError(UklError):
 
 class BuildError(UklError):
     """A build step (kconfig, app, kernel) failed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the signal arrived: every cleanup that an
+    interrupt (SIGINT) runs runs for these too, so nothing half-made is left."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

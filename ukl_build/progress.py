@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ukl_build.errors import BuildError
+from ukl_build.errors import BuildError, Terminated
 from ukl_build.runner import die_with_parent
 from ukl_build.supervise import supervised
 
@@ -151,6 +153,26 @@ _CAUSES = re.compile(
 )
 # Lines that only say that something failed (make's "Error 1", collect2's summary).
 _FAILED = ("error", "Error", "ERROR", "fatal", "***")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (a
+    KeyboardInterrupt) in the main thread, as SIGINT raises KeyboardInterrupt;
+    the old handlers come back afterwards.  Elsewhere (a thread): nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def first_errors(lines: list[str], limit: int) -> list[str]:
