@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,79 @@ def test_a_killed_makers_temporary_goes_but_not_a_live_ones(tmp_path: Path) -> N
     with cache.lock("sources", "fedcba9876543210" + "1" * 48):  # still making it
         cache.evict(0)
     assert not dead.exists() and live.is_dir()
+
+
+class _Maker:
+    """An entry's make function that counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, tmp: Path) -> None:
+        self.calls += 1
+        (tmp / "bzImage").write_bytes(b"k" * 100_000)
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "vmlinux").write_bytes(b"v" * 1000)
+
+
+@pytest.mark.parametrize("damage_it, why", [
+    (lambda e: _flip(e / "bzImage", 5000), "bzImage changed content"),
+    (lambda e: (e / "bzImage").write_bytes(b"k" * 10), "bzImage changed size (100000 -> 10"),
+    (lambda e: (e / "sub" / "vmlinux").unlink(), "sub/vmlinux is missing"),
+    (lambda e: (e / "extra").write_text("x"), "extra was not in it when it was made"),
+    (lambda e: (e / ".ukl-entry.json").unlink(), ".ukl-entry.json is missing or unreadable"),
+])
+def test_a_damaged_entry_is_reported_discarded_and_made_again(
+        tmp_path: Path, damage_it: Callable[[Path], None], why: str) -> None:
+    heard: list[str] = []
+    make = _Maker()
+    with Cache(tmp_path).in_use(heard.append) as cache:
+        entry = cache.entry("images", "k" * 64, make)
+    damage_it(entry)
+    with Cache(tmp_path).in_use(heard.append) as cache:
+        again = cache.entry("images", "k" * 64, make)
+    assert make.calls == 2 and again == entry
+    assert (entry / "bzImage").read_bytes() == b"k" * 100_000
+    assert heard == [f"images/{'k' * 16}: {why}" + heard[0].split(why, 1)[1]]
+    assert "; discarding it and making it again" in heard[0]
+    with Cache(tmp_path).in_use(heard.append) as cache:  # sound now: reused as it is
+        cache.entry("images", "k" * 64, make)
+    assert make.calls == 2 and len(heard) == 1
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_big_entry_is_checked_when_read_and_a_touch_is_no_damage(tmp_path: Path) -> None:
+    heard: list[str] = []
+    make = _Maker()
+    with Cache(tmp_path).in_use(heard.append) as cache:
+        entry = cache.entry("trees", "t" * 64, make, check=False)
+    os.utime(entry / "bzImage", (1, 1))  # same bytes, another mtime: hashed, still sound
+    with Cache(tmp_path).in_use(heard.append) as cache:
+        cache.entry("trees", "t" * 64, make, check=False)
+        cache.check_entry("trees", "t" * 64)
+    assert make.calls == 1 and heard == []
+    _flip(entry / "sub" / "vmlinux", 10)  # an edit in place: caught when the tree is read
+    with Cache(tmp_path).in_use(heard.append) as cache:
+        cache.entry("trees", "t" * 64, make, check=False)
+        assert make.calls == 1  # not on taking it
+        cache.check_entry("trees", "t" * 64)
+    assert make.calls == 2 and "sub/vmlinux changed content" in heard[0]
+    assert (entry / "sub" / "vmlinux").read_bytes() == b"v" * 1000
+
+
+def test_patched_trees_are_read_only(tmp_path: Path) -> None:
+    from ukl_build.patches import read_only
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.c").write_text("int x;")
+    (tmp_path / "d" / "script").write_text("#!/bin/sh")
+    (tmp_path / "d" / "script").chmod(0o755)
+    read_only(tmp_path)
+    assert stat.S_IMODE((tmp_path / "d" / "f.c").stat().st_mode) == 0o444
+    assert stat.S_IMODE((tmp_path / "d" / "script").stat().st_mode) == 0o555
+    assert (tmp_path / "d").stat().st_mode & 0o200  # the cache can still remove the entry

@@ -97,6 +97,7 @@ def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
             shutil.copy2(src / "arch-x86_64.h", include / "arch.h")
         # `make headers`, then copy the .h files ourselves: headers_install would
         # need rsync for nothing more than this copy.
+        tree.check(cache)
         reporter.run(
             tree.make(tmp / "o", "-s", "headers"),
             step="app (kernel make headers)", env=env,

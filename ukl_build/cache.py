@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from ukl_build.errors import ConfigError
+from ukl_build.errors import ConfigError, UklError
 
 
 def default_root() -> Path:
@@ -106,16 +106,21 @@ class Cache:
     concurrent ``clean --max-size`` passes over them."""
 
     def __init__(self, root: Path | None = None,
-                 holder: contextlib.ExitStack | None = None) -> None:
+                 holder: contextlib.ExitStack | None = None,
+                 report: Callable[[str], None] | None = None) -> None:
         self.root = (root or default_root()).resolve()
         self._holder = holder
         self._held: set[tuple[str, str]] = set()
+        self._report = report or (lambda message: None)
+        self._makers: dict[tuple[str, str], Callable[[Path], None]] = {}
+        self._checked: set[tuple[str, str]] = set()
 
     @contextlib.contextmanager
-    def in_use(self) -> Iterator[Cache]:
-        """A view of this cache that holds what it hands out until the block ends."""
+    def in_use(self, report: Callable[[str], None] | None = None) -> Iterator[Cache]:
+        """A view of this cache that holds what it hands out until the block ends;
+        ``report`` hears of damaged entries it discards."""
         with contextlib.ExitStack() as stack:
-            yield Cache(self.root, stack)
+            yield Cache(self.root, stack, report)
 
     def _hold(self, kind: str, key: str) -> None:
         """Hold ``kind/key`` (shared) for the holder's lifetime, and mark it used now.
@@ -174,21 +179,81 @@ class Cache:
         with file_lock(self.lock_file(kind, key)) as fd:
             yield fd
 
-    def entry(self, kind: str, key: str, make: Callable[[Path], None]) -> Path:
+    def entry(self, kind: str, key: str, make: Callable[[Path], None],
+              check: bool = True) -> Path:
         """Return the entry ``kind/key``, creating it with ``make(tmpdir)`` if missing.
 
-        ``make`` fills a fresh temporary directory; on success it is renamed into
-        place, on any exception it is removed.
+        ``make`` fills a fresh temporary directory; its record (every file's path,
+        mode, size, mtime and SHA-256) is written into it, and then it is renamed
+        into place; on any exception it is removed.  A reused entry is checked
+        against its record first (``check``: every file hashed; else only that the
+        record is there, for entries too large to hash on every use, which the
+        caller checks with :meth:`damage` when it is about to read them).  A damaged
+        or incomplete entry is reported, discarded and made again.
         """
         final = self.path(kind, key)
-        if final.is_dir():
+        self._makers[(kind, key)] = make
+        if final.is_dir() and self._sound(kind, key, final, check):
             return final
-        with self.lock(kind, key):
-            if final.is_dir():
-                return final
-            with new_path(final, directory=True) as tmp:
-                make(tmp)
+        self._checked.add((kind, key))  # made (or checked) now: check_entry need not
+        with self.lock(kind, key):  # another build may have made it again meanwhile
+            if final.is_dir() and not self._sound(kind, key, final, check, quiet=True):
+                self._discard(final)
+            if not final.is_dir():
+                with new_path(final, directory=True) as tmp:
+                    make(tmp)
+                    write_record(tmp)
         return final
+
+    def reusable(self, kind: str, key: str) -> bool:
+        """Whether entry ``kind/key`` exists and holds what its record says (every file
+        hashed).  A damaged one is reported and discarded: the caller makes it again."""
+        final = self.path(kind, key)
+        if not final.is_dir():
+            return False
+        if self._sound(kind, key, final, check=True):
+            return True
+        with self.lock(kind, key):
+            if final.is_dir() and not self._sound(kind, key, final, check=True, quiet=True):
+                self._discard(final)
+        return final.is_dir()  # made again meanwhile by another build (and so checked)
+
+    def _sound(self, kind: str, key: str, path: Path, check: bool, quiet: bool = False) -> bool:
+        why = damage(path, content=True) if check else (
+            None if (path / RECORD).is_file() else
+            f"{RECORD} is missing or unreadable (an incomplete entry)")
+        if why is not None and not quiet:
+            self._report(f"{kind}/{key[:16]}: {why}; discarding it and making it again")
+        return why is None
+
+    def _discard(self, path: Path) -> None:
+        """Remove an entry (held under its make lock by the caller) out of readers' way."""
+        doomed = path.with_name(f"{_EVICTING}{path.name[:16]}-{os.getpid()}")
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def check_entry(self, kind: str, key: str) -> None:
+        """Check an entry taken with ``check=False`` before reading it (once per view):
+        files whose size, mode or mtime changed are hashed against the record; a
+        damaged entry is reported, discarded and made again with the ``make`` it was
+        taken with."""
+        if (kind, key) in self._checked:
+            return
+        final = self.path(kind, key)
+        why = damage(final, content=False)
+        if why is not None:
+            self._report(f"{kind}/{key[:16]}: {why}; discarding it and making it again")
+            with self.lock(kind, key):
+                if final.is_dir() and damage(final, content=False) is not None:
+                    self._discard(final)
+                if not final.is_dir():
+                    maker = self._makers.get((kind, key))
+                    if maker is None:  # pragma: no cover - every caller took the entry first
+                        raise UklError(f"cache entry {kind}/{key} is damaged ({why})")
+                    with new_path(final, directory=True) as tmp:
+                        maker(tmp)
+                        write_record(tmp)
+        self._checked.add((kind, key))
 
     def evict(self, max_bytes: int) -> tuple[list[tuple[str, int]], int]:
         """Remove least recently used entries until the evictable ones take at most
@@ -276,6 +341,74 @@ class Cache:
         with contextlib.suppress(OSError):  # empty now, unless something arrived meanwhile
             self.root.rmdir()
         return []
+
+
+RECORD = ".ukl-entry.json"  # in every entry made by Cache.entry: what it held when made
+
+
+def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every file, link and directory under ``root`` (not the record), as
+    (path relative to ``root``, lstat).  80,000 files in about a second."""
+    stack = [(str(root), "")]
+    while stack:
+        path, prefix = stack.pop()
+        with os.scandir(path) as it:
+            for e in it:
+                rel = prefix + e.name
+                if rel == RECORD:
+                    continue
+                st = e.stat(follow_symlinks=False)
+                yield rel, st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append((e.path, rel + "/"))
+
+
+def _content(path: str, st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return "-> " + os.readlink(path)
+    if stat.S_ISREG(st.st_mode):
+        return file_sha256(Path(path))
+    return ""
+
+
+def write_record(entry: Path) -> None:
+    """Record what ``entry`` holds: per path, [mode, size, mtime_ns, sha256 or link]."""
+    files = {rel: [st.st_mode, st.st_size, st.st_mtime_ns, _content(str(entry / rel), st)]
+             for rel, st in _walk(entry)}
+    (entry / RECORD).write_text(json.dumps({"version": 1, "files": files}, sort_keys=True))
+
+
+def damage(entry: Path, content: bool) -> str | None:
+    """What is wrong with ``entry`` against its record, or None.
+
+    ``content``: every file is hashed.  Else a file is hashed only when its mode,
+    size or mtime changed (a touch that kept the bytes is no damage); an edit that
+    also restored the mtime goes unseen (the check is against accidents, not a
+    security boundary: the cache's owner can change anything in it).
+    """
+    try:
+        record = json.loads((entry / RECORD).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{RECORD} is missing or unreadable (an incomplete entry)"
+    seen = set()
+    for rel, st in _walk(entry):
+        seen.add(rel)
+        want = record.get(rel)
+        if want is None:
+            return f"{rel} was not in it when it was made"
+        mode, size, mtime, digest_ = want
+        if (st.st_mode | 0o222) != (mode | 0o222):  # write bits: trees are made read-only
+            return f"{rel} changed type or mode"
+        if stat.S_ISDIR(mode):
+            continue
+        if st.st_size != size:
+            return f"{rel} changed size ({size} -> {st.st_size} bytes)"
+        if (content or st.st_mtime_ns != mtime) and _content(str(entry / rel), st) != digest_:
+            return f"{rel} changed content (SHA-256 no longer what was recorded)"
+    missing = sorted(set(record) - seen)
+    if missing:
+        return f"{missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    return None
 
 
 CACHE_TAG = "CACHEDIR.TAG"

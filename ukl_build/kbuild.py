@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ukl_build.appbuild import AppBinary
-from ukl_build.cache import Cache, atomic_write_bytes, atomic_write_text, digest, file_sha256
+from ukl_build.cache import (
+    RECORD,
+    Cache,
+    atomic_write_bytes,
+    atomic_write_text,
+    digest,
+    file_sha256,
+)
 from ukl_build.compilers import Compiler, stats_line
 from ukl_build.errors import BuildError
 from ukl_build.kconfig import KernelConfig
@@ -41,6 +48,7 @@ ETC_FILES = ("passwd", "group")
 # Written into a build dir after its images were verified to hold the payload
 # they were built for; removed before every make that may change them.
 PAYLOAD_STAMP = ".ukl-build-payload"
+TREE_MARK = ".ukl-build-tree"  # the record digest of the tree copy the objects come from
 # Everything in a build dir that depends on the app (linked from the archive,
 # or packed from the initramfs list).  Removed before make whenever the dir's
 # stamp does not name the payload at hand, so make rebuilds them because they
@@ -153,15 +161,16 @@ def build_kernel(
     image_key = digest("images", 4, dir_key, inputs, payload.initramfs)
     images = cache.path("images", image_key)
     build = cache.path("kbuild", dir_key)
-    if (images / "bzImage").is_file():
+    if cache.reusable("images", image_key):
         reporter.stage("kbuild", "kernel unchanged: reusing cached images (no make run)")
         return KernelImages(images / "bzImage", images / "vmlinux", image_key, False, build)
 
     with cache.lock("kbuild", dir_key) as lock_fd:
-        if (images / "bzImage").is_file():  # made by a build that held the lock before us
+        if cache.reusable("images", image_key):  # made by a build that held the lock before us
             reporter.stage("kbuild", "kernel unchanged: reusing cached images (no make run)")
             return KernelImages(images / "bzImage", images / "vmlinux", image_key, False, build)
-        build.mkdir(parents=True, exist_ok=True)
+        tree.check(cache)
+        _match_tree(build, cache.root / tree.kind / tree.key / RECORD, reporter)
         if not (build / ".config").is_file() or file_sha256(build / ".config") != config.key:
             shutil.copyfile(config.path, build / ".config")
         stamp = build / PAYLOAD_STAMP
@@ -215,6 +224,23 @@ def build_kernel(
 
         images = cache.entry("images", image_key, copy)
     return KernelImages(images / "bzImage", images / "vmlinux", image_key, True, build)
+
+
+def _match_tree(build: Path, record: Path, reporter: Reporter) -> None:
+    """Start the build dir afresh when its objects may come from another copy of the
+    tree: one that was found damaged and made again.  make compares timestamps only,
+    so an object compiled from a changed (or since removed) source would otherwise
+    be linked as it is.  The copy is named by its record's digest."""
+    ident = file_sha256(record)
+    mark = build / TREE_MARK
+    if build.is_dir() and any(build.iterdir()) and \
+            (not mark.is_file() or mark.read_text() != ident):
+        reporter.stage("kbuild", f"{build.name[:16]}: built from another copy of the tree; "
+                       "starting it afresh")
+        shutil.rmtree(build)
+    build.mkdir(parents=True, exist_ok=True)
+    if not mark.is_file() or mark.read_text() != ident:
+        atomic_write_text(mark, ident)
 
 
 def remove_payload_outputs(build: Path) -> int:

@@ -287,6 +287,7 @@ def configure(
     key = digest("kconfig", tree.key, fragments, [(o.name, o.value) for o in options])
 
     def make(tmp: Path) -> None:
+        tree.check(cache)
         check_values(tree.path, options)  # a cached entry was checked when it was made
         build = tmp / "o"
         reporter.stage("kconfig", f"tinyconfig + {', '.join(n for n, _ in recipes)}")

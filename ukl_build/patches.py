@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,18 @@ class PatchedTree:
     release: str
     patches: tuple[Patch, ...]
     source: SourceTree
+    kind: str = "trees"  # the cache entry: "sources" when there is no series
 
     def make(self, build: Path, *args: str) -> list[str]:
         """The command line of ``make`` in this tree, out of tree in ``build`` (O=)."""
         return ["make", "-C", str(self.path), f"O={build}", "ARCH=x86_64", *args]
+
+    def check(self, cache: Cache) -> None:
+        """Before make reads the tree: compare it with what was recorded when it was
+        made (cheap: only files whose size, mode or mtime changed are hashed), and
+        make it again if it was changed.  Not on every build: a build that reuses
+        its images never reads the tree."""
+        cache.check_entry(self.kind, self.key)
 
 
 def read_series(series_dir: Path) -> list[Patch]:
@@ -67,18 +76,20 @@ def apply_patches(
 ) -> PatchedTree:
     patches = read_series(series_dir)
     if not patches:
-        return PatchedTree(src.path, src.key, src.release, (), src)
+        return PatchedTree(src.path, src.key, src.release, (), src, kind="sources")
     key = digest("patched", src.key, [(p.name, p.sha256) for p in patches])
 
     def make(tmp: Path) -> None:
         tree = tmp / "tree"
+        cache.check_entry("sources", src.key)  # what the copy will share
         reporter.stage("patch", f"applying {len(patches)} patches from {series_dir}")
         # Hard links make the copy cheap; a patched file gets its own inode first,
         # so the pristine tree is never written through.
         subprocess.run(["cp", "-al", str(src.path), str(tree)], check=True)
         apply_series(tree, patches, f"Linux {src.release}", series_dir, reporter)
+        read_only(tree)
 
-    entry = cache.entry("trees", key, make)
+    entry = cache.entry("trees", key, make, check=False)
     return PatchedTree(entry / "tree", key, src.release, tuple(patches), src)
 
 
@@ -93,8 +104,10 @@ def apply_series(tree: Path, patches: list[Patch], what: str, series_dir: Path,
         for rel in touched_files(p.path):
             f = tree / rel
             if f.is_file() and not f.is_symlink():
-                shutil.copy2(f, f.with_name(f.name + ".ukl-unlink"))
-                os.replace(f.with_name(f.name + ".ukl-unlink"), f)
+                copy = f.with_name(f.name + ".ukl-unlink")
+                shutil.copy2(f, copy)
+                copy.chmod(copy.stat().st_mode | 0o200)  # patch writes it
+                os.replace(copy, f)
         proc = subprocess.run(
             ["patch", "-p1", "--forward", "--fuzz=0", "--no-backup-if-mismatch", "-s",
              "-i", str(p.path)],
@@ -107,3 +120,15 @@ def apply_series(tree: Path, patches: list[Patch], what: str, series_dir: Path,
                 + "\n".join("    " + ln for ln in (proc.stdout + proc.stderr).splitlines()[:20]),
                 hint=f"the series in {series_dir} targets a different tree",
             )
+
+
+def read_only(tree: Path) -> None:
+    """Take the write bits off every file (not the directories: the cache must still
+    be able to remove the entry without root), so that an editor or a stray command
+    refuses to change a cached tree; what root changes anyway the record check finds."""
+    for dirpath, _, files in os.walk(tree):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o222:
+                os.chmod(path, st.st_mode & ~0o222)

@@ -106,7 +106,7 @@ def build(
     # One build of a project at a time: they share its app dir and build.log.  The
     # cache entries this build uses stay held until it ends (clean --max-size skips them).
     with file_lock(bdir / ".lock", waiting), Reporter(bdir / "build.log", stream) as reporter, \
-            cache.in_use() as held:
+            cache.in_use(lambda damage: reporter.stage("cache", damage)) as held:
         try:
             return _build(settings, held, bdir, out_dir, reporter, shared_compilers)
         except UklError as e:
