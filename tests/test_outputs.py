@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
+import subprocess
+import sys
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ from ukl_build.errors import ConfigError
 from ukl_build.settings import load_settings
 from ukl_build.wheel import write_sdist, write_wheel
 
-from conftest import copy_example, fake_manifest, run_cli
+from conftest import REPO, copy_example, fake_manifest, run_cli
 
 
 def fake_image_dir(path: Path) -> Path:
@@ -119,3 +123,41 @@ def test_wheel_and_sdist_carry_the_projects_metadata(tmp_path: Path) -> None:
     with tarfile.open(sdist) as tar:
         pkg_info = tar.extractfile("ukl_hello-0.1.0/PKG-INFO")
         assert pkg_info is not None and pkg_info.read() == metadata
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p, outside: (p / "leak.txt").symlink_to(outside),
+     "sdist: leak.txt is a symbolic link to {outside}, outside the project"),
+    (lambda p, outside: (p / "src" / "gone.h").symlink_to("missing.h"),
+     "sdist: src/gone.h is a symbolic link to missing.h, which does not exist"),
+    (lambda p, outside: os.mkfifo(p / "pipe"),
+     "sdist: pipe is a FIFO, not a regular file"),
+])
+def test_sdist_packs_nothing_outside_the_project_and_no_special_files(
+        tmp_path: Path, make: Callable[[Path, Path], None], message: str) -> None:
+    project = copy_example("hello", tmp_path)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not for the sdist")
+    make(project, outside)
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    proc = subprocess.run([sys.executable, "-c",
+                           "import sys; from ukl_build.build_meta import build_sdist; "
+                           "build_sdist(sys.argv[1])", str(dist)],
+                          cwd=project, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1, proc.stderr
+    assert message.format(outside=outside) in proc.stderr
+    assert "Traceback" not in proc.stderr and list(dist.iterdir()) == []  # nothing left
+
+
+def test_sdist_keeps_links_inside_the_project_as_links(tmp_path: Path) -> None:
+    project = copy_example("hello", tmp_path)
+    (project / "src" / "alias.c").symlink_to("hello.c")
+    (project / "docs").mkdir()
+    (project / "docs" / "src").symlink_to(project / "src")  # absolute, but inside
+    sdist = tmp_path / write_sdist(load_settings(project), tmp_path, 315532800)
+    with tarfile.open(sdist) as tar:
+        links = {m.name: m.linkname for m in tar.getmembers() if m.issym()}
+    assert links == {"ukl_hello-0.1.0/src/alias.c": "hello.c",
+                     "ukl_hello-0.1.0/docs/src": "../src"}

@@ -15,15 +15,17 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ukl_build import __version__
 from ukl_build.artifacts import SBOM, ImageSet
 from ukl_build.cache import new_path
+from ukl_build.errors import ConfigError
 from ukl_build.settings import Settings
 
 WHEEL_TAG = "py3-none-any"
@@ -112,11 +114,46 @@ def write_wheel(settings: Settings, images: ImageSet, wheel_dir: Path, epoch: in
     return filename
 
 
-def _sdist_members(root: Path) -> Iterable[Path]:
+@dataclass(frozen=True)
+class _Member:
+    rel: str  # path in the project, POSIX
+    path: Path
+    link: str | None = None  # a symbolic link inside the project: its (relative) target
+
+
+def _sdist_members(root: Path) -> list[_Member]:
+    """What the sdist holds, checked before anything is written: regular files, and
+    symbolic links whose target is inside the project (kept as links).  A link out
+    of the project, a dangling link or a special file (FIFO, socket, device) is
+    refused by name, as sources are."""
+    members = []
+    real_root = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SDIST_EXCLUDE and not d.endswith(".egg-info"))
-        for f in sorted(filenames):
-            yield Path(dirpath) / f
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = [d for d in dirnames if d not in links]  # kept as links, not walked
+        for name in sorted(filenames + links):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(path)
+                resolved = (path.parent / target).resolve()
+                if not resolved.is_relative_to(real_root):
+                    raise ConfigError(f"sdist: {rel} is a symbolic link to {target}, outside the "
+                                      "project; nothing outside the project is packed")
+                if not resolved.exists():
+                    raise ConfigError(f"sdist: {rel} is a symbolic link to {target}, which "
+                                      "does not exist")
+                members.append(_Member(rel, path, os.path.relpath(resolved, (real_root / rel).parent)))
+            elif stat.S_ISREG(st.st_mode):
+                members.append(_Member(rel, path))
+            else:
+                kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
+                        if stat.S_ISSOCK(st.st_mode) else "a device or other special file")
+                raise ConfigError(f"sdist: {rel} is {kind}, not a regular file; only files and "
+                                  "links inside the project are packed")
+    return members
 
 
 def write_sdist(settings: Settings, sdist_dir: Path, epoch: int) -> str:
@@ -129,13 +166,22 @@ def write_sdist(settings: Settings, sdist_dir: Path, epoch: int) -> str:
         ti.uname = ti.gname = ""
         tar.addfile(ti, io.BytesIO(data))
 
+    def add_link(tar: tarfile.TarFile, arcname: str, target: str) -> None:
+        ti = tarfile.TarInfo(arcname)
+        ti.type, ti.linkname, ti.mtime, ti.mode = tarfile.SYMTYPE, target, epoch, 0o777
+        ti.uname = ti.gname = ""
+        tar.addfile(ti)
+
+    root = settings.project_dir
+    members = _sdist_members(root)  # refused before the output file exists
     with new_path(sdist_dir / filename) as tmp, open(tmp, "wb") as raw, \
             gzip.GzipFile(fileobj=raw, mode="wb", mtime=epoch) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        root = settings.project_dir
-        for path in _sdist_members(root):
-            rel = path.relative_to(root).as_posix()
-            mode = 0o755 if os.access(path, os.X_OK) else 0o644
-            add(tar, f"{base}/{rel}", path.read_bytes(), mode)
+        for m in members:
+            if m.link is not None:
+                add_link(tar, f"{base}/{m.rel}", m.link)
+            else:
+                mode = 0o755 if os.access(m.path, os.X_OK) else 0o644
+                add(tar, f"{base}/{m.rel}", m.path.read_bytes(), mode)
         add(tar, f"{base}/PKG-INFO", settings.project.metadata_bytes())
     return filename
