@@ -116,6 +116,19 @@ def test_ukl_undefined_symbol_is_named(tmp_path: Path, patched_tree, cache) -> N
         build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', source=src, mode="ukl")
 
 
+
+def test_an_app_without_main_is_refused_before_the_kernel_link(  # type: ignore[no-untyped-def]
+        tmp_path: Path, patched_tree, cache) -> None:
+    """An empty .c file compiled fine and failed in the kernel's link, minutes later, with
+    "undefined reference to ukl_app_main"."""
+    with pytest.raises(BuildError, match=r"app: the app defines no main\(\)"):
+        build(tmp_path, patched_tree, cache, 'sources = ["src/app.c"]', source="", mode="ukl")
+
+
+def test_a_directory_in_sources_is_named(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BuildError, match=r"sources: src is a directory .*; list the files"):
+        build(tmp_path, patched_tree, cache, 'sources = ["src"]')
+
 SHORTCUT_APP = r"""
 #include <stdio.h>
 #include <unistd.h>

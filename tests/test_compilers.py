@@ -32,8 +32,10 @@ def test_stats_log_counts_this_builds_compiles(tmp_path: Path) -> None:
     log.write_text("# a.c\ncache_miss\ndirect_cache_miss\nlocal_storage_miss\n"
                    "# b.c\ndirect_cache_hit\nlocal_storage_hit\n"
                    "# c.c\nremote_storage_hit\ndirect_cache_hit\n"
-                   "# d.c\nremote_storage_hit\n")
-    assert read_stats(log) == CacheStats(local_hits=1, remote_hits=2, misses=1)
+                   "# d.c\nremote_storage_hit\n"
+                   # a result found corrupted: a storage hit that became a miss
+                   "# e.c\nlocal_storage_hit\nbad_input_file\ncache_miss\n")
+    assert read_stats(log) == CacheStats(local_hits=1, remote_hits=2, misses=2)
     assert read_stats(tmp_path / "none") == CacheStats(0, 0, 0)
 
 

@@ -299,6 +299,9 @@ def _compile_sources(settings: Settings, tc: Toolchain, output: Path, reporter: 
     srcs = []
     for s in settings.sources:
         p = (settings.project_dir / s).resolve()
+        if p.is_dir():
+            raise BuildError(f"{settings.origin('sources')}: {s} is a directory ({p}); list "
+                             "the files to compile, e.g. \"src/main.c\"")
         if not p.is_file():
             raise BuildError(f"{settings.origin('sources')}: {s} does not exist ({p})")
         srcs.append(p)
@@ -422,6 +425,10 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
     musl's ``__libc_start_main``, so the two names trade places.
     """
     _check_elf(obj, et_rel=True)
+    if "main" not in _defined(obj, env):  # else: "undefined reference to ukl_app_main",
+        raise BuildError(                 # late, in the kernel's link
+            "app: the app defines no main() (its sources compiled to an object without one)",
+            hint="the kernel starts the app at its main(); check that the sources define it")
     prefixed = app_dir / "app-ukl.o"
     # The assembler names _GLOBAL_OFFSET_TABLE_ (undefined) in any object with TLS
     # relocations; local-exec code uses no GOT, so nothing refers to it (objcopy

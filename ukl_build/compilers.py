@@ -150,12 +150,14 @@ def read_stats(log: Path) -> CacheStats:
             records[-1].add(line.strip())
     counts: Counter[str] = Counter()
     for r in records:
-        if "local_storage_hit" in r:
+        # A miss first: a result ccache found corrupted is recorded as a storage hit
+        # and then as the miss it turned into (the compile ran).
+        if "cache_miss" in r:
+            counts["miss"] += 1
+        elif "local_storage_hit" in r:
             counts["local"] += 1
         elif "remote_storage_hit" in r:
             counts["remote"] += 1
-        elif "cache_miss" in r:
-            counts["miss"] += 1
     return CacheStats(counts["local"], counts["remote"], counts["miss"])
 
 
