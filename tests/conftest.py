@@ -49,10 +49,10 @@ MODULE_GROUPS = {"test_redis.py": ("redis", "redis_port"),
 # groups, so that the run does not end with one of them alone on a worker while the
 # other idles.  The first worker gets the harness test, which builds the servers'
 # kernels (both modes); the second the farm: the only cold builds in caches of their
-# own (its first runner and verify).  Then the server groups (the servers' images are
-# built by then) and the tests that build hello's kernels.  Configurations share no
-# objects (ccache's depend mode: each has its own autoconf.h), so the order is about
-# keeping both workers busy, not about cache hits.
+# own (its first runner and verify).  Then the server groups and the tests that build
+# hello's kernels: related configurations are built one after the other, so that the
+# later one finds the earlier one's objects in ccache (hello's UKL kernel after the
+# servers': 320 of 669 compiles hit; built at the same time, few).
 # Durations measured on a clean clone: docs/testing.md.
 FIRST = (
     "test_benchmarks.py::test_harness_quick",

@@ -15,6 +15,7 @@ from ukl_build.runner import (
     RunOptions,
     _probe_image,
     choose_accel,
+    host_tsc_khz,
     qemu_argv,
     run_image,
     wait_status_to_exit,
@@ -36,15 +37,16 @@ def test_wait_status() -> None:
     assert wait_status_to_exit(0x000B) == 128 + 11  # killed by SIGSEGV
 
 
-def test_microvm_argv(tmp_path: Path) -> None:
+def test_microvm_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ukl_build.runner.host_tsc_khz", lambda: 2445400)
     d = image_dir(tmp_path, network=True)
     argv = qemu_argv(json.loads((d / "manifest.json").read_text()), d,
                      RunOptions(forward=["18080:8080"]), "tcg")
     assert argv[argv.index("-M") + 1].startswith("microvm")
     assert "-no-reboot" in argv and argv[argv.index("-accel") + 1] == "tcg"
     append = argv[argv.index("-append") + 1]
-    assert append == ("console=ttyS0 reboot=t tsc=reliable virtio_mmio.device=512@0xfeb00000:5 "
-                      "quiet ip=10.0.2.15 -- --port 8080")
+    assert append == ("console=ttyS0 reboot=t tsc=reliable tsc_early_khz=2445400 "
+                      "virtio_mmio.device=512@0xfeb00000:5 quiet ip=10.0.2.15 -- --port 8080")
     kvm = qemu_argv(json.loads((d / "manifest.json").read_text()), d, RunOptions(), "kvm")
     assert "tsc=reliable" not in kvm[kvm.index("-append") + 1]  # TCG only: see TCG_CLOCK_PARAM
     assert "user,id=n0,hostfwd=tcp:127.0.0.1:18080-:8080" in argv
@@ -244,3 +246,11 @@ def test_qemu_failing_to_start_says_why(tmp_path: Path) -> None:
                       out=io.StringIO(), err=io.StringIO())
     assert "QEMU said:" in str(e.value)
     assert f"Could not set up host forwarding rule 'tcp:127.0.0.1:{port}-:8080'" in str(e.value)
+
+
+def test_host_tsc_khz_from_bogomips() -> None:
+    """x86 Linux: BogoMIPS = tsc_khz / 500 (this host: 4890.80, "tsc: Detected 2445.402 MHz")."""
+    info = "flags\t\t: fpu tsc constant_tsc nonstop_tsc\nbogomips\t: 4890.80\n"
+    assert host_tsc_khz(info) == 2445400
+    assert host_tsc_khz(info.replace(" nonstop_tsc", "")) is None  # rate may change: not trusted
+    assert host_tsc_khz("processor\t: 0\n") is None  # not x86, or no bogomips

@@ -236,7 +236,27 @@ def test_guest_wall_clock_agrees_with_the_host(builds: Builds, mode: str) -> Non
         proc.kill()
         _, err = proc.communicate()
     assert len(diffs) == 5, err
-    if calibration_failed:  # no TSC frequency at boot: the CMOS clock, to the second
-        assert -1.5 < min(diffs) < 1.5, (diffs, err)
-        pytest.skip("the kernel could not calibrate the TSC in this boot: hostclock= unusable")
+    assert not calibration_failed, err  # the runner hands the kernel the TSC's frequency
     assert -0.05 < min(diffs) < 0.05, (diffs, err)
+
+
+def test_guest_clock_is_the_tsc_on_a_loaded_host(builds: Builds) -> None:
+    """Three busy processes on the host's 2 cores, as on a CI runner or a busy
+    hypervisor.  The kernel used to calibrate the TSC against the PIT, fail when its
+    vCPU was descheduled, mark the TSC unstable and live on refined-jiffies (Redis's
+    TIME in 4-24 ms steps); handed the TSC's frequency by the runner (tsc_early_khz=,
+    from the host), it runs on the TSC with microsecond steps, loaded or not."""
+    image = builds("probe", "ukl", libc="musl").images.directory
+    hogs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(3)]
+    try:
+        time.sleep(1)  # the load is there before QEMU starts
+        _, out, err = run(image, "--kernel-log", timeout=300)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    text = out + err
+    assert not _calibration_failed(text), text[-3000:]
+    assert "tsc_early_khz=" in text  # the command line, in the kernel's log
+    assert "clocksource: Switched to clocksource tsc" in text, text[-3000:]
+    assert "clock_gettime(MONOTONIC) steps < 100 us (median of 101): ok" in text, out

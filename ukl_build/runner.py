@@ -372,9 +372,36 @@ HOST_CLOCK_LEAD_NS = 150_000_000
 HOST_CLOCK_PLACEHOLDER = 10**18  # as long as any hostclock= value until 2286
 
 
+def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
+    """The host's TSC frequency in kHz, which is the guest's under TCG, or None.
+
+    The kernel calibrates the TSC against the PIT at boot; on a loaded host the
+    emulated vCPU is descheduled mid-measurement, calibration fails ("Fast TSC
+    calibration failed", "Unable to calibrate against PIT"), the TSC is marked
+    unstable and the guest lives on jiffies (4-24 ms steps).  Handed the
+    frequency (tsc_early_khz=), it does not calibrate.  x86 Linux derives each
+    CPU's BogoMIPS from the TSC frequency (loops_per_jiffy = tsc_khz * 1000 /
+    HZ), so bogomips * 500 is tsc_khz (to 5 kHz); trusted only for a TSC that
+    runs at one rate in every state (constant_tsc, nonstop_tsc).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = re.search(r"^flags\s*:(.*)$", cpuinfo, re.M)
+    bogomips = re.search(r"^bogomips\s*:\s*([0-9.]+)$", cpuinfo, re.M)
+    if flags is None or bogomips is None or \
+            not {"tsc", "constant_tsc", "nonstop_tsc"} <= set(flags.group(1).split()):
+        return None
+    khz = round(float(bogomips.group(1)) * 500)
+    return khz if khz > 0 else None
+
+
 def kernel_cmdline(image_cmdline: str, image_args: Sequence[str], opts: RunOptions,
                    network: bool, accel: str = "tcg", host_clock_ns: int | None = None,
-                   init_arg_limit: int = DEFAULT_INIT_ARG_LIMIT) -> str:
+                   init_arg_limit: int = DEFAULT_INIT_ARG_LIMIT,
+                   tsc_khz: int | None = None) -> str:
     """The kernel command line of a boot: ours, the image's, then ``--`` and the app's argv.
 
     ``host_clock_ns``: the host's wall clock when QEMU will start the guest
@@ -384,6 +411,8 @@ def kernel_cmdline(image_cmdline: str, image_args: Sequence[str], opts: RunOptio
     cmdline = ["console=ttyS0", "reboot=t"]
     if accel == "tcg":
         cmdline.append(TCG_CLOCK_PARAM)
+        if tsc_khz is not None:
+            cmdline.append(f"tsc_early_khz={tsc_khz}")
     if host_clock_ns is not None:
         cmdline.append(f"hostclock={host_clock_ns}")
     if network and opts.machine == "microvm":
@@ -523,7 +552,8 @@ def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
         argv += ["-kernel", str(image), "-append",
                  kernel_cmdline(manifest["cmdline"], manifest["args"], opts, network, accel,
                                 host_clock[0] if host_clock is not None else None,
-                                manifest["init_arg_limit"])]
+                                manifest["init_arg_limit"],
+                                host_tsc_khz() if accel == "tcg" else None)]
     if accel == "kvm":
         argv += ["-cpu", "host"]
     if host_clock is not None:
