@@ -41,7 +41,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypedDict
+from typing import Any, Literal, TextIO, TypedDict, TypeVar
 
 EXIT_TIMEOUT = 124
 EXIT_NO_STATUS = 125
@@ -826,12 +826,19 @@ def run_defaults(manifest: Manifest) -> RunDefaults:
     return out
 
 
+_N = TypeVar("_N", int, float)
+
+
+def _parsed(text: str, convert: Callable[[str], _N], noun: str) -> _N:
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+
+
 def _timeout(text: str) -> float:
     """``--timeout``: seconds, finite, at least one (a boot takes longer than that)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    value = _parsed(text, float, "a number of seconds")
     if not math.isfinite(value) or value < 1:
         raise argparse.ArgumentTypeError(
             f"{text!r}: give a finite number of seconds, at least 1 (leave the option out "
@@ -841,10 +848,7 @@ def _timeout(text: str) -> float:
 
 def _vcpus(text: str) -> int:
     """``--smp``: a whole number of virtual CPUs, 1 to 255."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of CPUs") from None
+    value = _parsed(text, int, "a whole number of CPUs")
     if not 1 <= value <= 255:
         raise argparse.ArgumentTypeError(f"{value}: give 1 to 255 virtual CPUs")
     return value
