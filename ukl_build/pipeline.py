@@ -93,11 +93,11 @@ def build(
     settings = load_settings(project_dir, config_settings, own_metadata)
     cache = cache or Cache()
     check_root(cache.root)
-    cache.mark()
     bdir = build_dir_of(settings.project_dir)
     out_dir = (out_dir or bdir / "image").resolve()
     check_out_dir(out_dir, settings.project_dir)
     bdir.mkdir(parents=True, exist_ok=True)
+    cache.mark()  # the build starts: whatever goes into the cache from here is ours
 
     def waiting() -> None:
         print(f"[ukl-build] waiting for another build of {settings.project_dir} to finish",
