@@ -57,6 +57,10 @@ MODULE_GROUPS = {"test_redis.py": ("redis", "redis_port"),
 FIRST = (
     "test_benchmarks.py::test_harness_quick",
     "test_farm.py",
+    # The first test to need hello's UKL kernel builds it on one worker while the other
+    # runs the server groups (boots, on the servers' kernels built by then); before,
+    # two robustness tests asked for it at once and one worker waited 4 minutes.
+    "test_robustness.py::test_two_apps_built_at_once_each_boot_their_own",
     "test_redis.py",
     "test_memcached.py",
     "test_robustness.py",

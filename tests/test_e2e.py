@@ -63,9 +63,12 @@ def test_pvh_vmlinux_boots_directly_from_the_same_kernel(hello_build: BuildResul
     assert proc.returncode == 3, proc.stderr
 
 
-def test_run_project_via_cli_with_args(hello_build: BuildResult) -> None:
-    # `run PROJECT` builds (a no-op here) and boots; -C overrides reach the build.
-    proc = run_cli("run", str(hello_build.settings.project_dir), "--timeout", "120",
+def test_run_project_via_cli_with_args(hello_build: BuildResult, tmp_path: Path) -> None:
+    # `run PROJECT` builds (the kernel is the session's: only the manifest changes) and
+    # boots; -C overrides reach the build.  A copy: the session's project must keep
+    # its own image directory for the tests that boot it later.
+    project = copy_example("hello", tmp_path)
+    proc = run_cli("run", str(project), "--timeout", "120",
                    "-C", "mode=ukl", "-C", "args=ukl", timeout=400)
     assert "Hello, ukl, from a unikernel!" in proc.stdout, proc.stderr
     assert proc.returncode == 3

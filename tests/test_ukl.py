@@ -189,8 +189,11 @@ def test_probe_on_musl_with_shortcuts(builds: Builds) -> None:
 # descheduled during it (a loaded host); the TSC then becomes the clocksource only
 # after the full calibration, about a second later, and until then time is counted
 # in 4 ms ticks and the boot wall clock comes from the CMOS clock (docs/design.md).
-TSC_CALIBRATION_FAILED = ("Fast TSC calibration failed", "Unable to calibrate against PIT",
-                          "Marking TSC unstable")
+# What a boot without the TSC's frequency printed on a loaded host.  ("Fast TSC
+# calibration failed" alone is harmless now: with tsc_early_khz= the kernel still
+# tries the PIT for the CPU's own frequency, then takes the TSC's.)
+TSC_CALIBRATION_FAILED = ("Unable to calibrate against PIT", "Marking TSC unstable",
+                          "Switched to clocksource refined-jiffies")
 
 
 def _calibration_failed(text: str) -> bool:
@@ -250,7 +253,7 @@ def test_guest_clock_is_the_tsc_on_a_loaded_host(builds: Builds) -> None:
     hogs = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(3)]
     try:
         time.sleep(1)  # the load is there before QEMU starts
-        _, out, err = run(image, "--kernel-log", timeout=300)
+        _, out, err = run(image, "--kernel-log", "--", "threads", timeout=300)
     finally:
         for hog in hogs:
             hog.kill()
@@ -258,5 +261,5 @@ def test_guest_clock_is_the_tsc_on_a_loaded_host(builds: Builds) -> None:
     text = out + err
     assert not _calibration_failed(text), text[-3000:]
     assert "tsc_early_khz=" in text  # the command line, in the kernel's log
-    assert "clocksource: Switched to clocksource tsc" in text, text[-3000:]
+    assert re.search(r"clocksource: Switched to clocksource tsc(-early)?\n", text), text[-3000:]
     assert "clock_gettime(MONOTONIC) steps < 100 us (median of 101): ok" in text, out
