@@ -222,7 +222,9 @@ def test_frontends_with_isolation_give_one_wheel(hello_build: BuildResult, ukl_b
         "uv": [str(uv), "build", "--python", sys.executable, "--find-links", str(links),
                "--out-dir", "{out}", project],
     }
-    env = {**os.environ, "PIP_FIND_LINKS": str(links)}  # python -m build's isolated pip
+    # python -m build's isolated pip finds ukl-build in links; uv gets a cache of its own:
+    # its shared one keeps a ukl-build wheel by path and version from an earlier run.
+    env = {**os.environ, "PIP_FIND_LINKS": str(links), "UV_CACHE_DIR": str(tmp_path / "uv-cache")}
     wheels = {}
     for name, argv in frontends.items():
         out = tmp_path / name
