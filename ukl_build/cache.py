@@ -188,49 +188,20 @@ class Cache:
         into place; on any exception it is removed.  A reused entry is checked
         against its record first (``check``: every file hashed; else only that the
         record is there, for entries too large to hash on every use, which the
-        caller checks with :meth:`damage` when it is about to read them).  A damaged
-        or incomplete entry is reported, discarded and made again.
+        caller checks with :meth:`check_entry` when it is about to read them).  A
+        damaged or incomplete entry is reported, discarded and made again.
         """
-        final = self.path(kind, key)
         self._makers[(kind, key)] = make
-        if final.is_dir() and self._sound(kind, key, final, check):
-            return final
-        self._checked.add((kind, key))  # made (or checked) now: check_entry need not
-        with self.lock(kind, key):  # another build may have made it again meanwhile
-            if final.is_dir() and not self._sound(kind, key, final, check, quiet=True):
-                self._discard(final)
-            if not final.is_dir():
-                with new_path(final, directory=True) as tmp:
-                    make(tmp)
-                    write_record(tmp)
+        final, sound = self._renew(kind, key, "content" if check else "record", make)
+        if not sound:
+            self._checked.add((kind, key))  # made now: check_entry need not look again
         return final
 
     def reusable(self, kind: str, key: str) -> bool:
         """Whether entry ``kind/key`` exists and holds what its record says (every file
         hashed).  A damaged one is reported and discarded: the caller makes it again."""
-        final = self.path(kind, key)
-        if not final.is_dir():
-            return False
-        if self._sound(kind, key, final, check=True):
-            return True
-        with self.lock(kind, key):
-            if final.is_dir() and not self._sound(kind, key, final, check=True, quiet=True):
-                self._discard(final)
-        return final.is_dir()  # made again meanwhile by another build (and so checked)
-
-    def _sound(self, kind: str, key: str, path: Path, check: bool, quiet: bool = False) -> bool:
-        why = damage(path, content=True) if check else (
-            None if (path / RECORD).is_file() else
-            f"{RECORD} is missing or unreadable (an incomplete entry)")
-        if why is not None and not quiet:
-            self._report(f"{kind}/{key[:16]}: {why}; discarding it and making it again")
-        return why is None
-
-    def _discard(self, path: Path) -> None:
-        """Remove an entry (held under its make lock by the caller) out of readers' way."""
-        doomed = path.with_name(f"{_EVICTING}{path.name[:16]}-{os.getpid()}")
-        os.rename(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        final, _ = self._renew(kind, key, "content", None)
+        return final.is_dir()  # sound, or made again meanwhile by another build
 
     def check_entry(self, kind: str, key: str) -> None:
         """Check an entry taken with ``check=False`` before reading it (once per view):
@@ -239,21 +210,48 @@ class Cache:
         taken with."""
         if (kind, key) in self._checked:
             return
-        final = self.path(kind, key)
-        why = damage(final, content=False)
-        if why is not None:
-            self._report(f"{kind}/{key[:16]}: {why}; discarding it and making it again")
-            with self.lock(kind, key):
-                if final.is_dir() and damage(final, content=False) is not None:
-                    self._discard(final)
-                if not final.is_dir():
-                    maker = self._makers.get((kind, key))
-                    if maker is None:  # pragma: no cover - every caller took the entry first
-                        raise UklError(f"cache entry {kind}/{key} is damaged ({why})")
-                    with new_path(final, directory=True) as tmp:
-                        maker(tmp)
-                        write_record(tmp)
+
+        def make(tmp: Path) -> None:
+            maker = self._makers.get((kind, key))
+            if maker is None:  # pragma: no cover - every caller took the entry first
+                raise UklError(f"cache entry {kind}/{key} is damaged")
+            maker(tmp)
+
+        self._renew(kind, key, "stat", make)
         self._checked.add((kind, key))
+
+    def _renew(self, kind: str, key: str, level: str,
+               make: Callable[[Path], None] | None) -> tuple[Path, bool]:
+        """The one path of every check: ``kind/key`` checked at ``level`` ("content":
+        every file hashed; "stat": files whose size, mode or mtime changed; "record":
+        only that the record is there).  A damaged entry is reported and, under its
+        make lock (where another build may have made it again meanwhile), discarded;
+        a missing one is then made with ``make`` (if given) and recorded.  Returns the
+        entry's path and whether it was there and sound at first."""
+        final = self.path(kind, key)
+        if final.is_dir():
+            why = _damage_at(final, level)
+            if why is None:
+                return final, True
+            self._report(f"{kind}/{key[:16]}: {why}; discarding it and making it again")
+        elif make is None:
+            return final, False
+        with self.lock(kind, key):
+            if final.is_dir() and _damage_at(final, level) is not None:
+                self._discard(final)
+            if not final.is_dir() and make is not None:
+                with new_path(final, directory=True) as tmp:
+                    make(tmp)
+                    write_record(tmp)
+        return final, False
+
+    def _discard(self, path: Path) -> None:
+        """Remove an entry (held under its make lock by the caller) out of readers' way:
+        renamed at once, removed afterwards (a removal killed halfway is finished by
+        the next eviction)."""
+        doomed = path.with_name(f"{_EVICTING}{path.name[:16]}-{os.getpid()}")
+        os.rename(path, doomed)  # gone for readers at once; removal may take a while
+        shutil.rmtree(doomed, ignore_errors=True)
 
     def evict(self, max_bytes: int) -> tuple[list[tuple[str, int]], int]:
         """Remove least recently used entries until the evictable ones take at most
@@ -265,8 +263,7 @@ class Cache:
         for kind in EVICTABLE:
             d = self.root / kind
             if d.is_dir():
-                _remove_abandoned_evictions(d)
-                _remove_abandoned_tmps(self, kind)
+                _remove_abandoned(self, kind)
                 for p in d.iterdir():
                     if p.name.startswith("."):
                         continue
@@ -298,9 +295,7 @@ class Cache:
                 return False  # a build holds it
             if not path.is_dir():
                 return False
-            doomed = path.with_name(f"{_EVICTING}{path.name[:16]}-{os.getpid()}")
-            os.rename(path, doomed)  # gone for readers at once; removal may take a while
-            shutil.rmtree(doomed, ignore_errors=True)
+            self._discard(path)
         return True
 
     def clean(self) -> list[str]:
@@ -324,8 +319,7 @@ class Cache:
             d = self.root / kind
             if not d.is_dir():
                 continue
-            _remove_abandoned_evictions(d)
-            _remove_abandoned_tmps(self, kind)
+            _remove_abandoned(self, kind)
             for p in sorted(d.iterdir()):
                 if p.name.startswith("."):
                     kept.append(f"{kind}/{p.name}")  # being made by a running build
@@ -378,6 +372,13 @@ def write_record(entry: Path) -> None:
     (entry / RECORD).write_text(json.dumps({"version": 1, "files": files}, sort_keys=True))
 
 
+def _damage_at(entry: Path, level: str) -> str | None:
+    if level == "record":
+        return None if (entry / RECORD).is_file() else \
+            f"{RECORD} is missing or unreadable (an incomplete entry)"
+    return damage(entry, content=level == "content")
+
+
 def damage(entry: Path, content: bool) -> str | None:
     """What is wrong with ``entry`` against its record, or None.
 
@@ -420,22 +421,21 @@ _TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 _EVICTING = ".tmp-evict-"
 
 
-def _remove_abandoned_evictions(kind_dir: Path) -> None:
-    """Finish removals that an eviction killed halfway left (their process is gone)."""
-    for p in kind_dir.glob(f"{_EVICTING}*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _remove_abandoned_tmps(cache: Cache, kind: str) -> None:
-    """Remove the ``.tmp-KEY16-*`` entries of ``kind`` whose maker is gone.
+def _remove_abandoned(cache: Cache, kind: str) -> None:
+    """Finish what killed processes left under ``kind``: removals an eviction began
+    (``.tmp-evict-*`` of a process that is gone), and the ``.tmp-KEY16-*``
+    temporaries of makers that are gone.
 
     A maker holds the entry's make lock (``locks/KIND-KEY.lock``) until it renames
     its temporary into place or removes it; a temporary whose lock nobody holds was
     left by a killed build.  Decided by the lock, never by a timestamp.
     """
-    for tmp in (cache.root / kind).glob(".tmp-*"):
+    kind_dir = cache.root / kind
+    for p in kind_dir.glob(f"{_EVICTING}*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+    for tmp in kind_dir.glob(".tmp-*"):
         if tmp.name.startswith(_EVICTING):
             continue
         prefix = tmp.name[len(".tmp-"):].rsplit("-", 1)[0]

@@ -232,14 +232,14 @@ def _match_tree(build: Path, record: Path, reporter: Reporter) -> None:
     be linked as it is.  The copy is named by its record's digest."""
     ident = file_sha256(record)
     mark = build / TREE_MARK
-    if build.is_dir() and any(build.iterdir()) and \
-            (not mark.is_file() or mark.read_text() != ident):
+    if mark.is_file() and mark.read_text() == ident:
+        return
+    if build.is_dir() and any(build.iterdir()):
         reporter.stage("kbuild", f"{build.name[:16]}: built from another copy of the tree; "
                        "starting it afresh")
         shutil.rmtree(build)
     build.mkdir(parents=True, exist_ok=True)
-    if not mark.is_file() or mark.read_text() != ident:
-        atomic_write_text(mark, ident)
+    atomic_write_text(mark, ident)
 
 
 def remove_payload_outputs(build: Path) -> int:

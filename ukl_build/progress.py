@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ukl_build.errors import BuildError, Terminated
-from ukl_build.runner import die_with_parent
+from ukl_build.runner import die_with_parent, raise_on_termination
 from ukl_build.supervise import supervised
 
 
@@ -158,28 +157,24 @@ _FAILED = ("error", "Error", "ERROR", "fatal", "***")
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM and SIGHUP raise :class:`Terminated` (a
-    KeyboardInterrupt) in the main thread, as SIGINT raises KeyboardInterrupt;
-    the old handlers come back afterwards.  Elsewhere (a thread): nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated(signum)
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    KeyboardInterrupt), as SIGINT raises KeyboardInterrupt."""
+    restore = raise_on_termination(Terminated)
     try:
         yield
     finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+        restore()
 
 
 def first_errors(lines: list[str], limit: int) -> list[str]:
     """The lines that name a cause first (in order), then those that only say that a
     step failed; else the last lines."""
-    causes = [ln for ln in lines if _CAUSES.search(ln)]
-    failed = [ln for ln in lines if not _CAUSES.search(ln) and any(m in ln for m in _FAILED)]
+    causes: list[str] = []
+    failed: list[str] = []
+    for ln in lines:
+        if _CAUSES.search(ln):
+            causes.append(ln)
+        elif any(m in ln for m in _FAILED):
+            failed.append(ln)
     return (causes + failed or lines[-limit:])[:limit]
 
 

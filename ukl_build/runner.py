@@ -725,7 +725,7 @@ def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
           f"({opts.image}, {opts.machine}, {accel})", file=err, flush=True)
     start = time.monotonic()
     interactive = sys.stdin is not None and sys.stdin.isatty() and out is sys.stdout
-    restore = _exit_on_sigterm()
+    restore = raise_on_termination(lambda signum: SystemExit(128 + signum))  # QEMU killed
     # QEMU dies with us, even on SIGKILL: no orphaned VM holding the forwarded ports.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=None if interactive else subprocess.DEVNULL,
@@ -795,13 +795,15 @@ def _outcome(console: _Console, elapsed: float, qemu_status: int, qemu_err: list
     return EXIT_NO_STATUS
 
 
-def _exit_on_sigterm() -> Callable[[], None]:
-    """Turn SIGTERM/SIGHUP into SystemExit while a VM runs, so cleanup kills QEMU."""
+def raise_on_termination(exc: Callable[[int], BaseException]) -> Callable[[], None]:
+    """Make SIGTERM and SIGHUP raise ``exc(signum)`` in the main thread (as SIGINT
+    raises KeyboardInterrupt), so the cleanup an exception runs runs for them too;
+    returns what puts the old handlers back.  Elsewhere (a thread): nothing."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise exc(signum)
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
 

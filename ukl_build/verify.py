@@ -65,15 +65,13 @@ def verify(project: Path, config_settings: dict[str, Any] | None, work: Path,
            stream: TextIO | None = None, against: Path | None = None) -> Report:
     """Two builds of ``project`` under ``work`` and the comparison of their outputs;
     with ``against``, one build compared with that image directory or wheel."""
-    reference = reference_outputs(against) if against is not None else None
-    count = 1 if reference is not None else len(_LAYOUT)
-    builds: list[list[Output]] = []
-    for n, sub in enumerate(_LAYOUT[:count], 1):
-        builds.append(_one_build(project, config_settings, work / sub, f"{n} of {count}", stream))
-    if reference is None:
-        return compare(builds[0], builds[1], work)
-    assert against is not None
-    return replace(compare(_like(builds[0], against), reference, work), against=against)
+    if against is None:
+        first, second = (_one_build(project, config_settings, work / sub, f"{n} of 2", stream)
+                         for n, sub in enumerate(_LAYOUT, 1))
+        return compare(first, second, work)
+    reference = reference_outputs(against)
+    ours = _one_build(project, config_settings, work / _LAYOUT[0], "1 of 1", stream)
+    return replace(compare(_like(ours, against), reference, work), against=against)
 
 
 def _one_build(project: Path, config_settings: dict[str, Any] | None, root: Path, which: str,
