@@ -196,6 +196,13 @@ TSC_CALIBRATION_FAILED = ("Unable to calibrate against PIT", "Marking TSC unstab
                           "Switched to clocksource refined-jiffies")
 
 
+# The local APIC timer is checked the same way at boot (100 of its ticks against the
+# jiffies of the PIT); a descheduled vCPU fails that check too, and the kernel then runs
+# without high-resolution timers: sleeps end on a 4 ms tick.  TCG has no TSC-deadline
+# timer ("TCG doesn't support requested feature"), so there is no way around the check.
+LAPIC_TIMER_FAILED = "APIC timer disabled due to verification failure"
+
+
 def _calibration_failed(text: str) -> bool:
     return any(m in text for m in TSC_CALIBRATION_FAILED)
 
@@ -207,11 +214,11 @@ def test_musl_threads_tls_and_fp_in_ring0_on_2_vcpus(builds: Builds) -> None:
                  "tls of the main thread untouched: ok", "clock advances over nanosleep(1 ms): ok"):
         assert line in out, out + err
     assert "probe: threads (CPL 0)" in out, out + err
-    if _calibration_failed(out):
+    if _calibration_failed(out) or LAPIC_TIMER_FAILED in out:
         failed = [ln for ln in out.splitlines() if ln.endswith(": FAIL")]
         assert all("(median of" in ln for ln in failed), out  # only the clock checks
-        pytest.skip("the kernel could not calibrate the TSC in this boot: the clock checks "
-                    "cannot be judged")
+        pytest.skip("the kernel could not calibrate the TSC or the APIC timer in this boot "
+                    "(a loaded host): the clock checks cannot be judged")
     assert "atexit handler: ran" in out and "FAIL" not in out and rc == 0, out + err
 
 
