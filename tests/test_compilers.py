@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from ukl_build.compilers import (
+    KERNEL_CC,
     CacheStats,
     _redact,
     _slots,
+    kernel_cc,
     kernel_compiler,
     read_distcc,
     read_stats,
@@ -43,13 +47,17 @@ def test_stats_log_counts_this_builds_compiles(tmp_path: Path) -> None:
 def test_settings_reach_ccache_and_override_the_environment(tmp_path: Path) -> None:
     s = settings(tmp_path, {"ccache.remote-storage": "redis://127.0.0.1:6379|read-only",
                             "ccache.max-size": "1G", "jobs": "3"})
-    c = kernel_compiler(s, {"CCACHE_REMOTE_STORAGE": "http://elsewhere/"}, tmp_path)
+    c = kernel_compiler(s, {"CCACHE_REMOTE_STORAGE": "http://elsewhere/"}, tmp_path,
+                        tmp_path / "bin")
     assert c.env["CCACHE_REMOTE_STORAGE"] == "redis://127.0.0.1:6379|read-only"
     assert c.env["CCACHE_MAXSIZE"] == "1G" and c.jobs == 3
-    assert c.cc.split()[0].endswith("ccache") and c.stats_log == tmp_path / "ccache-stats.log"
+    script, ccache, gcc = c.cc.split()
+    assert script.startswith(str(tmp_path / "bin/kernel-cc-")) and ccache.endswith("/ccache")
+    assert gcc.endswith("/gcc") and c.stats_log == tmp_path / "ccache-stats.log"
     assert "remote redis://127.0.0.1:6379|read-only" in c.describe()
     # without the setting, ccache's own variable is honoured
-    plain = kernel_compiler(settings(tmp_path), {"CCACHE_REMOTE_STORAGE": "http://e/"}, tmp_path)
+    plain = kernel_compiler(settings(tmp_path), {"CCACHE_REMOTE_STORAGE": "http://e/"}, tmp_path,
+                            tmp_path)
     assert plain.env["CCACHE_REMOTE_STORAGE"] == "http://e/"
 
 
@@ -57,10 +65,10 @@ def test_distcc_hosts_need_distcc(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr("ukl_build.compilers.shutil.which",
                         lambda name: None if name == "distcc" else f"/usr/bin/{name}")
     with pytest.raises(ConfigError, match=r"-C distcc.hosts: distcc is not installed"):
-        kernel_compiler(settings(tmp_path, {"distcc.hosts": "localhost/4"}), {}, tmp_path)
+        kernel_compiler(settings(tmp_path, {"distcc.hosts": "localhost/4"}), {}, tmp_path, tmp_path)
     monkeypatch.setattr("ukl_build.compilers.shutil.which", lambda name: f"/usr/bin/{name}")
     c = kernel_compiler(settings(tmp_path, {"distcc.hosts": "localhost/4;10.0.0.5/8,lzo"}), {},
-                        tmp_path)
+                        tmp_path, tmp_path)
     assert c.env["CCACHE_PREFIX"] == "/usr/bin/distcc" and c.distcc
     assert c.env["DISTCC_HOSTS"] == "localhost/4 10.0.0.5/8,lzo" and c.jobs == 12
     assert c.distcc_log == tmp_path / "distcc.log" and c.env["DISTCC_LOG"] == str(c.distcc_log)
@@ -100,8 +108,40 @@ def test_verify_compiles_everything_here(tmp_path: Path, monkeypatch: pytest.Mon
                             "distcc.hosts": "h/8"})
     env = {"CCACHE_REMOTE_STORAGE": "http://e/", "DISTCC_HOSTS": "e/4",
            "CCACHE_PREFIX": "distcc", "CCACHE_REMOTE_ONLY": "1", "PATH": "/usr/bin"}
-    c = kernel_compiler(s, env, tmp_path, shared=False)
+    c = kernel_compiler(s, env, tmp_path, tmp_path / "bin", shared=False)
     assert c.env["CCACHE_REMOTE_STORAGE"] == "" and not c.distcc
     assert not {"DISTCC_HOSTS", "CCACHE_PREFIX", "CCACHE_REMOTE_ONLY"} & c.env.keys()
     assert c.cc == "/usr/bin/gcc" and c.stats_log is None
     assert c.describe() == f"-j{c.jobs}, no compiler cache"
+
+
+def test_kernel_cc_keeps_incbin_sources_away_from_ccache(tmp_path: Path) -> None:
+    """The compiler script: ccache in depend mode for every compile, except those of a
+    source that names .incbin (depend mode cannot see the file it pulls in)."""
+    log = tmp_path / "calls"
+    for name in ("ccache", "gcc"):
+        fake = tmp_path / name
+        fake.write_text(f'#!/bin/sh\necho "{name} depend=${{CCACHE_DEPEND:-}} $*" >> {log}\n')
+        fake.chmod(0o755)
+    (tmp_path / "initramfs_data.S").write_text('.incbin "usr/initramfs_inc_data"\n')
+    (tmp_path / "configs.c").write_text('asm(".incbin \\"kernel/config_data.gz\\"");\n')
+    (tmp_path / "main.c").write_text("int main(void) { return 0; }\n")
+    (tmp_path / "head.S").write_text("nop\n")
+    cc = kernel_cc(tmp_path / "bin")
+    assert cc == kernel_cc(tmp_path / "bin")  # the same script, the same path
+    for args in (["-c", "-o", "a.o", "initramfs_data.S"], ["-Wp,-MMD,x.d", "-c", "configs.c"],
+                 ["-Wp,-MMD,x.d", "-c", "main.c"], ["-c", "head.S"], ["--version"],
+                 ["-c", "-x", "c", "/dev/null"]):
+        subprocess.run([str(cc), str(tmp_path / "ccache"), str(tmp_path / "gcc"), *args],
+                       cwd=tmp_path, check=True)
+    assert log.read_text().splitlines() == [
+        "gcc depend= -c -o a.o initramfs_data.S",
+        "gcc depend= -Wp,-MMD,x.d -c configs.c",
+        f"ccache depend=1 {tmp_path}/gcc -Wp,-MMD,x.d -c main.c",
+        f"ccache depend=1 {tmp_path}/gcc -c head.S",
+        f"ccache depend=1 {tmp_path}/gcc --version",
+        f"ccache depend=1 {tmp_path}/gcc -c -x c /dev/null"]
+    # A damaged script is found and written again, executable.
+    cc.write_text("#!/bin/sh\nexit 1\n")
+    assert kernel_cc(tmp_path / "bin") == cc and cc.read_text() == KERNEL_CC
+    assert os.access(cc, os.X_OK)

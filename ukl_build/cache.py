@@ -17,6 +17,7 @@ Layout under the cache root (``$UKL_BUILD_CACHE``, else ``$XDG_CACHE_HOME/ukl-bu
     locks/                       the flock files of the entries above (KIND-KEY.lock while
                                  one is made; KIND-KEY.use, shared, while builds use it)
     ccache/                      compiler cache for kernel builds
+    bin/kernel-cc-<hash>         the kernel's compiler script (ccache in depend mode)
 
 An entry is built in a temporary sibling and renamed into place, so an
 interrupted build leaves at most a ``.tmp-*`` directory that the next build

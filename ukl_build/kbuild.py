@@ -129,8 +129,6 @@ def reproducible_env(cache: Cache, source_date_epoch: int,
             "CCACHE_DIR": str(cache.root / "ccache"),
             "CCACHE_BASEDIR": str(cache.root),
             "CCACHE_NOHASHDIR": "1",
-            # Not depend mode, though it is faster: it caches objects that .incbin a
-            # file (the initramfs, the compressed kernel) stale (docs/design.md).
             "CCACHE_MAXSIZE": "5G",
         }
     )

@@ -133,7 +133,8 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
                        reporter, env, settings.origin, generated_options(settings))
     app = build_app(settings, tree, bdir, cache, reporter, env)
     kernel = build_kernel(tree, config, payload_for(app), cache, reporter, env,
-                          kernel_compiler(settings, env, bdir, shared=shared_compilers))
+                          kernel_compiler(settings, env, bdir, cache.root / "bin",
+                                          shared=shared_compilers))
     images = write_image_set(settings, out_dir, tree, config, app, kernel, env, reporter,
                              signer_of(settings))
     for fmt, info in images.manifest["images"].items():
