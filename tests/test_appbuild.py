@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ukl_build.appbuild import build_app
+from ukl_build.cache import Cache
 from ukl_build.errors import BuildError
 from ukl_build.progress import Reporter
 from ukl_build.settings import load_settings
@@ -60,6 +61,31 @@ def test_sources_nolibc(tmp_path: Path, patched_tree, cache) -> None:  # type: i
     assert proc.returncode == 0 and proc.stdout == "ok-00042-ff 12\n"
     assert "INTERP" not in subprocess.run(["readelf", "-l", str(binary)], capture_output=True,
                                           text=True).stdout
+
+
+def test_the_c_library_is_hashed_only_before_a_compile(  # type: ignore[no-untyped-def]
+        tmp_path: Path, patched_tree, cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sysroot (about a thousand headers) is checked file by file before the app is
+    compiled against it, and not in a build that reuses the app: a no-op build stays
+    cheap (docs/design.md, "Nothing reused is trusted")."""
+    checks: list[tuple[str, str]] = []
+    check_entry = Cache.check_entry
+
+    def spy(self: Cache, kind: str, key: str, level: str = "stat") -> None:
+        checks.append((kind, level))
+        check_entry(self, kind, key, level)
+
+    monkeypatch.setattr(Cache, "check_entry", spy)
+    settings = load_settings(project(tmp_path / "p", 'sources = ["src/app.c"]'))
+    with Reporter(tmp_path / "log1") as r:
+        build_app(settings, patched_tree, tmp_path / "build", cache, r, dict(os.environ))
+    assert ("sysroots", "content") in checks
+    checks.clear()
+    with Reporter(tmp_path / "log2") as r:  # the same project again: the app is reused
+        app = build_app(settings, patched_tree, tmp_path / "build", cache, r, dict(os.environ))
+    assert "unchanged: reusing" in (tmp_path / "log2").read_text()
+    assert ("sysroots", "content") not in checks, checks
+    assert runs_natively(app.path).stdout == "ok-00042-ff 12\n"
 
 
 def test_sources_glibc(tmp_path: Path, patched_tree, cache) -> None:  # type: ignore[no-untyped-def]

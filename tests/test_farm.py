@@ -204,12 +204,13 @@ def test_fresh_runner_takes_kernel_objects_from_the_remote_store(
 def test_damaged_cache_entries_are_found_and_made_again(
         farm: Farm, first_runner: BuildResult, fresh_runner: Runner, tmp_path: Path) -> None:
     """The fresh runner's cache, damaged as real machines damage caches: a cached image
-    with 64 bytes zeroed, and a line added to a file of the cached tree (ukl.c, which
-    our series adds; an edit of an unpatched file goes through the tree's hard link into
-    the extracted source too, which apply_patches checks the same way before it makes
-    the tree again).  The next build says what it found, discards and remakes each
-    entry, compiles from the pristine tree (a fresh kernel build dir: the old objects
-    may come from the edited file), and ships the first runner's image, which boots."""
+    with 64 bytes zeroed, a byte of the C library's headers changed, and a line added
+    to a file of the cached tree (ukl.c, which our series adds; an edit of an unpatched
+    file goes through the tree's hard link into the extracted source too, which
+    apply_patches checks the same way before it makes the tree again).  The next build
+    says what it found, discards and remakes each entry, compiles from the pristine
+    tree (a fresh kernel build dir: the old objects may come from the edited file), and
+    ships the first runner's image, which boots."""
     cache = fresh_runner.cache
     images = next(p for p in (cache.root / "images").iterdir() if (p / "bzImage").is_file())
     data = bytearray((images / "bzImage").read_bytes())
@@ -218,6 +219,18 @@ def test_damaged_cache_entries_are_found_and_made_again(
     tree = next((cache.root / "trees").iterdir())
     with open(tree / "tree/arch/x86/kernel/ukl.c", "a") as f:  # root ignores read-only
         f.write('/* a stray edit */ const char *ukl_test_stray = "edited";\n')
+    # A byte of the nolibc sysroot changed, size and mtime kept (only hashing finds it),
+    # and a comment added to the app, so that a compile reads the sysroot again (a build
+    # that compiles nothing does not hash the C library).
+    sysroot = next((cache.root / "sysroots").iterdir())
+    arch_h = sysroot / "include/arch.h"
+    st = arch_h.stat()
+    text = bytearray(arch_h.read_bytes())
+    text[0] = ord(" ") if text[0] != ord(" ") else ord("\t")
+    arch_h.write_bytes(bytes(text))
+    os.utime(arch_h, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with open(fresh_runner.project / "src/hello.c", "a") as f:
+        f.write("/* a comment: the same program */\n")
     proc = run_cli("build", str(fresh_runner.project), *[f"-C{k}={v}" for k, v in PLAIN.items()],
                    f"-Cccache.remote-storage={farm.store}",
                    env={**os.environ, "UKL_BUILD_CACHE": str(cache.root)}, timeout=1500)
@@ -225,6 +238,7 @@ def test_damaged_cache_entries_are_found_and_made_again(
     assert (f"cache: trees/{tree.name[:16]}: tree/arch/x86/kernel/ukl.c changed size"
             in proc.stderr), proc.stderr
     assert f"cache: images/{images.name[:16]}: bzImage changed content" in proc.stderr
+    assert f"cache: sysroots/{sysroot.name[:16]}: include/arch.h changed content" in proc.stderr
     assert "built from another copy of the tree; starting it afresh" in proc.stderr
     assert b"ukl_test_stray" not in (tree / "tree/arch/x86/kernel/ukl.c").read_bytes()
     image = fresh_runner.image_dir / "ukl_hello.bzImage"

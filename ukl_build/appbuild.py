@@ -109,7 +109,7 @@ def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
             shutil.copyfile(header, dest)
         shutil.rmtree(tmp / "o")
 
-    return cache.entry("sysroots", key, make)
+    return cache.entry("sysroots", key, make, check=False)  # checked before a compile
 
 
 def compiler_version(cc: str) -> str:
@@ -220,6 +220,13 @@ def build_app(
                if settings.libc == "nolibc" else None)
     version = compiler_version(compiler())
     musl = build_musl(settings, version, cache, reporter, env) if settings.libc == "musl" else None
+    # The C library entries are checked (every file hashed) only before something is
+    # compiled against them: an unchanged app that reuses its output reads none of it.
+    libraries = [e for e in (sysroot, musl.path.parent if musl is not None else None) if e]
+
+    def ready() -> None:
+        for entry in libraries:
+            cache.check_entry(entry.parent.name, entry.name, "content")
     tc = toolchain(settings, sysroot, musl, cache.root)
     configure = settings.make.configure if settings.make is not None else None
     deps: list[Dep] = []
@@ -227,14 +234,15 @@ def build_app(
     if settings.deps or configure is not None:
         if settings.mode == "ukl":  # configure's checks run programs: see ukl_build.deps
             user = dataclasses.replace(settings, mode="user")
-            probe = toolchain(user, None, build_musl(user, version, cache, reporter, env),
-                              cache.root).flags()
+            user_musl = build_musl(user, version, cache, reporter, env)
+            libraries.append(user_musl.path.parent)
+            probe = toolchain(user, None, user_musl, cache.root).flags()
         # Without the project's own path (-ffile-prefix-map): one build per toolchain
         # serves every project.
         project_map = _prefix_map(settings)
         deps = build_deps(settings.deps, settings.origin, settings.project_dir,
                           probe.without(project_map), tc.flags().without(project_map), cache,
-                          reporter, env)
+                          reporter, env, ready)
         include, lib = dep_flags(deps)
         tc = Toolchain(tc.cc, (*tc.cflags, *include), (*tc.ldflags, *lib), tc.ldlibs)
         probe = probe.using(deps)
@@ -270,6 +278,7 @@ def build_app(
     record.unlink(missing_ok=True)
     app_dir.mkdir(parents=True, exist_ok=True)
     output = app_dir / "init"
+    ready()
 
     if settings.sources:
         _compile_sources(settings, tc, output, reporter, env)

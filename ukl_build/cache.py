@@ -204,11 +204,11 @@ class Cache:
         final, _ = self._renew(kind, key, "content", None)
         return final.is_dir()  # sound, or made again meanwhile by another build
 
-    def check_entry(self, kind: str, key: str) -> None:
+    def check_entry(self, kind: str, key: str, level: str = "stat") -> None:
         """Check an entry taken with ``check=False`` before reading it (once per view):
-        files whose size, mode or mtime changed are hashed against the record; a
-        damaged entry is reported, discarded and made again with the ``make`` it was
-        taken with."""
+        files whose size, mode or mtime changed are hashed against the record
+        (``level="content"``: every file); a damaged entry is reported, discarded and
+        made again with the ``make`` it was taken with."""
         if (kind, key) in self._checked:
             return
 
@@ -218,7 +218,7 @@ class Cache:
                 raise UklError(f"cache entry {kind}/{key} is damaged")
             maker(tmp)
 
-        self._renew(kind, key, "stat", make)
+        self._renew(kind, key, level, make)
         self._checked.add((kind, key))
 
     def _renew(self, kind: str, key: str, level: str,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,18 +83,19 @@ def prefixes(deps: Sequence[Dep]) -> dict[str, Path]:
 
 def build_deps(deps: Mapping[str, DepSettings], origin: Origins, project_dir: Path,
                probe: Flags, build: Flags, cache: Cache, reporter: Reporter,
-               env: dict[str, str]) -> list[Dep]:
-    """Build each dependency in order; each later one sees the earlier ones."""
+               env: dict[str, str], ready: Callable[[], None]) -> list[Dep]:
+    """Build each dependency in order; each later one sees the earlier ones.  ``ready``
+    runs before a dependency is built (it checks the C library the compiles read)."""
     done: list[Dep] = []
     for name, spec in deps.items():
         done.append(_build_one(name, spec, origin, project_dir, probe.using(done),
-                               build.using(done), tuple(done), cache, reporter, env))
+                               build.using(done), tuple(done), cache, reporter, env, ready))
     return done
 
 
 def _build_one(name: str, spec: DepSettings, origin: Origins, project_dir: Path,
                probe: Flags, build: Flags, earlier: tuple[Dep, ...], cache: Cache,
-               reporter: Reporter, env: dict[str, str]) -> Dep:
+               reporter: Reporter, env: dict[str, str], ready: Callable[[], None]) -> Dep:
     where = origin(f"deps.{name}.source")
     source = fetch_app_source(spec.source, where, project_dir, cache, reporter)
     if not (source.path / "configure").is_file():
@@ -108,6 +109,7 @@ def _build_one(name: str, spec: DepSettings, origin: Origins, project_dir: Path,
     jobs = f"-j{os.cpu_count() or 1}"
 
     def make(tmp: Path) -> None:
+        ready()
         reporter.stage("deps", f"building {name} (once per source, toolchain and arguments)")
         work = tmp / "src"
         shutil.copytree(source.path, work, symlinks=True)  # keeps times: no autoreconf
