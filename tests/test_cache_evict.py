@@ -260,6 +260,27 @@ def test_a_big_entry_is_checked_when_read_and_a_touch_is_no_damage(tmp_path: Pat
     assert (entry / "sub" / "vmlinux").read_bytes() == b"v" * 1000
 
 
+def test_one_file_read_alone_is_hashed_and_the_entry_healed(tmp_path: Path) -> None:
+    """check_file: musl's VERSION is read before its source tree is (which happens only
+    when musl is built); that one file is hashed, mtime kept or not."""
+    heard: list[str] = []
+    make = _Maker()
+    with Cache(tmp_path).in_use(heard.append) as cache:
+        entry = cache.entry("sources", "s" * 64, make, check=False)
+    with Cache(tmp_path).in_use(heard.append) as cache:
+        cache.entry("sources", "s" * 64, make, check=False)
+        cache.check_file("sources", "s" * 64, "bzImage")
+    assert make.calls == 1 and heard == []
+    st = (entry / "bzImage").stat()
+    _flip(entry / "bzImage", 5)
+    os.utime(entry / "bzImage", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with Cache(tmp_path).in_use(heard.append) as cache:
+        cache.entry("sources", "s" * 64, make, check=False)
+        cache.check_file("sources", "s" * 64, "bzImage")
+    assert make.calls == 2 and "bzImage changed content" in heard[0]
+    assert (entry / "bzImage").read_bytes() == b"k" * 100_000
+
+
 def test_patched_trees_are_read_only(tmp_path: Path) -> None:
     from ukl_build.patches import read_only
 

@@ -279,6 +279,8 @@ def build_app(
     app_dir.mkdir(parents=True, exist_ok=True)
     output = app_dir / "init"
     ready()
+    if source is not None:
+        source.check(cache)
 
     if settings.sources:
         _compile_sources(settings, tc, output, reporter, env)

@@ -221,6 +221,21 @@ class Cache:
         self._renew(kind, key, level, make)
         self._checked.add((kind, key))
 
+    def check_file(self, kind: str, key: str, rel: str) -> None:
+        """Check one file of an entry taken with ``check=False`` (hashed against the
+        record) before reading it alone; if it differs, the whole entry is checked,
+        discarded and made again as :meth:`check_entry` does."""
+        if (kind, key) in self._checked:
+            return
+        entry = self.path(kind, key)
+        try:
+            want = json.loads((entry / RECORD).read_text())["files"][rel][3]
+            sound = _content(str(entry / rel), os.lstat(entry / rel)) == want
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            sound = False
+        if not sound:
+            self.check_entry(kind, key, "content")
+
     def _renew(self, kind: str, key: str, level: str,
                make: Callable[[Path], None] | None) -> tuple[Path, bool]:
         """The one path of every check: ``kind/key`` checked at ``level`` ("content":

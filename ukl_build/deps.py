@@ -112,6 +112,7 @@ def _build_one(name: str, spec: DepSettings, origin: Origins, project_dir: Path,
         ready()
         reporter.stage("deps", f"building {name} (once per source, toolchain and arguments)")
         work = tmp / "src"
+        source.check(cache)
         shutil.copytree(source.path, work, symlinks=True)  # keeps times: no autoreconf
         src_map = f"-ffile-prefix-map={work}={name}"  # no temporary path in the objects
         conf, comp = probe.adding(src_map), build.adding(src_map)

@@ -54,6 +54,7 @@ def build_musl(settings: Settings, compiler: str, cache: Cache, reporter: Report
     """musl for ``settings.mode``, from ``settings.musl``."""
     source = fetch_app_source(settings.musl, settings.origin("musl"), settings.project_dir,
                               cache, reporter)
+    source.check_file(cache, "VERSION")  # the tree itself is checked before musl is built
     version_file = source.path / "VERSION"
     if not version_file.is_file() or not (source.path / "configure").is_file():
         raise BuildError(f"{settings.origin('musl')}: {source.path} is not a musl source tree "
@@ -81,6 +82,7 @@ def build_musl(settings: Settings, compiler: str, cache: Cache, reporter: Report
         reporter.stage("libc", f"building musl {version} for {mode} mode{shortcuts} "
                        "(once per source, mode and compiler)")
         work = tmp / "src"
+        source.check(cache)
         shutil.copytree(source.path, work, symlinks=True)  # configure and make write here
         if patches:
             apply_series(work, patches, f"musl {version}", series_dir, reporter)

@@ -345,21 +345,38 @@ def _tree_from_git(
 
 @dataclass(frozen=True)
 class AppSource:
-    """An app's source tree fetched and verified like the kernel's (never to be written to)."""
+    """An app's source tree fetched and verified like the kernel's (never to be written to).
+
+    Its cache entry is checked against its record by whoever reads it (:meth:`check`,
+    :meth:`check_file`), not when it is fetched: a build that reuses what was made from
+    it reads none of it."""
 
     path: Path
     origin: dict[str, Any]
+
+    def _key(self, cache: Cache) -> str | None:
+        sources = cache.root / "sources"
+        return self.path.relative_to(sources).parts[0] if self.path.is_relative_to(sources) \
+            else None
+
+    def check(self, cache: Cache) -> None:
+        """Before the tree is read: every file's size, mode and mtime against the record."""
+        if (key := self._key(cache)) is not None:
+            cache.check_entry("sources", key)
+
+    def check_file(self, cache: Cache, name: str) -> None:
+        """Before one file of the tree is read on its own: that file hashed."""
+        if (key := self._key(cache)) is not None:
+            rel = (self.path / name).relative_to(cache.path("sources", key)).as_posix()
+            cache.check_file("sources", key, rel)
 
 
 def fetch_app_source(spec: AppSourceSettings, where: str, project_dir: Path, cache: Cache,
                      reporter: Reporter) -> AppSource:
     """``[tool.ukl-build.make] source`` (or cmake): a URL + sha256, a local tarball or
     directory, a git revision or a Debian source package, with the kernel source's
-    safety rules; checked against its record (an app's tree is small: every use)."""
-    source = _fetch_app_source(spec, where, project_dir, cache, reporter)
-    if source.path.is_relative_to(cache.root / "sources"):
-        cache.check_entry("sources", source.path.relative_to(cache.root / "sources").parts[0])
-    return source
+    safety rules; checked against its record by what reads it (:class:`AppSource`)."""
+    return _fetch_app_source(spec, where, project_dir, cache, reporter)
 
 
 def _fetch_app_source(spec: AppSourceSettings, where: str, project_dir: Path, cache: Cache,
