@@ -28,6 +28,7 @@
 #ifndef NOLIBC
 #include <errno.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +36,23 @@
 #endif
 
 static int failures;
+
+/*
+ * Wait until the console has sent what was written (TCSBRK with a non-zero
+ * argument is tcdrain()).  In user mode the kernel panics ("Attempted to kill
+ * init!") as soon as init's last thread is exiting, while a thread that exits
+ * beside it may still hold the console open: what its close would have
+ * drained is then lost (docs/design.md).  UKL mode drains in the kernel.
+ */
+#define PROBE_TCSBRK	0x5409
+
+static void drain_output(void)
+{
+#ifndef NOLIBC
+	fflush(stdout);
+#endif
+	ioctl(1, PROBE_TCSBRK, (void *)1);
+}
 
 static void check(const char *name, long got, long want)
 {
@@ -456,6 +474,7 @@ int main(int argc, char **argv)
 		libc_checks();
 #endif
 		printf("probe: %d failures\n", failures);
+		drain_output();
 		return failures ? 1 : 0;
 	}
 	file_checks();
