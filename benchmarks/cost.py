@@ -103,10 +103,11 @@ def parse_snapshots(text: str) -> dict[str, Counts]:
 
 
 def per_request(before: Counts, after: Counts, requests: int) -> dict[str, dict[str, float]]:
-    """Region -> {"instructions": n, CLASS: n} per request, and a "total" region."""
+    """Region -> {"instructions": n, CLASS: n} per request, and a "total" region: every
+    region but the idle loop (what the guest runs while it waits for the client)."""
     table: dict[str, dict[str, float]] = {}
     for (region, cls), count in (after - before).items():
-        for where in (region, "total"):
+        for where in (region, *(("total",) if region != "idle" else ())):
             row = table.setdefault(where, {"instructions": 0.0})
             row["instructions"] += count / requests
             if cls != "other":
