@@ -45,8 +45,6 @@ PLUGIN_SOURCE = Path(__file__).parent / "costcount" / "ukl_cost.c"
 IDLE_FUNCTIONS = ("do_idle", "default_idle", "default_idle_call", "arch_cpu_idle",
                   "cpu_idle_poll", "cpuidle_idle_call", "arch_cpu_idle_enter",
                   "arch_cpu_idle_exit", "cpu_startup_entry")
-EXPENSIVE = ("syscall", "sysret", "swapgs", "iret", "cr3_write", "wrmsr", "lfence", "mfence",
-             "verw", "serialising")
 
 Counts = Counter[tuple[str, str]]
 

@@ -9,11 +9,12 @@ ccache runs in depend mode: it keys an object on the files the compiler lists
 as the object's dependencies (kbuild asks for that list, ``-Wp,-MMD``, and
 trusts it itself), so a miss costs one compiler run instead of a
 preprocessor run to compute the key plus the compile (a cold kernel build:
-+2 % over gcc alone instead of +28 %, docs/design.md).  One input is missing from that list: the
-file an ``.incbin`` directive pulls in (the initramfs, the compressed kernel),
-and depend mode cannot see the directive.  make's ``CC`` is therefore a small
-script (``KERNEL_CC``, written into the cache) that compiles such a source
-without ccache and hands every other one to ccache.
++2 % over gcc alone instead of +28 %, docs/design.md).  One input is missing
+from that list: the file an ``.incbin`` directive pulls in (the initramfs,
+the compressed kernel), and depend mode cannot see the directive.  make's
+``CC`` is therefore a small script (``KERNEL_CC``, written into the cache)
+that compiles such a source without ccache and hands every other one to
+ccache.
 
 Each build gets its own ccache stats log (``stats_log``) and distcc client
 log (``distcc_log``), so the line it prints counts its own compiles even
