@@ -292,3 +292,36 @@ def test_patched_trees_are_read_only(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "d" / "f.c").stat().st_mode) == 0o444
     assert stat.S_IMODE((tmp_path / "d" / "script").stat().st_mode) == 0o555
     assert (tmp_path / "d").stat().st_mode & 0o200  # the cache can still remove the entry
+
+
+def test_a_linked_copy_takes_its_sources_hashes(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A patched tree (hard links to its source entry, patched files given their own
+    inodes) is recorded with the source's hashes for the files they share, read only
+    for the others; a source file changed since its record is read again."""
+    import ukl_build.cache as cache_mod
+
+    def source(tmp: Path) -> None:
+        (tmp / "tree").mkdir()
+        for name in ("a.c", "b.c", "c.c"):
+            (tmp / "tree" / name).write_text(name * 1000)
+
+    with Cache(tmp_path).in_use() as cache:
+        src = cache.entry("sources", "s" * 64, source)
+        before = (src / "tree/c.c").stat()
+        (src / "tree/c.c").write_text("c.c" * 999 + "X.c")  # damage the record does not know
+        os.utime(src / "tree/c.c", ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+        hashed: list[str] = []
+        real = cache_mod.file_sha256
+        monkeypatch.setattr(cache_mod, "file_sha256",
+                            lambda p: hashed.append(Path(p).name) or real(p))
+
+        def linked(tmp: Path) -> None:
+            subprocess.run(["cp", "-al", str(src / "tree"), str(tmp / "tree")], check=True)
+            (tmp / "tree/b.c").unlink()  # patched: a file of its own
+            (tmp / "tree/b.c").write_text("patched")
+
+        tree = cache.entry("trees", "t" * 64, linked, check=False, linked_from=("sources", "s" * 64))
+    assert sorted(hashed) == ["b.c", "c.c"]
+    monkeypatch.undo()
+    assert cache_mod.damage(tree, content=True) is None  # the record is the files' truth

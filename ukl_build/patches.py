@@ -89,7 +89,7 @@ def apply_patches(
         apply_series(tree, patches, f"Linux {src.release}", series_dir, reporter)
         read_only(tree)
 
-    entry = cache.entry("trees", key, make, check=False)
+    entry = cache.entry("trees", key, make, check=False, linked_from=("sources", src.key))
     return PatchedTree(entry / "tree", key, src.release, tuple(patches), src)
 
 
