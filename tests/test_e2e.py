@@ -19,7 +19,7 @@ import pytest
 from ukl_build.errors import BuildError, UklError
 from ukl_build.pipeline import BuildResult, build
 
-from conftest import Builds, booted, check_httpd, copy_example, run_cli, valid_cyclonedx
+from conftest import EXAMPLE_RECIPES, Builds, booted, check_httpd, copy_example, run_cli, valid_cyclonedx
 
 pytestmark = pytest.mark.kernel
 
@@ -253,7 +253,7 @@ def test_make_app_from_a_verified_archive(hello_build: BuildResult, cache,  # ty
                     "tiny-1.0"], check=True)
     digest = hashlib.sha256((project / "tiny-1.0.tar.gz").read_bytes()).hexdigest()
     (project / "pyproject.toml").write_text(
-        '[project]\nname = "tiny"\nversion = "1.0"\n[tool.ukl-build]\nmode = "ukl"\n'
+        f'[project]\nname = "tiny"\nversion = "1.0"\n[tool.ukl-build]\nmode = "ukl"\n{EXAMPLE_RECIPES}\n'
         '[tool.ukl-build.make]\noutput = "tiny"\n'
         f'source = {{ path = "tiny-1.0.tar.gz", sha256 = "{digest}" }}\n')
     result = build(project, cache=cache)
@@ -296,7 +296,7 @@ def test_setuptools_project_with_the_plugin_ships_image_and_launcher(
         'build-backend = "setuptools.build_meta"\n\n'
         '[project]\nname = "hello-py"\nversion = "1.2"\n\n'
         '[tool.setuptools]\npackages = ["hello_py"]\n\n'
-        '[tool.ukl-build]\nsources = ["csrc/hello.c"]\nargs = ["setuptools"]\n')
+        f'[tool.ukl-build]\nsources = ["csrc/hello.c"]\nargs = ["setuptools"]\n{EXAMPLE_RECIPES}\n')
     pkg = project / "hello_py"
     pkg.mkdir()
     (pkg / "__init__.py").write_text('def greeting() -> str:\n    return "from Python"\n')

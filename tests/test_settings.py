@@ -265,3 +265,29 @@ def test_deps_need_a_libc_that_configure_can_use(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config setting -C make.configure: .*libc 'nolibc'"):
         load_settings(project(tmp_path, base=MAKE_BASE.replace('libc = "musl"', "")),
                       {"make.configure": "--x"})
+
+
+def test_every_example_and_test_app_names_one_kernel_configuration() -> None:
+    """The suite's budget rests on it (docs/testing.md): every app the suite builds in
+    its shared cache names the same recipes and no kconfig options, so each mode is one
+    kernel that the apps only relink.  A different list is a new configuration: several
+    minutes of every run, to be argued for there."""
+    from ukl_build.kconfig import recipes_for
+
+    repo = Path(__file__).resolve().parent.parent
+    apps = [*repo.glob("example_apps/*/pyproject.toml"), *repo.glob("tests/apps/*/pyproject.toml"),
+            *repo.glob("benchmarks/apps/*/pyproject.toml")]
+    assert len(apps) >= 9
+    for pyproject in apps:
+        modes = 0
+        for mode in ("ukl", "user"):
+            try:
+                s = load_settings(pyproject.parent, {"mode": mode})
+            except ConfigError:  # e.g. a glibc app: user mode only
+                continue
+            modes += 1
+            assert s.recipes == ["server", "net", "virtio-net", "microvm"], pyproject
+            assert not s.kconfig and s.hardened, pyproject
+            assert recipes_for(s) == recipes_for(load_settings(repo / "example_apps/httpd",
+                                                               {"mode": mode})), pyproject
+        assert modes, pyproject

@@ -1,7 +1,7 @@
 """The UEFI formats end to end: efi and disk boot through OVMF on q35, and Secure Boot.
 
-One kernel (hello, UKL mode, with the efi recipe and its command line built
-in) serves every test here: a signed and an unsigned build differ only in the
+One kernel (hello, UKL mode, on the microvm recipe, with the efi recipe and its command
+line built in) serves every test here: a signed and an unsigned build differ only in the
 signing step, which runs after the kernel build.
 """
 
@@ -58,7 +58,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 @pytest.fixture(scope="module")
 def hello_uefi(cache: Cache, keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     project = copy_example("hello", tmp_path_factory.mktemp("uefi"))
-    return build(project, {"formats": "efi;disk", "sign.cert": str(keys.cert),
+    # Without the network of hello's own recipes: the subject is the firmware boot, and the
+    # kernel (a configuration of its own anyway: the efi recipe, the built-in command line)
+    # compiles about a sixth faster.
+    return build(project, {"formats": "efi;disk", "recipes": "microvm", "sign.cert": str(keys.cert),
                            "sign.key": str(keys.key)}, cache=cache)
 
 
