@@ -186,9 +186,11 @@ def ukl_build_links(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A --find-links directory holding a wheel of this repository's ukl-build, as an
     isolated build environment would get it from an index (made once per session)."""
     links = tmp_path_factory.mktemp("links")
-    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(links),
+    made = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(links),
                            str(REPO)], capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stdout + made.stderr
+    # setuptools builds it without a deprecation or a "package would be ignored"
+    assert "BuildBackendWarning" not in made.stdout + made.stderr, made.stdout + made.stderr
     return links
 
 
