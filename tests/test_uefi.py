@@ -25,7 +25,7 @@ from ukl_build.kbuild import reproducible_env
 from ukl_build.pipeline import BuildResult, build
 from ukl_build.progress import Reporter
 
-from conftest import copy_example, run_cli, valid_cyclonedx
+from conftest import EXAMPLE_RECIPES, copy_example, run_cli, valid_cyclonedx
 
 pytestmark = pytest.mark.kernel
 
@@ -58,10 +58,14 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 @pytest.fixture(scope="module")
 def hello_uefi(cache: Cache, keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
     project = copy_example("hello", tmp_path_factory.mktemp("uefi"))
-    # Without the network of hello's own recipes: the subject is the firmware boot, and the
-    # kernel (a configuration of its own anyway: the efi recipe, the built-in command line)
-    # compiles about a sixth faster.
-    return build(project, {"formats": "efi;disk", "recipes": "microvm", "sign.cert": str(keys.cert),
+    # Without the network of hello's own recipes, in the project itself so that every build
+    # here has it: the subject is the firmware boot, and the kernel (a configuration of its
+    # own anyway: the efi recipe, the built-in command line) compiles faster without.
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text()
+    assert EXAMPLE_RECIPES in text
+    pyproject.write_text(text.replace(EXAMPLE_RECIPES, 'recipes = ["microvm"]'))
+    return build(project, {"formats": "efi;disk", "sign.cert": str(keys.cert),
                            "sign.key": str(keys.key)}, cache=cache)
 
 
