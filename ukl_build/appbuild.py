@@ -40,6 +40,8 @@ APP_RECORD = "record.json"
 
 # Symbols of the app that must bind to the kernel: app-side name -> kernel name.
 UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_thread",
+              # musl's clock_gettime() (libc patch 0006; kernel patch 0018)
+              "__ukl_clock_gettime": "ukl_clock_gettime",
               **{f"__ukl_sc_{c}": f"ukl_sc_{c}" for c in ("getppid", "read", "write", "sendto",
                                                          "recvfrom")}}
 UKL_PREFIX = "ukl_app_"  # no kernel symbol starts with it (see CONFIG_UKL)
