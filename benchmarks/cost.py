@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,23 +62,31 @@ def build_plugin(work: Path, cache: Cache, reporter: Reporter) -> Path:
     return out
 
 
-def address_ranges(vmlinux: Path) -> list[tuple[str, int, int]]:
-    """(name, low, high) from vmlinux's symbols: the app's text in UKL mode (its
-    symbols carry the ukl_app_ prefix) and the idle loop's functions."""
+def address_ranges(vmlinux: Path, functions: Sequence[str] = ()) -> list[tuple[str, int, int]]:
+    """(name, low, high) from vmlinux's symbols: ``functions``, each a region of its
+    own named after it (first, so that they are taken out of the wider regions), the
+    idle loop's functions, and the app's text in UKL mode (its symbols carry the
+    ukl_app_ prefix)."""
     out = subprocess.run(["nm", "-S", "--defined-only", str(vmlinux)], capture_output=True,
                          text=True, check=True).stdout
     app: list[tuple[int, int]] = []
     idle: list[tuple[str, int, int]] = []
+    named: dict[str, tuple[str, int, int]] = {}
     for line in out.splitlines():
         parts = line.split()
         if len(parts) != 4 or parts[2] not in "tT":
             continue
         addr, size, name = int(parts[0], 16), int(parts[1], 16), parts[3]
-        if name.startswith("ukl_app_"):
+        if name in functions:
+            named[name] = (name, addr, addr + size)
+        elif name.startswith("ukl_app_"):
             app.append((addr, addr + size))
         elif name in IDLE_FUNCTIONS:
             idle.append(("idle", addr, addr + size))
-    ranges = idle
+    missing = [f for f in functions if f not in named]
+    if missing:
+        raise SystemExit(f"{vmlinux}: no function {missing[0]} among its symbols")
+    ranges = [named[f] for f in functions] + idle
     if app:
         ranges.append(("app", min(a for a, _ in app), max(b for _, b in app)))
     return ranges
@@ -135,12 +144,12 @@ def _until(cmd: list[str], timeout: float) -> None:
 
 
 def measure(image_dir: Path, vmlinux: Path, forward: str, ready: str, load: str, requests: int,
-            work: Path, timeout: float = 600) -> dict[str, Any]:
+            work: Path, functions: Sequence[str] = (), timeout: float = 600) -> dict[str, Any]:
     cache = Cache()
     with Reporter(work / "cost.log") as reporter:
         plugin = build_plugin(work, cache, reporter)
     ranges = work / "ranges.txt"
-    ranges.write_text("".join(f"{n} {lo:x} {hi:x}\n" for n, lo, hi in address_ranges(vmlinux)))
+    ranges.write_text("".join(f"{n} {lo:x} {hi:x}\n" for n, lo, hi in address_ranges(vmlinux, functions)))
     out, ctl = work / "counts.txt", work / "ctl"
     ctl.unlink(missing_ok=True)
     os.mkfifo(ctl)
@@ -179,11 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready", required=True, help="command that succeeds once the server serves")
     p.add_argument("--load", required=True, help="command that makes {requests} requests")
     p.add_argument("-n", "--requests", type=int, default=2000)
+    p.add_argument("--function", action="append", default=[], metavar="NAME",
+                   help="count a kernel function's instructions as a region of its own "
+                        "(repeatable; e.g. __x64_sys_clock_gettime)")
     p.add_argument("--json", type=Path)
     ns = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ukl-cost-") as tmp:
         result = measure(ns.image_dir, ns.vmlinux, ns.forward, ns.ready, ns.load, ns.requests,
-                         Path(tmp))
+                         Path(tmp), ns.function)
     for region, row in result["per_request"].items():
         extra = ", ".join(f"{k} {v}" for k, v in row.items() if k != "instructions")
         print(f"{region:>8}: {row['instructions']:>10} instructions per request"

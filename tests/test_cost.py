@@ -53,3 +53,11 @@ def test_address_ranges_from_the_symbols(monkeypatch: pytest.MonkeyPatch) -> Non
         ("idle", 0xffffffff81100000, 0xffffffff81100020),
         ("idle", 0xffffffff81100040, 0xffffffff811000a0),
         ("app", 0xffffffff81200000, 0xffffffff81200180)]
+    # A named function is a region of its own, ahead of the wider ones; one that is not
+    # among the symbols is refused by name.
+    assert cost.address_ranges(Path("vmlinux"), ["do_idle", "_stext"])[:3] == [
+        ("do_idle", 0xffffffff81100040, 0xffffffff811000a0),
+        ("_stext", 0xffffffff81000000, 0xffffffff81000040),
+        ("idle", 0xffffffff81100000, 0xffffffff81100020)]
+    with pytest.raises(SystemExit, match="no function __x64_sys_nothing"):
+        cost.address_ranges(Path("vmlinux"), ["__x64_sys_nothing"])
