@@ -254,7 +254,11 @@ def test_guest_wall_clock_agrees_with_the_host(builds: Builds, mode: str) -> Non
         _, err = proc.communicate()
     assert len(diffs) == 5, err
     assert not calibration_failed, err  # the runner hands the kernel the TSC's frequency
-    assert -0.05 < min(diffs) < 0.05, (diffs, err)
+    # QEMU may take the resume late on a loaded host (the runner says by how much, at
+    # most): the guest's clock may then be behind by up to that, and no more.
+    late = re.search(r"QEMU started up to (\d+) ms late", err)
+    behind = int(late.group(1)) / 1000 if late else 0.0
+    assert -0.05 < min(diffs) < behind + 0.05, (diffs, err)
 
 
 def test_guest_clock_is_the_tsc_on_a_loaded_host(builds: Builds) -> None:
