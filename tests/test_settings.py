@@ -272,11 +272,16 @@ def test_every_example_and_test_app_names_one_kernel_configuration() -> None:
     its shared cache names the same recipes and no kconfig options, so each mode is one
     kernel that the apps only relink.  A different list is a new configuration: several
     minutes of every run, to be argued for there."""
+    import tomllib
+
     from ukl_build.kconfig import recipes_for
 
-    repo = Path(__file__).resolve().parent.parent
-    apps = [*repo.glob("example_apps/*/pyproject.toml"), *repo.glob("tests/apps/*/pyproject.toml"),
-            *repo.glob("benchmarks/apps/*/pyproject.toml")]
+    from conftest import EXAMPLE_RECIPES, EXAMPLES, REPO, TEST_APPS
+
+    recipes = tomllib.loads(EXAMPLE_RECIPES)["recipes"]  # what the tests' own projects name
+    assert recipes == ["server", "net", "virtio-net", "microvm"]
+    apps = [*EXAMPLES.glob("*/pyproject.toml"), *TEST_APPS.glob("*/pyproject.toml"),
+            *REPO.glob("benchmarks/apps/*/pyproject.toml")]
     assert len(apps) >= 9
     for pyproject in apps:
         modes = 0
@@ -286,8 +291,8 @@ def test_every_example_and_test_app_names_one_kernel_configuration() -> None:
             except ConfigError:  # e.g. a glibc app: user mode only
                 continue
             modes += 1
-            assert s.recipes == ["server", "net", "virtio-net", "microvm"], pyproject
+            assert s.recipes == recipes, pyproject
             assert not s.kconfig and s.hardened, pyproject
-            assert recipes_for(s) == recipes_for(load_settings(repo / "example_apps/httpd",
+            assert recipes_for(s) == recipes_for(load_settings(EXAMPLES / "httpd",
                                                                {"mode": mode})), pyproject
         assert modes, pyproject
