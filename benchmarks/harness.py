@@ -34,11 +34,6 @@ APPS = {
 }
 
 
-# What recipes/ukl.config turns off that the hardened recipe turns on; the user-mode
-# baseline turns it off too (tests/test_benchmarks.py keeps the two lists equal).
-UKL_OFF = ("PAGE_TABLE_ISOLATION",)
-
-
 @dataclass
 class Context:
     """Where builds go, how VMs run, and everything measured so far."""
@@ -82,13 +77,12 @@ class Context:
         cs = {"mode": mode, **(settings or {})}
         if mode == "user":
             # The baseline runs on the UKL kernel's configuration minus CONFIG_UKL: the
-            # ukl recipe's requires (server), and what it turns off (UKL_OFF).
+            # ukl recipe's requires (server), and UKL mode's choice of mitigations (off by
+            # default; what the ukl recipe takes back, page-table isolation, is theirs).
             recipes = read_recipes(project)
             cs.setdefault("recipes", ";".join(recipes if "server" in recipes
                                               else [*recipes, "server"]))
-            if cs.get("hardened", "true") != "false":
-                for option in UKL_OFF:
-                    cs.setdefault(f"kconfig.{option}", "n")
+            cs.setdefault("mitigations", "false")
         return cs
 
     def note(self, command: str) -> None:

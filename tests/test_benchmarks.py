@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import UKL_OFF, Context, alternate, boot_to_line, median, percentile
+from benchmarks.harness import Context, alternate, boot_to_line, median, percentile
 from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
 from ukl_build.cache import Cache
 from ukl_build.kconfig import parse_fragment
@@ -34,19 +34,19 @@ def test_alternate_runs_variants_in_turn() -> None:
     assert median([3, 1, 2]) == 2 and percentile([1, 2, 3, 4], 0.99) == 4
 
 
-def test_user_baseline_turns_off_what_the_ukl_recipe_turns_off() -> None:
-    # "The UKL configuration minus CONFIG_UKL": what ukl.config takes back from the
-    # hardened recipe, the baseline takes back too.
+def test_user_baseline_takes_ukl_modes_mitigations() -> None:
+    # "The UKL configuration minus CONFIG_UKL": UKL mode's choice of mitigations (off by
+    # default), and with them what the ukl recipe takes back (page-table isolation).
     ukl = {o.name for o in parse_fragment((REPO / "recipes/ukl.config").read_text(), "u")[0]
            if o.value == "n"}
-    hardened = {o.name for o in
-                parse_fragment((REPO / "recipes/hardened.config").read_text(), "h")[0]
-                if o.value != "n"}
-    assert set(UKL_OFF) == ukl & hardened
+    mitigations = {o.name for o in
+                   parse_fragment((REPO / "recipes/mitigations.config").read_text(), "m")[0]
+                   if o.value != "n"}
+    assert ukl and ukl <= mitigations
     cs = Context.config_settings(REPO / "example_apps/hello", "user")
-    assert cs["kconfig.PAGE_TABLE_ISOLATION"] == "n"
-    assert "kconfig.PAGE_TABLE_ISOLATION" not in Context.config_settings(
-        REPO / "example_apps/hello", "user", {"hardened": "false"})
+    assert cs["mitigations"] == "false"
+    assert Context.config_settings(REPO / "example_apps/hello", "user",
+                                   {"mitigations": "true"})["mitigations"] == "true"
 
 
 def test_baseline_decides_the_user_mode_kernel(tmp_path: Path,
@@ -60,7 +60,7 @@ def test_baseline_decides_the_user_mode_kernel(tmp_path: Path,
         ctx.build("hello", "ukl")
         ctx.build("sysbench", "user")
     assert seen[0]["recipes"] == "server;net;virtio-net;microvm"
-    assert seen[0]["kconfig.PAGE_TABLE_ISOLATION"] == "n"
+    assert seen[0]["mitigations"] == "false"
     assert seen[1] == {"mode": "ukl"}
     assert seen[2]["recipes"] == "server;net;virtio-net;microvm"  # server named once
     assert seen[3:] == [{"mode": "user"}, {"mode": "ukl"}, {"mode": "user"}]

@@ -75,8 +75,11 @@ def test_the_list_and_the_recipes_agree() -> None:
     hardened = {o.name: o.value for o in
                 parse_fragment((RECIPES / "hardened.config").read_text(), "hardened")[0]}
     net = {o.name: o.value for o in parse_fragment((RECIPES / "net.config").read_text(), "n")[0]}
+    # User mode adds the mitigations recipe by default (and only user mode).
+    user = {**hardened, **{o.name: o.value for o in parse_fragment(
+        (RECIPES / "mitigations.config").read_text(), "mitigations")[0]}}
     for p in protections:
-        source = net if p.modes == "net" else hardened
+        source = net if p.modes == "net" else user if p.modes == "user" else hardened
         assert source.get(p.name) == p.value, f"{p.name}: listed, not requested by the recipe"
     # What the ukl recipe takes back is a user-mode-only protection.
     ukl = {o.name for o in parse_fragment((RECIPES / "ukl.config").read_text(), "ukl")[0]}
@@ -108,6 +111,25 @@ def test_hardened_recipe_comes_first_and_can_be_turned_off(tmp_path: Path) -> No
         load_settings(project, {"kconfig.STACKPROTECTOR": "n"})
     assert "kconfig.STACKPROTECTOR" in str(e.value) and "hardened = false" in str(e.value)
     load_settings(project, {"kconfig.STACKPROTECTOR": "n", "hardened": "false"})
+
+
+def test_mitigations_follow_the_mode_unless_set(tmp_path: Path) -> None:
+    project = copy_example("hello", tmp_path)
+
+    def first(**over: str) -> list[str]:
+        return recipes_for(load_settings(project, over))[:2]
+
+    assert first(mode="ukl") == ["hardened", "server"]
+    assert first(mode="user") == ["hardened", "mitigations"]
+    assert "mitigations" not in recipes_for(load_settings(project, {"mode": "user",
+                                                                    "hardened": "false"}))
+    assert first(mode="ukl", mitigations="true") == ["hardened", "mitigations"]
+    assert first(mode="user", hardened="false", mitigations="yes") == ["mitigations", "server"]
+    assert "mitigations" not in recipes_for(load_settings(project, {"mode": "user",
+                                                                    "mitigations": "false"}))
+    with pytest.raises(ConfigError) as e:
+        load_settings(project, {"mitigations": "false", "recipes": "mitigations;microvm"})
+    assert "-C recipes" in str(e.value) and "-C mitigations" in str(e.value), str(e.value)
 
 
 def test_app_flags_follow_hardened_mode_and_libc(tmp_path: Path) -> None:
@@ -149,6 +171,32 @@ def test_every_example_app_config_has_every_protection(patched_tree, cache, tmp_
     config = _resolved(patched_tree, cache, copy_example(app, tmp_path), mode=mode)
     assert missing(config, mode, load_protections()) == []
     assert config.get("UKL", "n") == ("y" if mode == "ukl" else "n")
+    if mode == "ukl":  # exactly its protections: no speculation mitigations in ring 0
+        assert _speculation(config) == dict.fromkeys(SPECULATION, "n")
+
+
+# What the mitigations recipe decides, with two options it brings (retpolines, and the
+# return thunks the UNRET/SRSO entry mitigations need).
+SPECULATION = ("CPU_MITIGATIONS", "SLS", "PAGE_TABLE_ISOLATION", "RETPOLINE", "RETHUNK")
+
+
+def _speculation(config: dict[str, str]) -> dict[str, str]:
+    return {name: config.get(name, "n") for name in SPECULATION}
+
+
+@pytest.mark.kernel
+def test_the_mitigations_setting_overrides_the_modes_choice(patched_tree, cache,  # type: ignore[no-untyped-def]
+                                                            tmp_path: Path) -> None:
+    project = copy_example("hello", tmp_path)
+    ukl = _resolved(patched_tree, cache, project, mode="ukl", mitigations="true")
+    assert _speculation(ukl) == {**dict.fromkeys(SPECULATION, "y"),
+                                 "PAGE_TABLE_ISOLATION": "n"}  # the ukl recipe takes it back
+    assert missing(ukl, "ukl", load_protections()) == []
+    user = _resolved(patched_tree, cache, project, mode="user", mitigations="false")
+    assert _speculation(user) == dict.fromkeys(SPECULATION, "n")
+    # ... and it lacks exactly the user-mode-only protections (the mitigations recipe's).
+    lost = {line.split("=")[0] for line in missing(user, "user", load_protections())}
+    assert lost == {f"CONFIG_{p.name}" for p in load_protections() if p.modes == "user"}
 
 
 @pytest.mark.kernel

@@ -21,7 +21,7 @@ from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import recipes_dir
 from ukl_build.runner import builtin_cmdline
-from ukl_build.settings import HARDENED_RECIPE, Settings
+from ukl_build.settings import HARDENED_RECIPE, MITIGATIONS_RECIPE, Settings
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set$")
@@ -69,11 +69,14 @@ FORMAT_RECIPES = {"pvh": "pvh", "efi": "efi", "disk": "efi"}
 
 def recipes_for(settings: Settings) -> list[str]:
     """The app's recipes plus what its mode and image formats need (base comes first anyway;
-    with ``hardened``, the hardened recipe next, so the app's recipes and the mode's can
-    take back what does not apply to them)."""
+    with ``hardened``, the hardened recipe next and then, where they apply, the
+    mitigations, so the app's recipes and the mode's can take back what does not apply to
+    them)."""
     recipes = list(settings.recipes)
-    if settings.hardened and HARDENED_RECIPE not in recipes:
-        recipes.insert(0, HARDENED_RECIPE)
+    first = [name for name, on in ((HARDENED_RECIPE, settings.hardened),
+                                   (MITIGATIONS_RECIPE, settings.applies_mitigations))
+             if on and name not in recipes]
+    recipes[:0] = first
     if settings.mode == "ukl" and "ukl" not in recipes:
         recipes.append("ukl")
     for fmt in settings.formats:

@@ -13,6 +13,7 @@ from ukl_build.settings.loader import load_settings
 from ukl_build.settings.model import (
     FIRMWARE_FORMATS,
     HARDENED_RECIPE,
+    MITIGATIONS_RECIPE,
     AppSourceSettings,
     CMakeSettings,
     DepSettings,
@@ -32,8 +33,8 @@ from ukl_build.settings.model import (
 )
 
 __all__ = [
-    "FIRMWARE_FORMATS", "HARDENED_RECIPE", "AppSourceSettings", "CMakeSettings", "DepSettings", "Format",
-    "GitSettings",
+    "FIRMWARE_FORMATS", "HARDENED_RECIPE", "MITIGATIONS_RECIPE", "AppSourceSettings",
+    "CMakeSettings", "DepSettings", "Format", "GitSettings",
     "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins", "RunSettings", "Settings",
     "SignSettings", "SourceKind", "deps_references", "load_settings", "settings_schema_markdown",
     "substitute_deps",

@@ -79,6 +79,8 @@ class AppSourceSettings:
 APP_SOURCE_KINDS = ("url", "path", "git", "debian")
 # The recipe `hardened = true` (the default) applies first, before the app's own.
 HARDENED_RECIPE = "hardened"
+# ... and the recipe `mitigations` applies right after it (by default in user mode).
+MITIGATIONS_RECIPE = "mitigations"
 _SOURCE_DOC = ("The app's source tree, fetched and verified like the kernel's (url + sha256, "
                "path, git or debian) instead of the project directory; paths below are "
                "relative to it.")
@@ -246,10 +248,18 @@ class Settings:
     )
     hardened: bool = _doc(
         "Apply the `hardened` recipe first (kernel self-protection: stack protector, KASLR, "
-        "read-only text, hardened allocator, CPU mitigations; see docs/security.md) and "
+        "read-only text, hardened allocator; see docs/security.md) and "
         "compile the app with a stack protector and stack-clash probes. "
         "false turns both off.",
         default=True,
+    )
+    mitigations: bool | None = _doc(
+        "Apply the `mitigations` recipe after `hardened`: the kernel's defences against the "
+        "CPU's speculative-execution bugs (retpolines, return thunks, entry barriers, SLS) "
+        "and page-table isolation, which protect the kernel from a less privileged program "
+        "beside it. Default: on in user mode when `hardened`, off in UKL mode, where the app "
+        "is kernel code and there is no such program (docs/security.md).",
+        default=None,
     )
     kconfig: dict[str, str] = _doc(
         'Extra kernel options, e.g. { HZ_100 = "y" }; each must survive olddefconfig.',
@@ -297,6 +307,14 @@ class Settings:
         if self.run.machine is not None:
             return self.run.machine
         return "q35" if self.firmware_boot else "microvm"
+
+    @property
+    def applies_mitigations(self) -> bool:
+        """Whether the kernel gets the ``mitigations`` recipe: as set, or by default in a
+        hardened user-mode build (UKL mode has no second privilege domain to defend)."""
+        if self.mitigations is not None:
+            return self.mitigations
+        return self.mode == "user" and self.hardened
 
     @property
     def uses_shortcuts(self) -> bool:

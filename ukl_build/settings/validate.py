@@ -18,6 +18,7 @@ from ukl_build.runner import (
 from ukl_build.settings.model import (
     APP_SOURCE_KINDS,
     HARDENED_RECIPE,
+    MITIGATIONS_RECIPE,
     AppSourceSettings,
     KernelSettings,
     Origins,
@@ -92,6 +93,11 @@ def _validate_recipes(s: Settings, origin: Origins) -> None:
             f"{origin('recipes')}: names the {HARDENED_RECIPE!r} recipe while "
             f"{origin('hardened')} turns it off",
             hint="drop one of the two; hardened = true (the default) applies the recipe")
+    if s.mitigations is False and MITIGATIONS_RECIPE in s.recipes:
+        raise ConfigError(
+            f"{origin('recipes')}: names the {MITIGATIONS_RECIPE!r} recipe while "
+            f"{origin('mitigations')} turns it off",
+            hint="drop one of the two; mitigations = true applies the recipe")
 
 
 def _validate_build_resources(s: Settings, origin: Origins) -> None:
