@@ -1,4 +1,5 @@
-"""python -m benchmarks [all|syscall|boot|size|formats|memory|httpd|redis|build|farm|hardening]
+"""python -m benchmarks [all|syscall|boot|size|formats|memory|httpd|redis|build|farm|hardening|
+                        protections]
    [--quick] [--baseline ukl|app] [--json FILE]
 
 Builds what it needs through ukl-build, runs every comparison side by side in
@@ -18,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import suites
+from benchmarks import protections, suites
 from benchmarks.harness import Context
 from ukl_build.cache import Cache
 
 SUITES = ("syscall", "boot", "size", "formats", "memory", "httpd", "redis", "build", "farm",
-          "hardening")
+          "hardening", "protections")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "hardening":
             suites.hardening(ctx, duration, ns.connections, ns.requests or (500 if ns.quick else 20000),
                              iterations)
+        elif name == "protections":
+            protections.protections(ctx, iterations, ns.requests or (200 if ns.quick else 20000))
         print(f"[bench] {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     report = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -144,7 +144,8 @@ def _until(cmd: list[str], timeout: float) -> None:
 
 
 def measure(image_dir: Path, vmlinux: Path, forward: str, ready: str, load: str, requests: int,
-            work: Path, functions: Sequence[str] = (), timeout: float = 600) -> dict[str, Any]:
+            work: Path, functions: Sequence[str] = (), timeout: float = 600,
+            extra_cmdline: str = "") -> dict[str, Any]:
     cache = Cache()
     with Reporter(work / "cost.log") as reporter:
         plugin = build_plugin(work, cache, reporter)
@@ -161,7 +162,8 @@ def measure(image_dir: Path, vmlinux: Path, forward: str, ready: str, load: str,
     with open(work / "vm.log", "w") as log:
         vm = subprocess.Popen(
             [sys.executable, "-m", "ukl_build", "run", str(image_dir), "--accel", "tcg",
-             "--smp", "1", "--cmdline", "nokaslr", "--forward", forward, "--timeout",
+             "--smp", "1", "--cmdline", " ".join(["nokaslr", *extra_cmdline.split()]),
+             "--forward", forward, "--timeout",
              str(timeout), "--qemu-arg=-plugin",
              f"--qemu-arg={plugin},out={out},ctl={ctl},ranges={ranges}"],
             stdout=subprocess.DEVNULL, stderr=log)
@@ -191,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--function", action="append", default=[], metavar="NAME",
                    help="count a kernel function's instructions as a region of its own "
                         "(repeatable; e.g. __x64_sys_clock_gettime)")
+    p.add_argument("--cmdline", default="", help="more kernel command line (after nokaslr)")
     p.add_argument("--json", type=Path)
     ns = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ukl-cost-") as tmp:
         result = measure(ns.image_dir, ns.vmlinux, ns.forward, ns.ready, ns.load, ns.requests,
-                         Path(tmp), ns.function)
+                         Path(tmp), ns.function, extra_cmdline=ns.cmdline)
     for region, row in result["per_request"].items():
         extra = ", ".join(f"{k} {v}" for k, v in row.items() if k != "instructions")
         print(f"{region:>8}: {row['instructions']:>10} instructions per request"

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import Context, alternate, boot_to_line, median, percentile
+from benchmarks.harness import APPS, Context, alternate, boot_to_line, median, percentile
+from benchmarks.protections import VARIANTS
 from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
 from ukl_build.cache import Cache
 from ukl_build.kconfig import parse_fragment
 from ukl_build.pipeline import build
 from ukl_build.runner import RunOptions
+from ukl_build.settings import load_settings
 
 from conftest import Builds, booted
 
@@ -206,3 +208,16 @@ def test_redis_on_debian_cloud_kernel(builds: Builds, cache: Cache, tmp_path: Pa
                                timeout=300)
         assert bench.returncode == 0 and '"GET"' in bench.stdout, bench.stdout + bench.stderr
         assert "netinit:" not in vm.console, vm.console  # every module loaded, eth0 configured
+
+
+def test_protection_variants_are_valid_ukl_builds() -> None:
+    # Each variant is one option (group) against the default, as settings a build accepts;
+    # options the kernel turns off at boot need no kernel of their own.
+    assert next(iter(VARIANTS)) == "default" and VARIANTS["default"].settings == {}
+    for name, v in VARIANTS.items():
+        assert not (v.settings and v.cmdline), name
+        for app in ("sysbench", "redis"):
+            s = load_settings(APPS[app], {"mode": "ukl", **v.settings})
+            assert s.mode == "ukl", name
+    kernels = {tuple(sorted(v.settings.items())) for v in VARIANTS.values()}
+    assert len(kernels) == len([v for v in VARIANTS.values() if not v.cmdline])
