@@ -1,5 +1,5 @@
 """python -m benchmarks [all|syscall|boot|size|formats|memory|httpd|redis|build|farm|hardening|
-                        protections]
+                        protections|per-request]
    [--quick] [--baseline ukl|app] [--json FILE]
 
 Builds what it needs through ukl-build, runs every comparison side by side in
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import protections, suites
+from benchmarks import per_request, protections, suites
 from benchmarks.harness import Context
 from ukl_build.cache import Cache
 
 SUITES = ("syscall", "boot", "size", "formats", "memory", "httpd", "redis", "build", "farm",
-          "hardening", "protections")
+          "hardening", "protections", "per-request")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +37,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds of load per httpd variant (default 10)")
     p.add_argument("--connections", type=int, default=4)
     p.add_argument("--requests", type=int, help="redis-benchmark requests per test (default 20000)")
+    p.add_argument("--load", dest="loads", action="append", choices=list(per_request.LOADS),
+                   help="per-request: only this load (repeatable; default all)")
     p.add_argument("--cold", action="store_true", help="also time a build from an empty cache")
     p.add_argument("--baseline", choices=["ukl", "app"], default="ukl",
                    help="the user-mode kernel: the UKL configuration minus CONFIG_UKL (ukl, "
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                              iterations)
         elif name == "protections":
             protections.protections(ctx, iterations, ns.requests or (200 if ns.quick else 20000))
+        elif name == "per-request":
+            per_request.per_request(ctx, ns.requests or (200 if ns.quick else 5000), ns.loads)
         print(f"[bench] {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     report = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -30,6 +30,7 @@ APPS = {
     "hello": REPO / "example_apps" / "hello",
     "httpd": REPO / "example_apps" / "httpd",
     "redis": REPO / "example_apps" / "redis",
+    "memcached": REPO / "example_apps" / "memcached",
     "netinit": REPO / "benchmarks" / "apps" / "netinit",
 }
 

@@ -221,3 +221,69 @@ def test_protection_variants_are_valid_ukl_builds() -> None:
             assert s.mode == "ukl", name
     kernels = {tuple(sorted(v.settings.items())) for v in VARIANTS.values()}
     assert len(kernels) == len([v for v in VARIANTS.values() if not v.cmdline])
+
+
+def test_loadgen_checks_every_answer() -> None:
+    # A fake memcached that stores one value, and a fake httpd; a wrong answer fails.
+    import http.server
+    import socketserver
+    import threading
+
+    from benchmarks import loadgen
+
+    store: dict[bytes, bytes] = {}
+
+    class Memcached(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while line := self.rfile.readline():
+                words = line.split()
+                if words[0] == b"set":
+                    store[words[1]] = self.rfile.read(int(words[4]) + 2)[:-2]
+                    self.wfile.write(b"STORED\r\n")
+                elif words[1] in store:
+                    value = store[words[1]]
+                    self.wfile.write(b"VALUE %s 0 %d\r\n%s\r\nEND\r\n"
+                                     % (words[1], len(value), value))
+                else:
+                    self.wfile.write(b"END\r\n")
+
+    class Http(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = b"y" * int(self.path.rsplit("/", 1)[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    servers = [socketserver.ThreadingTCPServer(("127.0.0.1", 0), Memcached),
+               http.server.ThreadingHTTPServer(("127.0.0.1", 0), Http)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    mc, web = (s.server_address[1] for s in servers)
+    try:
+        assert loadgen.main(["memcached-get", "--port", str(mc), "-n", "20"]) == 0
+        assert loadgen.main(["memcached-set", "--port", str(mc), "-n", "20", "--size", "3"]) == 0
+        assert store == {b"key:0": b"xxx"}
+        assert loadgen.main(["http", "--port", str(web), "-n", "20"]) == 0
+        store[b"key:0"] = b"wrong"  # get sets the key first: answers stay right
+        assert loadgen.main(["memcached-get", "--port", str(mc), "-n", "2"]) == 0
+        assert loadgen.main(["http", "--port", str(mc), "-n", "1"]) == 1  # not HTTP
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+
+
+def test_per_request_loads_name_known_apps_and_their_ports() -> None:
+    from benchmarks.per_request import LOADS
+
+    for name, load in LOADS.items():
+        assert load.app in APPS, name
+        forwards = load_settings(APPS[load.app]).run.forward
+        assert any(f.endswith(f":{load.guest_port}") for f in forwards), (name, forwards)
+        assert "{port}" in load.ready and "{requests}" in load.load, name

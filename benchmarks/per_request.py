@@ -1,0 +1,107 @@
+"""Exact guest cost per request for each server and load, in every mode (issue 29).
+
+Each (app, load) is measured with ``benchmarks.cost``'s counting plugin on
+each variant, booted anew per measurement, the variants alternated: UKL,
+UKL with shortcuts, user mode as a user builds it (its own default:
+``hardened`` and ``mitigations``), and user mode on the UKL kernel's
+configuration minus CONFIG_UKL (``mitigations = false`` like UKL mode: the
+like-with-like baseline).  Instructions per request leave out the idle loop;
+the classes an instruction count hides are beside them.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import cost
+from benchmarks.harness import Context, alternate, median
+
+# name -> (mode, extra settings, the user-mode baseline on the UKL configuration?)
+VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {
+    "ukl": ("ukl", {}, False),
+    "shortcuts": ("ukl", {"shortcuts": "true"}, False),
+    "user": ("user", {}, False),
+    "user-as-ukl": ("user", {}, True),
+}
+LOADGEN = shlex.join([sys.executable, "-m", "benchmarks.loadgen"])
+
+
+@dataclass(frozen=True)
+class Load:
+    app: str
+    guest_port: int
+    ready: str  # a command that succeeds once the server serves; {port}: the host port
+    load: str  # a command that makes {requests} requests
+
+
+LOADS: dict[str, Load] = {
+    "redis-get": Load("redis", 6379, "redis-cli -p {port} ping",
+                         "redis-benchmark -p {port} -t get -n {requests} -c 1 -P 1 -q"),
+    "redis-set": Load("redis", 6379, "redis-cli -p {port} ping",
+                         "redis-benchmark -p {port} -t set -n {requests} -c 1 -P 1 -q"),
+    "redis-get-p16": Load("redis", 6379, "redis-cli -p {port} ping",
+                          "redis-benchmark -p {port} -t get -n {requests} -c 1 -P 16 -q"),
+    "redis-set-p16": Load("redis", 6379, "redis-cli -p {port} ping",
+                          "redis-benchmark -p {port} -t set -n {requests} -c 1 -P 16 -q"),
+    "memcached-get": Load("memcached", 11211, LOADGEN + " memcached-set --port {port}",
+                          LOADGEN + " memcached-get --port {port} -n {requests}"),
+    "memcached-set": Load("memcached", 11211, LOADGEN + " memcached-set --port {port}",
+                          LOADGEN + " memcached-set --port {port} -n {requests}"),
+    "httpd-64": Load("httpd", 8080, LOADGEN + " http --port {port}",
+                       LOADGEN + " http --port {port} -n {requests}"),
+}
+CLASSES = ("syscall", "sysret", "swapgs", "iret", "cr3_write", "wrmsr", "lfence", "mfence",
+           "verw", "serialising")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _measure(result: Any, load: Load, requests: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="ukl-per-request-") as tmp:
+        out = cost.measure(result.images.directory, result.kernel.vmlinux,
+                           f"{_free_port()}:{load.guest_port}", load.ready, load.load,
+                           requests, Path(tmp))
+    total = out["per_request"]["total"]
+    app = out["per_request"].get("app", out["per_request"].get("user", {}))
+    return {**total, "app_instructions": app.get("instructions", 0.0),
+            "wall_seconds": out["wall_seconds"]}
+
+
+def per_request(ctx: Context, requests: int, loads: list[str] | None = None) -> None:
+    """Instructions (and expensive classes) per request for each load, each variant."""
+    chosen = {name: LOADS[name] for name in (loads or LOADS)}
+    builds = {(app, name): ctx.build(app, mode, baseline=baseline, **extra)
+              for app in sorted({load.app for load in chosen.values()})
+              for name, (mode, extra, baseline) in VARIANTS.items()}
+    ctx.note(f"python -m benchmarks.cost IMAGE_DIR VMLINUX --forward PORT:GUEST --ready READY "
+             f"--load LOAD -n {requests} (READY and LOAD: benchmarks/per_request.py LOADS)")
+    table: dict[str, Any] = {}
+    for name, load in chosen.items():
+        samples = alternate({v: (lambda v=v, load=load: _measure(builds[(load.app, v)], load,
+                                                                 requests))
+                             for v in VARIANTS}, ctx.rounds)
+        row: dict[str, Any] = {"load": load.load}
+        for v in VARIANTS:
+            row[f"{v}_instructions"] = round(median(s["instructions"] for s in samples[v]))
+            row[f"{v}_instructions_rounds"] = [round(s["instructions"]) for s in samples[v]]
+            row[f"{v}_app_instructions"] = round(median(s["app_instructions"]
+                                                        for s in samples[v]))
+            row[f"{v}_wall_seconds"] = round(median(s["wall_seconds"] for s in samples[v]), 3)
+            for cls in CLASSES:
+                row[f"{v}_{cls}"] = round(median(s.get(cls, 0.0) for s in samples[v]), 2)
+        for v in ("ukl", "shortcuts"):
+            for base in ("user", "user-as-ukl"):
+                row[f"ratio_{v}_over_{base}"] = round(row[f"{v}_instructions"]
+                                                      / row[f"{base}_instructions"], 3)
+        table[name] = row
+    ctx.results["per_request"] = {"requests": requests, "rounds": ctx.rounds, "loads": table}
