@@ -21,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ukl_build.cache import Cache
+from ukl_build.launcher.firmware import firmware_files
+from ukl_build.launcher.options import RunOptions
+from ukl_build.launcher.process import die_with_parent
+from ukl_build.launcher.qemu import qemu_argv
+from ukl_build.launcher.run import run_image
 from ukl_build.pipeline import BuildResult, build
-from ukl_build.runner import RunOptions, die_with_parent, firmware_files, qemu_argv, run_image
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = {

@@ -25,7 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ukl_build.runner import RunOptions, die_with_parent, load_manifest, qemu_argv
+from ukl_build.launcher.manifest import load_manifest
+from ukl_build.launcher.options import RunOptions
+from ukl_build.launcher.process import die_with_parent
+from ukl_build.launcher.qemu import qemu_argv
 
 _RIP = re.compile(rb"RIP=([0-9a-f]{16})")
 _PROMPT = b"(qemu) "

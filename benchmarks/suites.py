@@ -23,9 +23,9 @@ from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_
 from ukl_build.cache import Cache, tree_size
 from ukl_build.errors import UklError
 from ukl_build.kbuild import bzimage_kernel, initramfs_list
+from ukl_build.launcher.manifest import load_manifest
 from ukl_build.pipeline import build
 from ukl_build.resources import runtime_dir
-from ukl_build.runner import load_manifest
 
 MODES = ("ukl", "user")
 # The variants the speed comparisons run: name -> (mode, extra settings).

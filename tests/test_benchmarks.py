@@ -18,8 +18,8 @@ from benchmarks.protections import VARIANTS
 from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
 from ukl_build.cache import Cache
 from ukl_build.kconfig import parse_fragment
+from ukl_build.launcher.options import RunOptions
 from ukl_build.pipeline import build
-from ukl_build.runner import RunOptions
 from ukl_build.settings import load_settings
 
 from conftest import Builds, booted

@@ -125,7 +125,8 @@ def test_pip_wheel_installs_and_boots(hello_build: BuildResult, tmp_path: Path) 
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         sbom = valid_cyclonedx(zf.read("ukl_hello-0.1.0.dist-info/sboms/sbom.cdx.json").decode())
-    assert {"ukl_hello/__main__.py", "ukl_hello/_runner.py", "ukl_hello/_image/manifest.json",
+    assert {"ukl_hello/__main__.py", "ukl_hello/_launcher/__init__.py",
+            "ukl_hello/_launcher/cli.py", "ukl_hello/_image/manifest.json",
             "ukl_hello/_image/ukl_hello.bzImage"} <= names
     assert sbom["bomFormat"] == "CycloneDX"
     linux = next(c for c in sbom["components"] if c["name"] == "linux")
@@ -313,7 +314,8 @@ def test_setuptools_project_with_the_plugin_ships_image_and_launcher(
     (wheel,) = out.glob("*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-    assert {"hello_py/__init__.py", "hello_py/__main__.py", "hello_py/_ukl_runner.py",
+    assert {"hello_py/__init__.py", "hello_py/__main__.py", "hello_py/_ukl_runner/__init__.py",
+            "hello_py/_ukl_runner/run.py",
             "hello_py/_image/manifest.json", "hello_py/_image/hello_py.bzImage",
             "hello_py/_image/sbom.cdx.json"} <= names, names
     py = _venv(tmp_path / "venv")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 import tomllib
 from pathlib import Path
 
@@ -62,11 +63,37 @@ def test_minimal_project_needs_the_launchers_python(tmp_path: Path) -> None:
     assert m.metadata_version == "2.1" and m.requires_python == LAUNCHER_PYTHON
 
 
+# Standard library modules the launcher must not use: added after Python 3.9.
+AFTER_3_9 = frozenset({"tomllib"})
+
+
 def test_launcher_keeps_to_the_python_it_claims() -> None:
-    """Every wheel's launcher is runner.py: its syntax must hold for Requires-Python's floor."""
+    """Every wheel's launcher is the ukl_build.launcher package, copied: its syntax must hold
+    for Requires-Python's floor, and it may import the standard library and itself only."""
     floor = tuple(int(x) for x in next(iter(LAUNCHER_PYTHON)).version.split("."))
-    source = (Path(__file__).resolve().parent.parent / "ukl_build" / "runner.py").read_text()
-    ast.parse(source, feature_version=floor[:2])
+    package = Path(__file__).resolve().parent.parent / "ukl_build" / "launcher"
+    modules = sorted(package.glob("*.py"))
+    assert {p.stem for p in modules} >= {"__init__", "cli", "manifest", "qemu", "run"}
+    for path in modules:
+        tree = ast.parse(path.read_text(), str(path), feature_version=floor[:2])
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue  # relative: the package itself
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top == "__future__", \
+                    f"{path.name}: imports {name}, not the standard library"
+                assert top not in AFTER_3_9, f"{path.name}: {name} is newer than Python 3.9"
+            # keyword arguments that Python 3.9 does not know
+            if isinstance(node, ast.Call):
+                assert not {k.arg for k in node.keywords} & {"strict", "kw_only", "slots"}, \
+                    f"{path.name}:{node.lineno}: an argument newer than Python 3.9"
+        # X | None in annotations needs them unevaluated on 3.9
+        assert "from __future__ import annotations" in path.read_text(), path.name
 
 
 @pytest.mark.parametrize(("extra", "message"), [

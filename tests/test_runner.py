@@ -10,16 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from ukl_build.runner import (
-    RunError,
-    RunOptions,
-    _probe_image,
-    choose_accel,
-    host_tsc_khz,
-    qemu_argv,
-    run_image,
-    wait_status_to_exit,
-)
+from ukl_build.launcher.accel import choose_accel, probe_image
+from ukl_build.launcher.cmdline import host_tsc_khz
+from ukl_build.launcher.console import wait_status_to_exit
+from ukl_build.launcher.options import RunError, RunOptions
+from ukl_build.launcher.qemu import qemu_argv
+from ukl_build.launcher.run import run_image
 
 from conftest import fake_manifest
 
@@ -38,7 +34,7 @@ def test_wait_status() -> None:
 
 
 def test_microvm_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ukl_build.runner.host_tsc_khz", lambda: 2445400)
+    monkeypatch.setattr("ukl_build.launcher.qemu.host_tsc_khz", lambda: 2445400)
     d = image_dir(tmp_path, network=True)
     argv = qemu_argv(json.loads((d / "manifest.json").read_text()), d,
                      RunOptions(forward=["18080:8080"]), "tcg")
@@ -73,14 +69,14 @@ def test_missing_format(tmp_path: Path) -> None:
         qemu_argv(json.loads((d / "manifest.json").read_text()), d, RunOptions(image="pvh"), "tcg")
 
 
-def test_probe_image_is_multiboot() -> None:
-    img = _probe_image()
+def testprobe_image_is_multiboot() -> None:
+    img = probe_image()
     magic, flags, checksum = struct.unpack("<3I", img[:12])
     assert magic == 0x1BADB002 and (magic + flags + checksum) & 0xFFFFFFFF == 0
 
 
 def test_auto_without_kvm_picks_tcg(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ukl_build.runner.os.access", lambda *a: False)
+    monkeypatch.setattr("ukl_build.launcher.accel.os.access", lambda *a: False)
     err = io.StringIO()
     assert choose_accel(RunOptions(accel="auto"), err) == "tcg"
     assert "not accessible" in err.getvalue()
@@ -91,7 +87,7 @@ def test_explicit_accel_is_not_probed() -> None:
 
 
 def test_app_args_after_double_dash() -> None:
-    from ukl_build.runner import split_app_args
+    from ukl_build.launcher.cli import split_app_args
 
     assert split_app_args(["img", "--timeout", "5"]) == (["img", "--timeout", "5"], None)
     assert split_app_args(["img", "--", "threads", "-x"]) == (["img"], ["threads", "-x"])
@@ -120,7 +116,7 @@ AWKWARD = ["two words", "", 'quo""te', "tab\there", "a=b", "=lead", "é à", "-x
 
 
 def test_app_args_round_trip_through_the_kernels_parser() -> None:
-    from ukl_build.runner import kernel_init_args, quote_app_args
+    from ukl_build.launcher.cmdline import kernel_init_args, quote_app_args
 
     tail = quote_app_args(AWKWARD)
     assert kernel_init_args(tail.encode()) == [a.encode() for a in AWKWARD]
@@ -145,7 +141,8 @@ def test_cmdline_length_and_arg_count_checked(tmp_path: Path) -> None:
 
 def test_run_takes_machine_memory_smp_from_the_image(tmp_path: Path) -> None:
     from ukl_build.cli import parser
-    from ukl_build.runner import default_run, options_from_args, run_defaults
+    from ukl_build.launcher.cli import options_from_args
+    from ukl_build.launcher.manifest import default_run, run_defaults
 
     d = image_dir(tmp_path, run={"machine": "q35", "memory": "512M", "smp": 2, "accel": "tcg",
                                  "forward": ["18080:8080"]})
@@ -160,7 +157,7 @@ def test_run_takes_machine_memory_smp_from_the_image(tmp_path: Path) -> None:
 
 
 def test_an_odd_quote_would_swallow_the_next_argument() -> None:
-    from ukl_build.runner import quote_app_args
+    from ukl_build.launcher.cmdline import quote_app_args
 
     assert quote_app_args(['quo"te']) == 'quo"te'  # last: fine
     with pytest.raises(ValueError, match=r"argument 1 'quo\"te' cannot be passed.*odd number"):
@@ -179,7 +176,7 @@ def firmware_dir(tmp_path: Path, **extra: object) -> tuple[Path, dict[str, objec
 
 
 def test_firmware_formats_boot_ovmf_without_a_command_line(tmp_path: Path) -> None:
-    from ukl_build.runner import FirmwareFiles
+    from ukl_build.launcher.firmware import FirmwareFiles
 
     d, manifest = firmware_dir(tmp_path)
     files = FirmwareFiles(tmp_path / "vars.fd", tmp_path / "esp")
@@ -215,9 +212,9 @@ def test_firmware_boot_refuses_what_it_cannot_honour(tmp_path: Path, opts: RunOp
 
 
 def test_firmware_refusal_is_recognised() -> None:
-    from ukl_build.runner import _Console
+    from ukl_build.launcher.console import Console
 
-    console = _Console(io.StringIO())
+    console = Console(io.StringIO())
     console.feed(b"\x1b[2J\x1b[01;01HBdsDxe: loading Boot0001 \"UEFI Misc Device\"\r\n")
     assert console.refused is None and "\x1b" not in console.out.getvalue()  # type: ignore[attr-defined]
     console.feed(b'BdsDxe: failed to load Boot0001 "UEFI Misc Device" from PciRoot(0x0)/'

@@ -149,7 +149,7 @@ def test_project_name_must_be_a_distribution_name(tmp_path: Path, name: str) -> 
 
 
 def test_run_defaults_come_from_runoptions(tmp_path: Path) -> None:
-    from ukl_build.runner import RunOptions
+    from ukl_build.launcher.options import RunOptions
 
     s = load_settings(project(tmp_path))
     run = s.run

@@ -24,19 +24,12 @@ from ukl_build.efi import Signer, make_disk, make_efi
 from ukl_build.errors import BuildError, ConfigError
 from ukl_build.kbuild import KernelImages
 from ukl_build.kconfig import KernelConfig, read_config
+from ukl_build.launcher.cmdline import DEFAULT_INIT_ARG_LIMIT, builtin_cmdline
+from ukl_build.launcher.manifest import MANIFEST_SCHEMA, AppRecord, ImageFile, Manifest
+from ukl_build.launcher.options import RunError, RunOptions
+from ukl_build.launcher.qemu import qemu_argv
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
-from ukl_build.runner import (
-    DEFAULT_INIT_ARG_LIMIT,
-    MANIFEST_SCHEMA,
-    AppRecord,
-    ImageFile,
-    Manifest,
-    RunError,
-    RunOptions,
-    builtin_cmdline,
-    qemu_argv,
-)
 from ukl_build.settings import Settings
 
 MANIFEST = "manifest.json"

@@ -15,16 +15,11 @@ from pathlib import Path
 from ukl_build import __version__
 from ukl_build.cache import Cache, check_root
 from ukl_build.errors import Terminated, UklError
+from ukl_build.launcher.cli import add_run_arguments, options_from_args, split_app_args
+from ukl_build.launcher.manifest import load_manifest, run_defaults
+from ukl_build.launcher.options import RunError
+from ukl_build.launcher.run import run_image
 from ukl_build.progress import terminate_as_interrupt
-from ukl_build.runner import (
-    RunError,
-    add_run_arguments,
-    load_manifest,
-    options_from_args,
-    run_defaults,
-    run_image,
-    split_app_args,
-)
 
 
 def _config_settings(pairs: list[str] | None) -> dict[str, str]:

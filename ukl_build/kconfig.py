@@ -17,10 +17,10 @@ from typing import Any
 
 from ukl_build.cache import Cache, digest, file_sha256
 from ukl_build.errors import BuildError, ConfigError
+from ukl_build.launcher.cmdline import builtin_cmdline
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import recipes_dir
-from ukl_build.runner import builtin_cmdline
 from ukl_build.settings import HARDENED_RECIPE, MITIGATIONS_RECIPE, Settings
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")

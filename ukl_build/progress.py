@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ukl_build.errors import BuildError, Terminated
-from ukl_build.runner import die_with_parent, raise_on_termination
+from ukl_build.launcher.process import die_with_parent, raise_on_termination
 from ukl_build.supervise import supervised
 
 

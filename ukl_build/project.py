@@ -24,8 +24,9 @@ from packaging.utils import canonicalize_name
 from ukl_build.errors import ConfigError
 
 _DIST_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)  # PEP 508
-# The launcher in every wheel is runner.py, which keeps to Python 3.9 (test_outputs checks
-# its syntax): whatever the project allows, the wheel needs at least this.
+# The launcher in every wheel is the ukl_build.launcher package, which keeps to Python 3.9
+# (tests/test_project.py checks its syntax and imports): whatever the project allows, the
+# wheel needs at least this.
 LAUNCHER_PYTHON = SpecifierSet(">=3.9")
 README_TYPES = {".md": "text/markdown", ".rst": "text/x-rst", ".txt": "text/plain"}
 _KNOWN = frozenset({"name", "version", "description", "readme", "requires-python", "license",

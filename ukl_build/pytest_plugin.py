@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from ukl_build.runner import quote_app_args
+from ukl_build.launcher.cmdline import quote_app_args
 
 DEFAULT_TIMEOUT = 300.0
 

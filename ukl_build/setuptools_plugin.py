@@ -4,14 +4,14 @@ A setuptools project adds ``ukl-build`` to ``[build-system] requires`` and a
 ``[tool.ukl-build]`` table; this hook (entry point
 ``setuptools.finalize_distribution_options``) then adds a ``build_ukl`` step
 to ``build`` that builds the images and puts them, with the launcher module,
-into the project's package as ``<package>/_image/`` and ``<package>/_ukl_runner.py``.
+into the project's package as ``<package>/_image/`` and ``<package>/_ukl_runner/`` (the
+launcher package).
 The package's own ``__main__`` can then call
 ``_ukl_runner.launcher_main(Path(__file__).parent / "_image")``.
 """
 
 from __future__ import annotations
 
-import shutil
 import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,6 +40,7 @@ class build_ukl(Command):  # type: ignore[misc]  # setuptools ships no types
     def run(self) -> None:
         from ukl_build.pipeline import build
         from ukl_build.settings import load_settings
+        from ukl_build.wheel import launcher_package
 
         settings = load_settings(Path.cwd(), own_metadata=False)  # setuptools writes METADATA
         packages = [p for p in (self.distribution.packages or []) if "." not in p]
@@ -50,7 +51,10 @@ class build_ukl(Command):  # type: ignore[misc]  # setuptools ships no types
         assert self.build_lib is not None
         target = Path(self.build_lib) / package
         result = build(Path.cwd(), out_dir=target / "_image", own_metadata=False)
-        shutil.copy2(Path(__file__).with_name("runner.py"), target / "_ukl_runner.py")
+        launcher = target / "_ukl_runner"
+        launcher.mkdir(exist_ok=True)
+        for name, data in launcher_package().items():
+            (launcher / name).write_bytes(data)
         self.announce(f"ukl-build: images in {result.images.directory}", level=2)
 
 

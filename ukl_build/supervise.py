@@ -3,7 +3,7 @@
 Standard library only and no imports from ukl_build: ukl-build runs this
 file as a script (``python supervise.py PARENT_PID -- COMMAND...``), so it
 needs no import path.  For a process that forks nothing (QEMU),
-``runner.die_with_parent`` is enough; this is for commands that fork trees
+``launcher.process.die_with_parent`` is enough; this is for commands that fork trees
 of their own (make -> sh -> gcc).  The supervisor dies-with-parent
   on SIGTERM, runs COMMAND in a process group of its own and adopts every
   orphan below it (``PR_SET_CHILD_SUBREAPER``).  On SIGTERM/SIGINT/SIGHUP it
@@ -25,7 +25,7 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def _prctl(option: int, arg: int) -> None:  # runner.py has its own: each file stands alone
+def _prctl(option: int, arg: int) -> None:  # launcher/process.py has its own: each stands alone
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(option, arg, 0, 0, 0) != 0:
         err = ctypes.get_errno()

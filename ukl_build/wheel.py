@@ -55,8 +55,14 @@ def write_metadata_dir(settings: Settings, directory: Path) -> str:
     return info
 
 
+def launcher_package() -> dict[str, bytes]:
+    """The launcher package's modules by file name: what a wheel carries as ``_launcher/``
+    (standard library and relative imports only, so it runs wherever it is put)."""
+    source = Path(__file__).with_name("launcher")
+    return {p.name: p.read_bytes() for p in sorted(source.glob("*.py"))}
+
+
 def launcher_files(settings: Settings) -> dict[str, bytes]:
-    runner = Path(__file__).with_name("runner.py").read_bytes()
     project = settings.project
     init = (f'"""{project.name} {project.version}: a ukl-build unikernel image and its launcher."""\n\n'
             "from pathlib import Path\n\n"
@@ -64,12 +70,13 @@ def launcher_files(settings: Settings) -> dict[str, bytes]:
             'IMAGE_DIR = Path(__file__).resolve().parent / "_image"\n').encode()
     main = (b"import sys\n\n"
             b"from . import IMAGE_DIR\n"
-            b"from ._runner import launcher_main\n\n\n"
+            b"from ._launcher import launcher_main\n\n\n"
             b"def main() -> int:\n"
             b"    return launcher_main(IMAGE_DIR, sys.argv[1:])\n\n\n"
             b'if __name__ == "__main__":\n'
             b"    sys.exit(main())\n")
-    return {"__init__.py": init, "__main__.py": main, "_runner.py": runner}
+    return {"__init__.py": init, "__main__.py": main,
+            **{f"_launcher/{name}": data for name, data in launcher_package().items()}}
 
 
 def _zip_time(epoch: int) -> tuple[int, int, int, int, int, int]:

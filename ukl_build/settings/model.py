@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ukl_build.launcher.options import FIRMWARE_FORMATS as FIRMWARE_FORMATS
+from ukl_build.launcher.options import Accel, Machine, RunOptions
 from ukl_build.project import Project
-from ukl_build.runner import FIRMWARE_FORMATS as FIRMWARE_FORMATS  # re-exported
-from ukl_build.runner import Accel, Machine, RunOptions
 
 # Fixed choices are types: the loader checks membership, so validate.py
 # keeps only the rules that span fields.

@@ -7,14 +7,9 @@ from pathlib import Path
 
 from ukl_build.cache import parse_size
 from ukl_build.errors import ConfigError
-from ukl_build.runner import (
-    HOST_CLOCK_PLACEHOLDER,
-    RunError,
-    RunOptions,
-    check_app_args,
-    kernel_cmdline,
-    split_forward,
-)
+from ukl_build.launcher.cmdline import HOST_CLOCK_PLACEHOLDER, check_app_args, kernel_cmdline
+from ukl_build.launcher.options import RunError, RunOptions
+from ukl_build.launcher.qemu import split_forward
 from ukl_build.settings.model import (
     APP_SOURCE_KINDS,
     HARDENED_RECIPE,

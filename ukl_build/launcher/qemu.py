@@ -1,0 +1,114 @@
+"""QEMU's command line for a boot: machine, image, command line, network."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from .cmdline import host_tsc_khz, kernel_cmdline
+from .firmware import FirmwareFiles, firmware_args
+from .manifest import Manifest
+from .options import FIRMWARE_FORMATS, RunError, RunOptions
+
+
+def _check_builtin(manifest: Manifest, opts: RunOptions) -> None:
+    """RunError for run options an image with a built-in command line cannot honour."""
+    if opts.args is not None or opts.extra_cmdline or opts.kernel_log:
+        raise RunError("this image has its command line built in (an efi/disk build): "
+                       "the app's arguments, --cmdline and --kernel-log are fixed at build "
+                       f"time ({manifest['cmdline_builtin']!r}); change cmdline or args and "
+                       "rebuild")
+    if opts.machine != "q35":
+        raise RunError("this image has its command line built in (an efi/disk build), "
+                       "made for q35: boot it with --machine q35")
+
+
+def _machine(opts: RunOptions) -> tuple[str, list[str]]:
+    """QEMU's -M value and the NIC device for ``opts.machine``."""
+    if opts.machine == "microvm":
+        # No ACPI, and no automatic virtio_mmio.device= on the command line: QEMU
+        # would append it after "--", where it would land in the app's argv.
+        return ("microvm,x-option-roms=off,acpi=off,auto-kernel-cmdline=off",
+                ["-device", "virtio-net-device,netdev=n0,bus=virtio-mmio-bus.0"])
+    if opts.machine == "q35":
+        # Secure Boot keeps its variables behind SMM, or the OS could rewrite them.
+        return "q35,smm=on" if opts.secure_boot else "q35", ["-device", "virtio-net-pci,netdev=n0"]
+    raise RunError(f"unknown machine {opts.machine!r} (microvm or q35)")
+
+
+def _image_path(manifest: Manifest, image_dir: Path, opts: RunOptions,
+                check_files: bool) -> Path:
+    """The file of the format to boot (just its name when ``check_files`` is off)."""
+    images = manifest["images"]
+    if opts.image not in images:
+        have = ", ".join(sorted(images)) or "none"
+        raise RunError(f"image format {opts.image!r} is not in this build (have: {have})")
+    if not check_files:
+        return Path(images[opts.image]["file"])
+    kernel = image_dir / images[opts.image]["file"]
+    if not kernel.is_file():
+        raise RunError(f"{kernel}: missing")
+    if shutil.which(opts.qemu) is None:
+        raise RunError(f"{opts.qemu} not found (apt-get install qemu-system-x86)")
+    return kernel
+
+
+def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
+              check_files: bool = True, host_clock: tuple[int, Path] | None = None,
+              firmware: FirmwareFiles | None = None) -> list[str]:
+    """QEMU's command line.  ``host_clock`` (hostclock= value, QMP socket): start
+    paused with a QMP socket, for :func:`resume_at`.  ``firmware``: the files
+    of this boot's firmware (efi and disk formats; see :func:`firmware_files`)."""
+    image = _image_path(manifest, image_dir, opts, check_files)
+    builtin = manifest.get("cmdline_builtin")
+    if builtin is not None:
+        _check_builtin(manifest, opts)
+    elif opts.image in FIRMWARE_FORMATS:
+        raise RunError(f"{image_dir}: the {opts.image} image has no built-in command line")
+    if opts.forward and not manifest["network"]:
+        raise RunError(f"--forward {' '.join(opts.forward)}: {image_dir} has no network "
+                       "(its kernel has no virtio-net driver: add the net and virtio-net "
+                       "recipes to forward ports to it)")
+    network = bool(manifest["network"])
+    machine, nic = _machine(opts)
+    argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
+            "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
+            "-serial", "stdio", "-no-reboot"]
+    if opts.image in FIRMWARE_FORMATS:
+        argv += firmware_args(opts, image, firmware, check_files)
+    elif builtin is not None:
+        argv += ["-kernel", str(image)]
+    else:
+        argv += ["-kernel", str(image), "-append",
+                 kernel_cmdline(manifest["cmdline"], manifest["args"], opts, network, accel,
+                                host_clock[0] if host_clock is not None else None,
+                                manifest["init_arg_limit"],
+                                host_tsc_khz() if accel == "tcg" else None)]
+    if accel == "kvm":
+        argv += ["-cpu", "host"]
+    if host_clock is not None:
+        argv += ["-S", "-qmp", f"unix:{host_clock[1]},server=on,wait=off"]
+    if network:
+        fwds = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in _forwards(opts.forward))
+        argv += ["-netdev", f"user,id=n0{fwds}", *nic]
+    return argv + list(opts.qemu_args)
+
+
+def split_forward(spec: str) -> tuple[int, int]:
+    """``HOST:GUEST`` TCP ports; ValueError if it is not that."""
+    m = re.fullmatch(r"(\d+):(\d+)", spec)
+    if not m:
+        raise ValueError(f"{spec!r}: expected HOST:GUEST ports, e.g. 8080:80")
+    ports = int(m.group(1)), int(m.group(2))
+    if not all(1 <= port <= 65535 for port in ports):
+        raise ValueError(f"{spec!r}: ports are 1 to 65535")
+    return ports
+
+
+def _forwards(specs: Sequence[str]) -> list[tuple[int, int]]:
+    try:
+        return [split_forward(f) for f in specs]
+    except ValueError as e:
+        raise RunError(f"--forward {e}") from None
