@@ -24,7 +24,7 @@ from ukl_build.cache import Cache
 from ukl_build.launcher.firmware import firmware_files
 from ukl_build.launcher.options import RunOptions
 from ukl_build.launcher.process import die_with_parent
-from ukl_build.launcher.qemu import qemu_argv
+from ukl_build.launcher.qemu import BootFiles, qemu_argv
 from ukl_build.launcher.run import run_image
 from ukl_build.pipeline import BuildResult, build
 
@@ -137,7 +137,7 @@ def boot_to_line(image_dir: Path, manifest: dict[str, Any], opts: RunOptions, pa
     """Seconds from QEMU's start to the first console line matching ``pattern``."""
     with tempfile.TemporaryDirectory(prefix="ukl-bench-fw-") as tmp:
         firmware = firmware_files(manifest, image_dir, opts, Path(tmp))
-        argv = qemu_argv(manifest, image_dir, opts, opts.accel, firmware=firmware)
+        argv = qemu_argv(manifest, image_dir, opts, opts.accel, boot=BootFiles(firmware=firmware))
         return _time_to_line(argv, pattern, timeout, kernel, initrd, extra_append)
 
 

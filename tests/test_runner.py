@@ -14,7 +14,7 @@ from ukl_build.launcher.accel import choose_accel, probe_image
 from ukl_build.launcher.cmdline import host_tsc_khz
 from ukl_build.launcher.console import wait_status_to_exit
 from ukl_build.launcher.options import RunError, RunOptions
-from ukl_build.launcher.qemu import qemu_argv
+from ukl_build.launcher.qemu import BootFiles, qemu_argv
 from ukl_build.launcher.run import run_image
 
 from conftest import fake_manifest
@@ -181,7 +181,7 @@ def test_firmware_formats_boot_ovmf_without_a_command_line(tmp_path: Path) -> No
     d, manifest = firmware_dir(tmp_path)
     files = FirmwareFiles(tmp_path / "vars.fd", tmp_path / "esp")
     disk = qemu_argv(manifest, d, RunOptions(machine="q35", image="disk"), "tcg",  # type: ignore[arg-type]
-                     check_files=False, firmware=files)
+                     check_files=False, boot=BootFiles(firmware=files))
     assert "-append" not in disk and "-kernel" not in disk
     assert disk[disk.index("-M") + 1] == "q35"
     assert "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd" in disk
@@ -189,7 +189,7 @@ def test_firmware_formats_boot_ovmf_without_a_command_line(tmp_path: Path) -> No
     assert "if=none,id=disk0,format=raw,readonly=on,file=app.disk.img" in disk
     efi = qemu_argv(manifest, d, RunOptions(machine="q35", image="efi", secure_boot=True,  # type: ignore[arg-type]
                                             firmware_vars="enrolled.fd"),
-                    "tcg", check_files=False, firmware=files)
+                    "tcg", check_files=False, boot=BootFiles(firmware=files))
     assert efi[efi.index("-M") + 1] == "q35,smm=on"  # Secure Boot variables behind SMM
     assert "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd" in efi
     assert "driver=cfi.pflash01,property=secure,value=on" in efi

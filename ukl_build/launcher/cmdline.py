@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .options import RunError, RunOptions
@@ -21,11 +22,15 @@ def _cstr(buf: bytearray, start: int) -> bytes:
     return bytes(buf[start:buf.index(0, start)])
 
 
-def _next_arg(line: bytes, pos: int) -> tuple[bytes, bool, int]:
-    """One word at ``pos``: (what init gets, whether it had a value, next position)."""
-    quoted = line[pos:pos + 1] == b'"'
-    if quoted:
+def _skip_spaces(line: bytes, pos: int) -> int:
+    while pos < len(line) and line[pos] in _KERNEL_SPACE:
         pos += 1
+    return pos
+
+
+def _scan(line: bytes, pos: int, quoted: bool) -> tuple[int, int]:
+    """Where the word at ``pos`` ends (a space outside quotes), and the offset of its
+    first "=" in it (0: none), as next_arg() finds them."""
     in_quote, equals, i = quoted, 0, pos
     while i < len(line):
         c = line[i]
@@ -36,8 +41,15 @@ def _next_arg(line: bytes, pos: int) -> tuple[bytes, bool, int]:
         if c == ord('"'):
             in_quote = not in_quote
         i += 1
-    n = i - pos
-    buf = bytearray(line[pos:i]) + b"\0"
+    return i, equals
+
+
+def _split_word(raw: bytes, quoted: bool, equals: int) -> tuple[bytes, bool]:
+    """What init gets for one word, and whether it had a value: next_arg() cuts it at
+    the "=" and drops the value's and the word's closing quotes (NULs in place), then
+    repair_env_string() joins param=val again."""
+    n = len(raw)
+    buf = bytearray(raw) + b"\0"
     val = None
     if equals:
         buf[equals] = 0
@@ -49,20 +61,25 @@ def _next_arg(line: bytes, pos: int) -> tuple[bytes, bool, int]:
     if quoted and n > 0 and buf[n - 1] == ord('"'):
         buf[n - 1] = 0
     word = _cstr(buf, 0)
-    if val is not None:  # repair_env_string(): param=val again, without the value's quote
-        word = word + b"=" + _cstr(buf, val)
-    nxt = i + 1 if i < len(line) else i
-    while nxt < len(line) and line[nxt] in _KERNEL_SPACE:
-        nxt += 1
-    return word, val is not None, nxt
+    if val is None:
+        return word, False
+    return word + b"=" + _cstr(buf, val), True
+
+
+def _next_arg(line: bytes, pos: int) -> tuple[bytes, bool, int]:
+    """One word at ``pos``: (what init gets, whether it had a value, next position)."""
+    quoted = line[pos:pos + 1] == b'"'
+    if quoted:
+        pos += 1
+    end, equals = _scan(line, pos, quoted)
+    word, has_value = _split_word(line[pos:end], quoted, equals)
+    return word, has_value, _skip_spaces(line, end + 1 if end < len(line) else end)
 
 
 def kernel_init_args(tail: bytes) -> list[bytes]:
     """What the kernel makes of the command line after ``--``: init's argv[1:]."""
     words: list[bytes] = []
-    pos = 0
-    while pos < len(tail) and tail[pos] in _KERNEL_SPACE:
-        pos += 1
+    pos = _skip_spaces(tail, 0)
     while pos < len(tail):
         word, has_value, pos = _next_arg(tail, pos)
         if not has_value and word == b"--":
@@ -150,39 +167,64 @@ def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
 MICROVM_NIC_PARAM = "virtio_mmio.device=512@0xfeb00000:5"
 
 
-def kernel_cmdline(image_cmdline: str, image_args: Sequence[str], opts: RunOptions,
-                   network: bool, accel: str = "tcg", host_clock_ns: int | None = None,
-                   init_arg_limit: int = DEFAULT_INIT_ARG_LIMIT,
-                   tsc_khz: int | None = None) -> str:
+@dataclass(frozen=True)
+class ImageLine:
+    """What an image brings to its kernel command line (its manifest's fields)."""
+
+    cmdline: str
+    args: Sequence[str]
+    network: bool = False  # a NIC that microvm must be told about
+    init_arg_limit: int = DEFAULT_INIT_ARG_LIMIT
+
+
+@dataclass(frozen=True)
+class BootClock:
+    """How the guest's clocks start: under TCG, the host's wall clock when QEMU starts
+    the guest (``host_clock_ns``, see HOST_CLOCK_LEAD_NS) and the host's TSC
+    frequency (``tsc_khz``, see host_tsc_khz())."""
+
+    accel: str = "tcg"
+    host_clock_ns: int | None = None
+    tsc_khz: int | None = None
+
+
+def _platform_params(opts: RunOptions, network: bool, clock: BootClock) -> list[str]:
+    """Ours: the console, the reboot method that ends a VM, the clocks, microvm's NIC."""
+    params = ["console=ttyS0", "reboot=t"]
+    if clock.accel == "tcg":
+        params.append(TCG_CLOCK_PARAM)
+        if clock.tsc_khz is not None:
+            params.append(f"tsc_early_khz={clock.tsc_khz}")
+    if clock.host_clock_ns is not None:
+        params.append(f"hostclock={clock.host_clock_ns}")
+    if network and opts.machine == "microvm":
+        params.append(MICROVM_NIC_PARAM)
+    return params
+
+
+def _app_tail(args: Sequence[str], limit: int) -> list[str]:
+    """``--`` and the app's arguments, quoted; RunError if the kernel would not pass
+    them exactly."""
+    try:
+        check_app_args(args, limit)
+    except ValueError as e:
+        raise RunError(f"app arguments: {e}") from None
+    return ["--", quote_app_args(args)] if args else []
+
+
+def kernel_cmdline(image: ImageLine, opts: RunOptions, clock: BootClock = BootClock()) -> str:
     """The kernel command line of a boot: ours, the image's, then ``--`` and the app's argv.
 
-    ``host_clock_ns``: the host's wall clock when QEMU will start the guest
-    (see HOST_CLOCK_LEAD_NS).  RunError if the kernel would not hand the app
-    its arguments exactly.
+    RunError if the kernel would not hand the app its arguments exactly, or
+    would cut the line.
     """
-    cmdline = ["console=ttyS0", "reboot=t"]
-    if accel == "tcg":
-        cmdline.append(TCG_CLOCK_PARAM)
-        if tsc_khz is not None:
-            cmdline.append(f"tsc_early_khz={tsc_khz}")
-    if host_clock_ns is not None:
-        cmdline.append(f"hostclock={host_clock_ns}")
-    if network and opts.machine == "microvm":
-        cmdline.append(MICROVM_NIC_PARAM)
-    if image_cmdline:
-        cmdline.append(image_cmdline)
+    cmdline = [*_platform_params(opts, image.network, clock), image.cmdline]
     if opts.kernel_log:
         cmdline = [" ".join(w for w in c.split() if w != "quiet") for c in cmdline]
         cmdline.append("loglevel=7")
-    if opts.extra_cmdline:
-        cmdline.append(opts.extra_cmdline)
-    args = opts.args if opts.args is not None else list(image_args)
-    try:
-        check_app_args(args, init_arg_limit)
-    except ValueError as e:
-        raise RunError(f"app arguments: {e}") from None
-    if args:
-        cmdline += ["--", quote_app_args(args)]
+    cmdline.append(opts.extra_cmdline)
+    cmdline += _app_tail(opts.args if opts.args is not None else list(image.args),
+                         image.init_arg_limit)
     append = " ".join(w for w in cmdline if w)
     size = len(append.encode("utf-8", "surrogateescape"))
     if size > COMMAND_LINE_MAX:
@@ -198,5 +240,5 @@ def builtin_cmdline(image_cmdline: str, image_args: Sequence[str],
     Only what holds on any machine: the serial console, the reboot method
     that ends a VM, the image's own parameters and the app's arguments.
     """
-    return kernel_cmdline(image_cmdline, image_args, RunOptions(machine="q35"), network=False,
-                          accel="", init_arg_limit=init_arg_limit)
+    return kernel_cmdline(ImageLine(image_cmdline, image_args, init_arg_limit=init_arg_limit),
+                          RunOptions(machine="q35"), BootClock(accel=""))

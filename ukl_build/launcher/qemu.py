@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from .cmdline import host_tsc_khz, kernel_cmdline
+from .cmdline import BootClock, ImageLine, host_tsc_khz, kernel_cmdline
 from .firmware import FirmwareFiles, firmware_args
 from .manifest import Manifest
 from .options import FIRMWARE_FORMATS, RunError, RunOptions
@@ -55,15 +56,20 @@ def _image_path(manifest: Manifest, image_dir: Path, opts: RunOptions,
     return kernel
 
 
-def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
-              check_files: bool = True, host_clock: tuple[int, Path] | None = None,
-              firmware: FirmwareFiles | None = None) -> list[str]:
-    """QEMU's command line.  ``host_clock`` (hostclock= value, QMP socket): start
-    paused with a QMP socket, for :func:`resume_at`.  ``firmware``: the files
-    of this boot's firmware (efi and disk formats; see :func:`firmware_files`)."""
-    image = _image_path(manifest, image_dir, opts, check_files)
-    builtin = manifest.get("cmdline_builtin")
-    if builtin is not None:
+@dataclass(frozen=True)
+class BootFiles:
+    """What one boot brings beyond the image: a QMP socket through which QEMU, started
+    paused, is resumed at host time ``host_clock_ns`` (run.resume_at; the kernel is told
+    that time), and the efi and disk formats' firmware files (firmware_files())."""
+
+    qmp: Path | None = None
+    host_clock_ns: int | None = None
+    firmware: FirmwareFiles | None = None
+
+
+def _check_request(manifest: Manifest, image_dir: Path, opts: RunOptions) -> None:
+    """RunError for what this image cannot do as asked."""
+    if manifest.get("cmdline_builtin") is not None:
         _check_builtin(manifest, opts)
     elif opts.image in FIRMWARE_FORMATS:
         raise RunError(f"{image_dir}: the {opts.image} image has no built-in command line")
@@ -71,26 +77,39 @@ def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
         raise RunError(f"--forward {' '.join(opts.forward)}: {image_dir} has no network "
                        "(its kernel has no virtio-net driver: add the net and virtio-net "
                        "recipes to forward ports to it)")
-    network = bool(manifest["network"])
+
+
+def _boot_args(manifest: Manifest, image: Path, opts: RunOptions, accel: str,
+               boot: BootFiles, check_files: bool) -> list[str]:
+    """How QEMU starts the image: through firmware, or -kernel with our command line
+    (none for a kernel that carries its own)."""
+    if opts.image in FIRMWARE_FORMATS:
+        return firmware_args(opts, image, boot.firmware, check_files)
+    if manifest.get("cmdline_builtin") is not None:
+        return ["-kernel", str(image)]
+    line = ImageLine(manifest["cmdline"], manifest["args"], bool(manifest["network"]),
+                     manifest["init_arg_limit"])
+    clock = BootClock(accel, boot.host_clock_ns, host_tsc_khz() if accel == "tcg" else None)
+    return ["-kernel", str(image), "-append", kernel_cmdline(line, opts, clock)]
+
+
+def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
+              check_files: bool = True, boot: BootFiles = BootFiles()) -> list[str]:
+    """QEMU's command line for booting the image in ``image_dir`` as ``opts`` ask, with
+    ``boot``'s files; with ``check_files`` off, without looking at any file (the
+    command line a manifest shows)."""
+    image = _image_path(manifest, image_dir, opts, check_files)
+    _check_request(manifest, image_dir, opts)
     machine, nic = _machine(opts)
     argv = [opts.qemu, "-M", machine, "-accel", accel, "-m", opts.memory,
             "-smp", str(opts.smp), "-nodefaults", "-no-user-config", "-display", "none",
-            "-serial", "stdio", "-no-reboot"]
-    if opts.image in FIRMWARE_FORMATS:
-        argv += firmware_args(opts, image, firmware, check_files)
-    elif builtin is not None:
-        argv += ["-kernel", str(image)]
-    else:
-        argv += ["-kernel", str(image), "-append",
-                 kernel_cmdline(manifest["cmdline"], manifest["args"], opts, network, accel,
-                                host_clock[0] if host_clock is not None else None,
-                                manifest["init_arg_limit"],
-                                host_tsc_khz() if accel == "tcg" else None)]
+            "-serial", "stdio", "-no-reboot",
+            *_boot_args(manifest, image, opts, accel, boot, check_files)]
     if accel == "kvm":
         argv += ["-cpu", "host"]
-    if host_clock is not None:
-        argv += ["-S", "-qmp", f"unix:{host_clock[1]},server=on,wait=off"]
-    if network:
+    if boot.qmp is not None:
+        argv += ["-S", "-qmp", f"unix:{boot.qmp},server=on,wait=off"]
+    if manifest["network"]:
         fwds = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in _forwards(opts.forward))
         argv += ["-netdev", f"user,id=n0{fwds}", *nic]
     return argv + list(opts.qemu_args)

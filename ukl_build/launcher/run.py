@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -19,7 +20,7 @@ from .firmware import firmware_files
 from .manifest import Manifest, load_manifest
 from .options import EXIT_TIMEOUT, RunError, RunOptions
 from .process import die_with_parent, kill_after, raise_on_termination
-from .qemu import qemu_argv
+from .qemu import BootFiles, qemu_argv
 from .qmp import resume_at
 
 
@@ -32,68 +33,103 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
     accel = choose_accel(opts, err)
     tmp = Path(tempfile.mkdtemp(prefix="ukl-run-"))
     try:
-        return _run(manifest, image_dir, opts, accel, tmp, out, err)
+        argv, boot = _command(manifest, image_dir, opts, accel, tmp)
+        print(f"[ukl-build] booting {manifest.get('name', image_dir.name)} "
+              f"({opts.image}, {opts.machine}, {accel})", file=err, flush=True)
+        return _supervise(argv, boot, opts, out, err)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
-         tmp: Path, out: TextIO, err: TextIO) -> int:
-    start_ns = time.time_ns() + HOST_CLOCK_LEAD_NS
+def _command(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
+             tmp: Path) -> tuple[list[str], BootFiles]:
+    """QEMU's command line and the boot's own files, in ``tmp``."""
     # The host's clock goes on the command line: not for images that carry theirs.
     clock = accel == "tcg" and "cmdline_builtin" not in manifest
-    host_clock = (start_ns, tmp / "qmp.sock") if clock else None
-    argv = qemu_argv(manifest, image_dir, opts, accel, host_clock=host_clock,
+    boot = BootFiles(qmp=tmp / "qmp.sock" if clock else None,
+                     host_clock_ns=time.time_ns() + HOST_CLOCK_LEAD_NS if clock else None,
                      firmware=firmware_files(manifest, image_dir, opts, tmp))
-    print(f"[ukl-build] booting {manifest.get('name', image_dir.name)} "
-          f"({opts.image}, {opts.machine}, {accel})", file=err, flush=True)
+    return qemu_argv(manifest, image_dir, opts, accel, boot=boot), boot
+
+
+@dataclass
+class _Qemu:
+    """A QEMU process that dies with us (even on SIGKILL: no orphaned VM holding the
+    forwarded ports), and what it says on stderr."""
+
+    proc: subprocess.Popen[bytes]
+    said: list[bytes]
+    reader: threading.Thread
+
+    @classmethod
+    def start(cls, argv: list[str], interactive: bool) -> _Qemu:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=None if interactive else subprocess.DEVNULL,
+                                preexec_fn=die_with_parent(signal.SIGKILL))
+        assert proc.stdout is not None and proc.stderr is not None
+        said: list[bytes] = []
+        stderr = proc.stderr
+        reader = threading.Thread(target=lambda: said.extend(stderr), daemon=True)
+        reader.start()
+        return cls(proc, said, reader)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def words(self) -> str:
+        return b"".join(self.said).decode(errors="replace").strip()
+
+
+def _resume(qemu: _Qemu, boot: BootFiles, err: TextIO) -> None:
+    """Start a QEMU that waits paused (``boot.qmp``) at the host time its kernel was told."""
+    if boot.qmp is None or boot.host_clock_ns is None:
+        return
+    try:
+        late = resume_at(boot.qmp, boot.host_clock_ns, qemu.proc)
+    except RunError as e:  # QEMU refused to start: its own words say why
+        qemu.stop()
+        qemu.reader.join(timeout=2)
+        said = qemu.words()
+        raise RunError(f"{e}\n    QEMU said: {said[-1000:]}" if said else str(e)) from None
+    if late > 5_000_000:
+        print(f"[ukl-build] QEMU started up to {late / 1e6:.0f} ms late: the guest's "
+              "wall clock is up to that much behind", file=err, flush=True)
+
+
+def _stream(qemu: _Qemu, console: Console) -> None:
+    assert qemu.proc.stdout is not None
+    for raw in qemu.proc.stdout:
+        console.feed(raw)
+        if console.refused is not None:  # the firmware would wait for a key press
+            qemu.proc.kill()
+    qemu.proc.wait()
+
+
+def _supervise(argv: list[str], boot: BootFiles, opts: RunOptions, out: TextIO,
+               err: TextIO) -> int:
+    """Run QEMU to its end, the console streamed to ``out``; the launcher's exit status."""
     start = time.monotonic()
     interactive = sys.stdin is not None and sys.stdin.isatty() and out is sys.stdout
     restore = raise_on_termination(lambda signum: SystemExit(128 + signum))  # QEMU killed
-    # QEMU dies with us, even on SIGKILL: no orphaned VM holding the forwarded ports.
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=None if interactive else subprocess.DEVNULL,
-                            preexec_fn=die_with_parent(signal.SIGKILL))
-    assert proc.stdout is not None and proc.stderr is not None
-    qemu_err: list[bytes] = []
-    stderr = proc.stderr
-    err_thread = threading.Thread(target=lambda: qemu_err.extend(stderr), daemon=True)
-    err_thread.start()
-    timer, timed_out = kill_after(proc, opts.timeout)
+    qemu = _Qemu.start(argv, interactive)
+    timer, timed_out = kill_after(qemu.proc, opts.timeout)
     console = Console(out)
     try:
-        if host_clock is not None:
-            try:
-                late = resume_at(host_clock[1], host_clock[0], proc)
-            except RunError as e:  # QEMU refused to start: its own words say why
-                proc.kill()
-                proc.wait()
-                err_thread.join(timeout=2)
-                said = b"".join(qemu_err).decode(errors="replace").strip()
-                raise RunError(f"{e}\n    QEMU said: {said[-1000:]}" if said else str(e)) \
-                    from None
-            if late > 5_000_000:
-                print(f"[ukl-build] QEMU started up to {late / 1e6:.0f} ms late: the guest's "
-                      "wall clock is up to that much behind", file=err, flush=True)
-        for raw in proc.stdout:
-            console.feed(raw)
-            if console.refused is not None:  # the firmware would wait for a key press
-                proc.kill()
-        proc.wait()
+        _resume(qemu, boot, err)
+        _stream(qemu, console)
     except KeyboardInterrupt:
-        proc.kill()
-        proc.wait()
+        qemu.stop()
         print("\n[ukl-build] interrupted; VM stopped", file=err)
         return 130
     finally:
         if timer:
             timer.cancel()
-        if proc.poll() is None:  # also on SIGTERM: never leave an orphaned VM behind
-            proc.kill()
-            proc.wait()
+        qemu.stop()  # also on SIGTERM: never leave an orphaned VM behind
         restore()
-    err_thread.join(timeout=2)
+    qemu.reader.join(timeout=2)
     if timed_out.is_set():
         print(f"[ukl-build] timeout: VM stopped after {opts.timeout:g} s", file=err, flush=True)
         return EXIT_TIMEOUT
-    return outcome(console, time.monotonic() - start, proc.returncode, qemu_err, err)
+    return outcome(console, time.monotonic() - start, qemu.proc.returncode, qemu.said, err)

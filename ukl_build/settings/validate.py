@@ -7,7 +7,13 @@ from pathlib import Path
 
 from ukl_build.cache import parse_size
 from ukl_build.errors import ConfigError
-from ukl_build.launcher.cmdline import HOST_CLOCK_PLACEHOLDER, check_app_args, kernel_cmdline
+from ukl_build.launcher.cmdline import (
+    HOST_CLOCK_PLACEHOLDER,
+    BootClock,
+    ImageLine,
+    check_app_args,
+    kernel_cmdline,
+)
 from ukl_build.launcher.options import RunError, RunOptions
 from ukl_build.launcher.qemu import split_forward
 from ukl_build.settings.model import (
@@ -224,7 +230,8 @@ def _validate_run(s: Settings, origin: Origins) -> None:
         raise ConfigError(f"{origin('run.machine')}: the efi and disk formats boot through UEFI "
                           "firmware, which QEMU's microvm does not have", hint='machine = "q35"')
     try:  # the longest line a boot of this image can have (microvm adds its NIC)
-        kernel_cmdline(s.cmdline, s.args, RunOptions(machine=s.run_machine),
-                       network=True, host_clock_ns=HOST_CLOCK_PLACEHOLDER)
+        kernel_cmdline(ImageLine(s.cmdline, s.args, network=True),
+                       RunOptions(machine=s.run_machine),
+                       BootClock(host_clock_ns=HOST_CLOCK_PLACEHOLDER))
     except RunError as e:
         raise ConfigError(f"{origin('cmdline')}, with the app's arguments: {e}") from None
