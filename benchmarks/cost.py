@@ -6,8 +6,9 @@ plugin's counts, run ``--load`` (which makes N requests), take them again, and
 print the difference divided by N: instructions by where they ran (the app's
 text, the idle loop, the rest of the kernel, user space) and the instruction
 classes whose cost a count hides (syscall, sysret, swapgs, iret, CR3 writes,
-wrmsr, lfence, mfence, verw, serialising).  ``{port}`` in a command is the
-forwarded host port.  The wall clock of the load is printed beside the counts.
+wrmsr, lfence, mfence, verw, serialising; and zeroing idioms, which CPUs execute
+for free).  ``{port}`` in a command is the forwarded host port.  The wall clock
+of the load is printed beside the counts.
 
 The plugin is compiled here against ``qemu-plugin.h`` from Debian's ``qemu``
 source package, fetched and verified by apt like every other source.  Counts

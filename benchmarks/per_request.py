@@ -57,7 +57,7 @@ LOADS: dict[str, Load] = {
                        LOADGEN + " http --port {port} -n {requests}"),
 }
 CLASSES = ("syscall", "sysret", "swapgs", "iret", "cr3_write", "wrmsr", "lfence", "mfence",
-           "verw", "serialising")
+           "verw", "serialising", "zero_idiom")
 
 
 def _free_port() -> int:

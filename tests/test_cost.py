@@ -70,9 +70,11 @@ def test_address_ranges_from_the_symbols(monkeypatch: pytest.MonkeyPatch) -> Non
 
 # 1000 rounds of a loop whose every instruction is known: two lfence, an mfence, a cpuid
 # (serialising), a verw, an iretq to the next instruction (same privilege level), a
-# getppid system call, and 13 ordinary instructions; the loop is the region "body"
-# (between the symbols body and done), the rest "user".  The classes that need ring 0
-# (swapgs, sysret, wrmsr, CR3 writes) cannot run in a user-mode program.
+# getppid system call, three zeroing idioms (xor or sub of a register with itself, REX
+# forms too), and 13 ordinary instructions (one an xor of two different registers); the
+# loop is the region "body" (between the symbols body and done), the rest "user".  The
+# classes that need ring 0 (swapgs, sysret, wrmsr, CR3 writes) cannot run in a user-mode
+# program.
 MIX = """\
 \t.globl _start
 _start:
@@ -85,6 +87,9 @@ body:
 \txor %eax, %eax
 \tcpuid
 \tverw sel(%rip)
+\txor %r8d, %r8d
+\tsub %rcx, %rcx
+\txor %r8d, %eax
 \tmov %rsp, %rax
 \tmov %ss, %ecx
 \tpush %rcx
@@ -129,7 +134,7 @@ def test_the_plugin_counts_a_known_instruction_mix(cache, tmp_path: Path) -> Non
     assert {k: v for k, v in counts.items() if k[0] == "body"} == {
         ("body", "lfence"): 2000, ("body", "mfence"): 1000, ("body", "serialising"): 1000,
         ("body", "verw"): 1000, ("body", "iret"): 1000, ("body", "syscall"): 1000,
-        ("body", "other"): 13000}
+        ("body", "zero_idiom"): 3000, ("body", "other"): 13000}
     # Outside the named range: the loop counter's set-up, and the exit system call.
     assert {k: v for k, v in counts.items() if k[0] != "body"} == {
-        ("user", "other"): 3, ("user", "syscall"): 1}
+        ("user", "other"): 2, ("user", "zero_idiom"): 1, ("user", "syscall"): 1}

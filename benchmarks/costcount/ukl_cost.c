@@ -14,7 +14,8 @@
  * Classes, decoded from the instruction's bytes after its legacy and REX
  * prefixes: syscall, sysret, swapgs, iret, mov to CR3, wrmsr, lfence,
  * mfence, verw, other serialising instructions (cpuid, other control
- * register writes, invlpg, wbinvd), and every other instruction.
+ * register writes, invlpg, wbinvd), zeroing idioms (xor or sub of a
+ * register with itself), and every other instruction.
  *
  * Counting is an inline add per executed instruction (no callback), into
  * one matrix shared by all vCPUs: run the guest with one vCPU, or the adds
@@ -40,12 +41,12 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
 
 enum insn_class {
 	C_OTHER, C_SYSCALL, C_SYSRET, C_SWAPGS, C_IRET, C_CR3, C_WRMSR,
-	C_LFENCE, C_MFENCE, C_VERW, C_SERIALISING, N_CLASSES
+	C_LFENCE, C_MFENCE, C_VERW, C_SERIALISING, C_ZERO_IDIOM, N_CLASSES
 };
 
 static const char *const class_names[N_CLASSES] = {
 	"other", "syscall", "sysret", "swapgs", "iret", "cr3_write", "wrmsr",
-	"lfence", "mfence", "verw", "serialising",
+	"lfence", "mfence", "verw", "serialising", "zero_idiom",
 };
 
 #define MAX_RANGES 30
@@ -88,18 +89,38 @@ static int is_legacy_prefix(uint8_t b)
 	return 0;
 }
 
+/*
+ * xor or sub of a general register with itself: how compilers zero a
+ * register (and what -fzero-call-used-regs emits at every return).  CPUs
+ * recognise the idiom when renaming registers and execute nothing for it,
+ * so it is the one class whose count overstates its cost.
+ */
+static bool is_zero_idiom(const uint8_t *p, size_t n, uint8_t rex)
+{
+	uint8_t modrm;
+
+	if (n < 2 || (p[0] != 0x31 && p[0] != 0x33 && p[0] != 0x29 && p[0] != 0x2b))
+		return false;
+	modrm = p[1];
+	return (modrm >> 6) == 3 && ((modrm >> 3) & 7) == (modrm & 7) &&
+	       ((rex >> 2) & 1) == (rex & 1);	/* REX.R and REX.B: the same register */
+}
+
 static enum insn_class classify(const uint8_t *p, size_t n)
 {
 	size_t i = 0;
+	uint8_t rex = 0;
 
 	while (i < n && is_legacy_prefix(p[i]))
 		i++;
 	if (i < n && (p[i] & 0xf0) == 0x40)	/* REX */
-		i++;
+		rex = p[i++];
 	if (i >= n)
 		return C_OTHER;
 	if (p[i] == 0xcf)
 		return C_IRET;
+	if (is_zero_idiom(p + i, n - i, rex))
+		return C_ZERO_IDIOM;
 	if (p[i] != 0x0f || i + 1 >= n)
 		return C_OTHER;
 	uint8_t op = p[i + 1];
