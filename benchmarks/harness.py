@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -96,6 +97,13 @@ class Context:
 
     def options(self, **kw: Any) -> RunOptions:
         return RunOptions(accel=self.accel, **kw)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a VM's forward)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def read_recipes(project: Path) -> list[str]:

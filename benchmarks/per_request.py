@@ -12,7 +12,6 @@ the classes an instruction count hides are beside them.
 from __future__ import annotations
 
 import shlex
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import cost
-from benchmarks.harness import Context, alternate, median
+from benchmarks.harness import Context, alternate, free_port, median
+from ukl_build.pipeline import BuildResult
 
 # name -> (mode, extra settings, the user-mode baseline on the UKL configuration?)
 VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {
@@ -60,17 +60,16 @@ CLASSES = ("syscall", "sysret", "swapgs", "iret", "cr3_write", "wrmsr", "lfence"
            "verw", "serialising", "zero_idiom")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _measure(result: Any, load: Load, requests: int) -> dict[str, float]:
+def measure(result: BuildResult, load: Load, requests: int,
+            cmdline: str = "") -> dict[str, float]:
+    """One boot of ``result``'s image under the counting plugin (``cmdline`` appended),
+    ``load`` run against it: per request, the instructions without the idle loop and the
+    classes (as ``benchmarks.cost``'s "total"), the app's own instructions, and the wall
+    clock of the load."""
     with tempfile.TemporaryDirectory(prefix="ukl-per-request-") as tmp:
         out = cost.measure(result.images.directory, result.kernel.vmlinux,
-                           f"{_free_port()}:{load.guest_port}", load.ready, load.load,
-                           requests, Path(tmp))
+                           f"{free_port()}:{load.guest_port}", load.ready, load.load,
+                           requests, Path(tmp), extra_cmdline=cmdline)
     total = out["per_request"]["total"]
     app = out["per_request"].get("app", out["per_request"].get("user", {}))
     return {**total, "app_instructions": app.get("instructions", 0.0),
@@ -87,8 +86,8 @@ def per_request(ctx: Context, requests: int, loads: list[str] | None = None) -> 
              f"--load LOAD -n {requests} (READY and LOAD: benchmarks/per_request.py LOADS)")
     table: dict[str, Any] = {}
     for name, load in chosen.items():
-        samples = alternate({v: (lambda v=v, load=load: _measure(builds[(load.app, v)], load,
-                                                                 requests))
+        samples = alternate({v: (lambda v=v, load=load: measure(builds[(load.app, v)], load,
+                                                                requests))
                              for v in VARIANTS}, ctx.rounds)
         row: dict[str, Any] = {"load": load.load}
         for v in VARIANTS:

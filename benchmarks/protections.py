@@ -12,16 +12,12 @@ the most expensive suite to build: about ten UKL kernels.
 
 from __future__ import annotations
 
-import socket
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from benchmarks import cost
-from benchmarks.harness import Context, alternate, median, run_capture
-
-REDIS_PORT = 6379
+from benchmarks.harness import Context, alternate, median
+from benchmarks.per_request import LOADS, measure
+from benchmarks.suites import sysbench
 
 
 @dataclass(frozen=True)
@@ -63,37 +59,6 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _getppid(ctx: Context, image_dir: Path, cmdline: str, calls: int) -> float:
-    """Instructions per getppid (sysbench's loop included), exact: -icount shift=0."""
-    opts = ctx.options(args=[str(calls)], timeout=900, extra_cmdline=cmdline,
-                       qemu_args=["-icount", "shift=0"])
-    opts.accel = "tcg"
-    status, out = run_capture(image_dir, opts)
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[:2] == ["bench", "getppid"]:
-            return int(parts[2]) / 1000.0
-    raise RuntimeError(f"sysbench printed no getppid figure (status {status}): {out[-2000:]}")
-
-
-def _redis_get(image_dir: Path, vmlinux: Path, cmdline: str, requests: int) -> dict[str, float]:
-    """Per Redis GET: instructions without the idle loop, and the expensive classes."""
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="ukl-protections-") as tmp:
-        result = cost.measure(
-            image_dir, vmlinux, f"{port}:{REDIS_PORT}", "redis-cli -p {port} ping",
-            "redis-benchmark -p {port} -t get -n {requests} -c 1 -P 1 -q", requests,
-            Path(tmp), extra_cmdline=cmdline)
-    total = result["per_request"]["total"]
-    return {"wall_seconds": result["wall_seconds"], **total}
-
-
 def protections(ctx: Context, iterations: int, requests: int) -> None:
     """Instructions per getppid and per Redis GET for each variant, side by side."""
     built = {name: (ctx.build("sysbench", "ukl", **v.settings),
@@ -101,15 +66,16 @@ def protections(ctx: Context, iterations: int, requests: int) -> None:
     calls = max(iterations // 10, 100)
     ctx.note(f"python -m ukl_build run <sysbench image> --accel tcg --cmdline CMDLINE "
              f"--qemu-arg=-icount --qemu-arg=shift=0 -- {calls}")
-    ctx.note(f"python -m benchmarks.cost <redis image> <its vmlinux> --forward PORT:6379 "
-             f"--ready 'redis-cli -p {{port}} ping' -n {requests} "
-             "--load 'redis-benchmark -p {port} -t get -n {requests} -c 1 -P 1 -q' "
-             "(plus --cmdline CMDLINE)")
-    getppid = {name: _getppid(ctx, built[name][0].images.directory, v.cmdline, calls)
+    redis_get = LOADS["redis-get"]
+    ctx.note(f"python -m benchmarks.cost <redis image> <its vmlinux> "
+             f"--forward PORT:{redis_get.guest_port} --ready '{redis_get.ready}' "
+             f"-n {requests} --load '{redis_get.load}' (plus --cmdline CMDLINE)")
+    getppid = {name: sysbench(ctx, built[name][0].images.directory, calls, True,
+                              f"protections {name}", v.cmdline)["getppid"]
                for name, v in VARIANTS.items()}  # exact: one run each
-    samples = alternate({name: (lambda n=name, v=v: _redis_get(
-        built[n][1].images.directory, built[n][1].kernel.vmlinux, v.cmdline, requests))
-        for name, v in VARIANTS.items()}, ctx.rounds)
+    samples = alternate({name: (lambda n=name, v=v: measure(built[n][1], redis_get, requests,
+                                                            v.cmdline))
+                         for name, v in VARIANTS.items()}, ctx.rounds)
     base_ppid, base_get = getppid["default"], median(s["instructions"]
                                                      for s in samples["default"])
     table: dict[str, Any] = {}
@@ -124,8 +90,8 @@ def protections(ctx: Context, iterations: int, requests: int) -> None:
             "get_over_default": round(get / base_get, 3),
             "get_wall_seconds_median": round(median(s["wall_seconds"] for s in samples[name]), 3),
         }
-        classes = {k for s in samples[name] for k in s if k not in ("instructions",
-                                                                    "wall_seconds")}
+        classes = {k for s in samples[name] for k in s
+                   if k not in ("instructions", "app_instructions", "wall_seconds")}
         for cls in sorted(classes):
             row[f"get_{cls}_median"] = round(median(s.get(cls, 0.0) for s in samples[name]), 2)
         table[name] = row

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import stock
-from benchmarks.harness import APPS, Context, alternate, boot_to_line, median, percentile, run_capture
+from benchmarks.harness import (
+    APPS,
+    Context,
+    alternate,
+    boot_to_line,
+    free_port,
+    median,
+    percentile,
+    run_capture,
+)
 from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
 from ukl_build.cache import Cache, tree_size
 from ukl_build.errors import UklError
@@ -45,7 +54,7 @@ def syscall(ctx: Context, iterations: int) -> None:
     images = {name: r.images for name, r in _variant_builds(ctx, "sysbench").items()}
 
     def sample(name: str, n: int = iterations, icount: bool = False) -> dict[str, float]:
-        return _sysbench(ctx, images[name].directory, n, icount, name)
+        return sysbench(ctx, images[name].directory, n, icount, name)
 
     ctx.note(f"python -m ukl_build run <sysbench image> --accel {ctx.accel} -- {iterations}")
     samples = alternate({name: (lambda name=name: sample(name)) for name in VARIANTS}, ctx.rounds)
@@ -73,15 +82,15 @@ def syscall(ctx: Context, iterations: int) -> None:
                               "rounds": ctx.rounds, "per_call": table}
 
 
-def _sysbench(ctx: Context, image_dir: Path, n: int, icount: bool, name: str
-              ) -> dict[str, float]:
+def sysbench(ctx: Context, image_dir: Path, n: int, icount: bool, name: str,
+             cmdline: str = "") -> dict[str, float]:
     """ns per call of each sysbench benchmark, ``n`` calls each.
 
     With -icount shift=0 the guest clock advances 1 ns per guest instruction, so the
     app's "ns per call" is instructions per call: exact, and immune to the host's noise
     (but blind to what an instruction costs: a syscall counts 1).
     """
-    opts = ctx.options(args=[str(n)], timeout=900,
+    opts = ctx.options(args=[str(n)], timeout=900, extra_cmdline=cmdline,
                        qemu_args=["-icount", "shift=0"] if icount else [])
     if icount:
         opts.accel = "tcg"  # -icount is a TCG feature, whatever --accel says
@@ -195,7 +204,7 @@ def size(ctx: Context) -> None:
 
 
 def _serves(result: Any, ctx: Context, memory: str) -> bool:
-    port = _free_port()
+    port = free_port()
     opts = ctx.options(memory=memory, forward=[f"{port}:8080"], timeout=60)
     done: dict[str, Any] = {}
     t = threading.Thread(target=lambda: done.update(r=run_capture(result.images.directory, opts)),
@@ -219,12 +228,6 @@ def _serves(result: Any, ctx: Context, memory: str) -> bool:
 
 def _stop_vms(port: int) -> None:
     subprocess.run(["pkill", "-f", f"hostfwd=tcp:127.0.0.1:{port}-"], check=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def memory(ctx: Context) -> None:
@@ -283,7 +286,7 @@ def _load(port: int, path: str, connections: int, duration: float) -> dict[str, 
 def httpd(ctx: Context, duration: float, connections: int, sizes: list[int]) -> None:
     """Keep-alive requests/s and latency through the forwarded port: UKL, shortcuts, user mode."""
     results = _variant_builds(ctx, "httpd")
-    ports = {m: _free_port() for m in VARIANTS}
+    ports = {m: free_port() for m in VARIANTS}
     threads = {}
     for m in VARIANTS:  # all VMs up at once; the load alternates between them
         # The load visits each VM in turn: each lives through every variant's samples (x2 margin).
@@ -426,7 +429,7 @@ def _wait_redis(port: int, timeout: float = 120,
 def _redis_vm(image: Bootable, ctx: Context, timeout: float, **opts: Any) -> Iterator[int]:
     """Boot Redis in the background with its port forwarded; yield the host port once
     it answers PING (RuntimeError if it does not in time); stop the VM on exit."""
-    port = _free_port()
+    port = free_port()
     options = ctx.options(forward=[f"{port}:6379"], timeout=timeout, **image.options, **opts)
     t = threading.Thread(target=run_capture, args=(image.directory, options), daemon=True)
     t.start()
@@ -529,7 +532,7 @@ def _flatten(table: dict[str, dict[str, float]]) -> dict[str, float]:
 @contextmanager
 def redis_store(work: Path) -> Iterator[str]:
     """A redis-server on 127.0.0.1 as ccache's remote store; killed when the block ends."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port),
                              "--save", "", "--appendonly", "no", "--dir", str(work)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -643,7 +646,7 @@ def _hardening_syscalls(ctx: Context, iterations: int) -> dict[str, Any]:
     ctx.note(f"python -m ukl_build run <sysbench image> --accel tcg --qemu-arg=-icount "
              f"--qemu-arg=shift=0 -- {counted}")
     # Exact counts: one run each.
-    per_call = {h: _sysbench(ctx, image.directory, counted, True, f"hardened {h}")
+    per_call = {h: sysbench(ctx, image.directory, counted, True, f"hardened {h}")
                 for h, image in images.items()}
     return {bench: {"on": round(per_call["on"][bench]), "off": round(per_call["off"][bench]),
                     "ratio_on_over_off": round(per_call["on"][bench] / per_call["off"][bench], 3)}
@@ -652,7 +655,7 @@ def _hardening_syscalls(ctx: Context, iterations: int) -> dict[str, Any]:
 
 def _hardening_httpd(ctx: Context, duration: float, connections: int) -> dict[str, Any]:
     results = {h: ctx.build("httpd", "ukl", **extra) for h, extra in HARDENING.items()}
-    ports = {h: _free_port() for h in HARDENING}
+    ports = {h: free_port() for h in HARDENING}
     busy = duration * len(HARDENING) * ctx.rounds
     for h in HARDENING:  # both VMs up; the load alternates between them
         opts = ctx.options(forward=[f"{ports[h]}:8080"], timeout=2 * busy + 120)
