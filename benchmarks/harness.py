@@ -106,6 +106,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_vms(port: int) -> None:
+    """Stop the VMs that forward host ``port`` (QEMU names them after their forwards)."""
+    subprocess.run(["pkill", "-f", f"127[.]0[.]0[.]1:{port}-"], check=False)
+
+
 def read_recipes(project: Path) -> list[str]:
     with open(project / "pyproject.toml", "rb") as f:
         data = tomllib.load(f)

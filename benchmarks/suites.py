@@ -27,6 +27,7 @@ from benchmarks.harness import (
     median,
     percentile,
     run_capture,
+    stop_vms,
 )
 from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
 from ukl_build.cache import Cache, tree_size
@@ -221,13 +222,9 @@ def _serves(result: Any, ctx: Context, memory: str) -> bool:
             break
         except OSError:
             time.sleep(0.5)
-    _stop_vms(port)
+    stop_vms(port)
     t.join(timeout=30)
     return ok
-
-
-def _stop_vms(port: int) -> None:
-    subprocess.run(["pkill", "-f", f"hostfwd=tcp:127.0.0.1:{port}-"], check=False)
 
 
 def memory(ctx: Context) -> None:
@@ -315,7 +312,7 @@ def httpd(ctx: Context, duration: float, connections: int, sizes: list[int]) -> 
                                 "rounds": ctx.rounds, "bodies": table}
     finally:
         for m in VARIANTS:
-            _stop_vms(ports[m])
+            stop_vms(ports[m])
 
 
 def _wait_http(port: int, timeout: float = 90) -> None:
@@ -437,7 +434,7 @@ def _redis_vm(image: Bootable, ctx: Context, timeout: float, **opts: Any) -> Ite
         _wait_redis(port, timeout=min(120, timeout - 10), alive=t.is_alive)
         yield port
     finally:
-        _stop_vms(port)
+        stop_vms(port)
         t.join(timeout=30)
 
 
@@ -668,7 +665,7 @@ def _hardening_httpd(ctx: Context, duration: float, connections: int) -> dict[st
                              for h in HARDENING}, ctx.rounds)
     finally:
         for h in HARDENING:
-            _stop_vms(ports[h])
+            stop_vms(ports[h])
     row: dict[str, Any] = {"connections": connections, "duration_s": duration}
     for h in HARDENING:
         for k in ("req_per_s", "p50_ms", "p99_ms"):

@@ -16,6 +16,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -262,10 +264,48 @@ def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes, str |
     return resp.status, resp.read(), resp.getheader("Connection")
 
 
+class FirstClient(threading.Thread):
+    """A client that connects as soon as the VM starts (retrying while it is refused)
+    and times its first reply: the forward opens only when the guest listens (kernel
+    patch 0020), so a connection that succeeds is answered at once, where one made
+    into slirp's early forward waited ~6 s for TCP's retransmission."""
+
+    def __init__(self, port: int, request: bytes, deadline: float = 120):
+        super().__init__(daemon=True)
+        self.port, self.request, self.deadline = port, request, deadline
+        self.reply = b""
+        self.waited: float | None = None  # connect -> first reply byte, seconds
+
+    def run(self) -> None:
+        end = time.monotonic() + self.deadline
+        while time.monotonic() < end:
+            try:
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            except ConnectionRefusedError:
+                time.sleep(0.02)
+                continue
+            with sock:
+                connected = time.monotonic()
+                sock.sendall(self.request)
+                self.reply = sock.recv(4096)
+                self.waited = time.monotonic() - connected
+            return
+
+    def check(self, expect: bytes, within: float = 2.5) -> None:
+        self.join(timeout=30)
+        assert self.reply.startswith(expect), f"first client got {self.reply[:200]!r}"
+        assert self.waited is not None and self.waited < within, \
+            f"first reply {self.waited} s after the connection"
+
+
 def check_httpd(image_dir: Path, *run_args: str, requests: int = 200) -> None:
-    """Boot example_apps/httpd, talk HTTP/1.1 to it through a forwarded port."""
+    """Boot example_apps/httpd, talk HTTP/1.1 to it through a forwarded port; a first
+    client connects while it boots (FirstClient)."""
     with booted(image_dir, *run_args, forward=[8080]) as vm:
+        first = FirstClient(vm.port(8080), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first.start()
         vm.wait_for("listening on port 8080", timeout=90)
+        first.check(b"HTTP/1.1 200 ")
         port = vm.port(8080)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         status, body, connection = _get(conn, "/")
@@ -290,5 +330,5 @@ def check_httpd(image_dir: Path, *run_args: str, requests: int = 200) -> None:
             assert status == 200 and len(body) == 64
         conn.close()
     # SIGTERM to the launcher (UklVm.stop) must not leave the VM running
-    left = subprocess.run(["pgrep", "-f", f"hostfwd=tcp:127.0.0.1:{port}-"], capture_output=True)
+    left = subprocess.run(["pgrep", "-f", f"127[.]0[.]0[.]1:{port}-"], capture_output=True)
     assert left.returncode == 1, "QEMU outlived its launcher"

@@ -98,6 +98,7 @@ def write_image_set(
             "args": list(settings.args),
             "init_arg_limit": int(values.get("INIT_ENV_ARG_LIMIT", DEFAULT_INIT_ARG_LIMIT)),
             "network": network,
+            "listen_notify": network,  # kernel patch 0020: forwards open when the app listens
             "images": images,
             "run": {
                 "machine": settings.run_machine,

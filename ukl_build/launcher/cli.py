@@ -63,7 +63,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, An
     parser.add_argument("--smp", type=_vcpus, default=defaults.get("smp"),
                         help="virtual CPUs (1-255)")
     parser.add_argument("--forward", "-p", action="append", metavar="HOST:GUEST",
-                        help="forward a host TCP port (127.0.0.1) to a guest port")
+                        help="forward a host TCP port (127.0.0.1) to a guest port; opened "
+                             "when the guest listens on it")
+    parser.add_argument("--forward-at-start", action="store_true",
+                        help="open the forwards when QEMU starts instead (a client that "
+                             "connects during the boot waits for TCP's retransmission)")
     parser.add_argument("--timeout", type=_timeout, default=None,
                         help="stop the VM after this many seconds, at least 1 "
                              "(exit status 124; default: none)")
@@ -104,7 +108,8 @@ def options_from_args(ns: argparse.Namespace, defaults: Mapping[str, Any]) -> Ru
 
     forward = ns.forward if ns.forward is not None else list(defaults["forward"])
     return RunOptions(accel=pick("accel"), machine=pick("machine"), memory=pick("memory"),
-                      smp=pick("smp"), forward=forward, timeout=ns.timeout,
+                      smp=pick("smp"), forward=forward,
+                      forward_at_start=ns.forward_at_start, timeout=ns.timeout,
                       image=ns.image or defaults.get("image", RunOptions.image), qemu=ns.qemu,
                       extra_cmdline=ns.cmdline, kernel_log=ns.kernel_log,
                       args=getattr(ns, "app_args", None), qemu_args=list(ns.qemu_arg),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .forward import LISTEN_NOTIFY_PORT
 from .options import RunError, RunOptions
 
 # The kernel's command line as init sees it (lib/cmdline.c next_arg(),
@@ -212,13 +213,18 @@ def _app_tail(args: Sequence[str], limit: int) -> list[str]:
     return ["--", quote_app_args(args)] if args else []
 
 
-def kernel_cmdline(image: ImageLine, opts: RunOptions, clock: BootClock = BootClock()) -> str:
-    """The kernel command line of a boot: ours, the image's, then ``--`` and the app's argv.
+def kernel_cmdline(image: ImageLine, opts: RunOptions, clock: BootClock = BootClock(),
+                   listen_notify: bool = False) -> str:
+    """The kernel command line of a boot: ours, the image's, then ``--`` and the app's argv;
+    with ``listen_notify``, the kernel tells the launcher which TCP ports listen
+    (forward.ListenForwarder).
 
     RunError if the kernel would not hand the app its arguments exactly, or
     would cut the line.
     """
     cmdline = [*_platform_params(opts, image.network, clock), image.cmdline]
+    if listen_notify:
+        cmdline.append(f"listen_notify={LISTEN_NOTIFY_PORT:#x}")
     if opts.kernel_log:
         cmdline = [" ".join(w for w in c.split() if w != "quiet") for c in cmdline]
         cmdline.append("loglevel=7")

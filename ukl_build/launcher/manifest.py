@@ -83,6 +83,7 @@ class Manifest(_Manifest, total=False):
     qemu: dict[str, str]  # by format: the QEMU command line, for people
     cmdline_builtin: str  # efi/disk builds: the whole command line, built into the kernel
     signed: bool  # efi/disk builds: the EFI image is signed for Secure Boot
+    listen_notify: bool  # the kernel takes listen_notify= (patch 0020): see forward.py
 
 
 def load_manifest(image_dir: Path) -> Manifest:

@@ -21,6 +21,9 @@ class RunOptions:
     memory: str = "256M"
     smp: int = 1
     forward: list[str] = field(default_factory=list)
+    # Open the forwards when QEMU starts, not when the guest listens (for comparison:
+    # a client connecting during the boot then waits for slirp's retransmission).
+    forward_at_start: bool = False
     timeout: float | None = None
     image: str = "bzimage"
     qemu: str = "qemu-system-x86_64"

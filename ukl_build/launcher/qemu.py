@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .cmdline import BootClock, ImageLine, host_tsc_khz, kernel_cmdline
 from .firmware import FirmwareFiles, firmware_args
+from .forward import LISTEN_NOTIFY_PORT, NETDEV_ID
 from .manifest import Manifest
 from .options import FIRMWARE_FORMATS, RunError, RunOptions
 
@@ -58,12 +59,15 @@ def _image_path(manifest: Manifest, image_dir: Path, opts: RunOptions,
 
 @dataclass(frozen=True)
 class BootFiles:
-    """What one boot brings beyond the image: a QMP socket through which QEMU, started
-    paused, is resumed at host time ``host_clock_ns`` (run.resume_at; the kernel is told
-    that time), and the efi and disk formats' firmware files (firmware_files())."""
+    """What one boot brings beyond the image: QEMU's QMP socket; with ``host_clock_ns``,
+    QEMU starts paused and is resumed at that host time (run.resume_at; the kernel is
+    told that time); with ``listen``, the forwards open when the guest listens
+    (forward.ListenForwarder listens on that socket for QEMU's chardev; needs ``qmp``);
+    the efi and disk formats' firmware files (firmware_files())."""
 
     qmp: Path | None = None
     host_clock_ns: int | None = None
+    listen: Path | None = None
     firmware: FirmwareFiles | None = None
 
 
@@ -90,7 +94,8 @@ def _boot_args(manifest: Manifest, image: Path, opts: RunOptions, accel: str,
     line = ImageLine(manifest["cmdline"], manifest["args"], bool(manifest["network"]),
                      manifest["init_arg_limit"])
     clock = BootClock(accel, boot.host_clock_ns, host_tsc_khz() if accel == "tcg" else None)
-    return ["-kernel", str(image), "-append", kernel_cmdline(line, opts, clock)]
+    return ["-kernel", str(image), "-append",
+            kernel_cmdline(line, opts, clock, listen_notify=boot.listen is not None)]
 
 
 def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
@@ -107,12 +112,26 @@ def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
             *_boot_args(manifest, image, opts, accel, boot, check_files)]
     if accel == "kvm":
         argv += ["-cpu", "host"]
+    if boot.host_clock_ns is not None:
+        argv.append("-S")
     if boot.qmp is not None:
-        argv += ["-S", "-qmp", f"unix:{boot.qmp},server=on,wait=off"]
+        argv += ["-qmp", f"unix:{boot.qmp},server=on,wait=off"]
     if manifest["network"]:
-        fwds = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in _forwards(opts.forward))
-        argv += ["-netdev", f"user,id=n0{fwds}", *nic]
+        argv += _network_args(forwards(opts.forward), nic, boot.listen)
     return argv + list(opts.qemu_args)
+
+
+def _network_args(fwds: list[tuple[int, int]], nic: list[str], listen: Path | None) -> list[str]:
+    """The user network and its NIC; the forwards at once, or (``listen``) when the guest
+    listens, told through an isa-debugcon device (forward.ListenForwarder)."""
+    if listen is None:
+        rules = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in fwds)
+        return ["-netdev", f"user,id={NETDEV_ID}{rules}", *nic]
+    # Named after its forwards, so that `ps` (and pgrep) still finds the VM by its ports.
+    name = " ".join(f"127.0.0.1:{h}->{g}" for h, g in fwds)
+    return ["-netdev", f"user,id={NETDEV_ID}", *nic, *(["-name", name] if fwds else []),
+            "-chardev", f"socket,id=ukl-listen,path={listen},server=off",
+            "-device", f"isa-debugcon,iobase={LISTEN_NOTIFY_PORT:#x},chardev=ukl-listen"]
 
 
 def split_forward(spec: str) -> tuple[int, int]:
@@ -126,7 +145,8 @@ def split_forward(spec: str) -> tuple[int, int]:
     return ports
 
 
-def _forwards(specs: Sequence[str]) -> list[tuple[int, int]]:
+def forwards(specs: Sequence[str]) -> list[tuple[int, int]]:
+    """``--forward`` specs as (host, guest) ports; RunError for a bad one."""
     try:
         return [split_forward(f) for f in specs]
     except ValueError as e:
