@@ -41,7 +41,8 @@ def test_microvm_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert argv[argv.index("-M") + 1].startswith("microvm")
     assert "-no-reboot" in argv and argv[argv.index("-accel") + 1] == "tcg"
     append = argv[argv.index("-append") + 1]
-    assert append == ("console=ttyS0 reboot=t tsc=reliable tsc_early_khz=2445400 "
+    assert append == ("console=ttyS0 reboot=t tsc=reliable lapic_timer_khz=1000000 init_poison=off "
+                      "tsc_early_khz=2445400 "
                       "virtio_mmio.device=512@0xfeb00000:5 quiet ip=10.0.2.15 -- --port 8080")
     kvm = qemu_argv(json.loads((d / "manifest.json").read_text()), d, RunOptions(), "kvm")
     assert "tsc=reliable" not in kvm[kvm.index("-append") + 1]  # TCG only: see TCG_CLOCK_PARAM
