@@ -34,7 +34,7 @@ from ukl_build.source import AppSource, directory_digest, fetch_app_source
 NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h", "stdlib.h",
                 "string.h", "sys.h", "time.h", "types.h", "unistd.h")
 _SKIP_DIRS = frozenset({"build", "dist", ".git", "__pycache__", ".venv"})
-APP_FORMAT = 2  # bump when the app build changes what it makes from the same inputs
+APP_FORMAT = 3  # bump when the app build changes what it makes from the same inputs
 APP_RECORD = "record.json"
 
 
@@ -42,8 +42,10 @@ APP_RECORD = "record.json"
 UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_thread",
               # musl's clock_gettime() (libc patch 0006; kernel patch 0018)
               "__ukl_clock_gettime": "ukl_clock_gettime",
-              **{f"__ukl_sc_{c}": f"ukl_sc_{c}" for c in ("getppid", "read", "write", "sendto",
-                                                         "recvfrom")}}
+              # shortcuts (kernel patches 0012 and 0023; musl patches 0005 and 0007)
+              **{f"__ukl_sc_{c}": f"ukl_sc_{c}" for c in (
+                  "getppid", "read", "write", "sendto", "recvfrom", "accept4", "sendmsg",
+                  "recvmsg", "readv", "writev", "epoll_wait", "epoll_ctl")}}
 UKL_PREFIX = "ukl_app_"  # no kernel symbol starts with it (see CONFIG_UKL)
 # The stack protector's failure handler: in UKL mode the kernel's (its canary, %gs:40,
 # is the one kernel-code-model code checks), even where musl brings its own.

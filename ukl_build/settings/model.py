@@ -227,8 +227,9 @@ class Settings:
     )
     shortcuts: bool = _doc(
         "UKL mode: the app calls the kernel's direct entry points for getppid, read, write, "
-        "send and recv (on a socket straight to the protocol, skipping the file layer) "
-        "instead of the generic system call bridge. No effect in user mode.",
+        "send, recv, readv, writev (on a socket straight to the protocol, skipping the file "
+        "layer), sendmsg, recvmsg, accept, epoll_wait and epoll_ctl instead of the generic "
+        "system call bridge. No effect in user mode.",
         default=False,
     )
     sources: list[str] = _doc("C sources of the app, relative to the project.", default_factory=list)

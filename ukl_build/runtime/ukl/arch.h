@@ -45,6 +45,13 @@ long __ukl_sc_read(long fd, long buf, long count);
 long __ukl_sc_write(long fd, long buf, long count);
 long __ukl_sc_sendto(long fd, long buf, long len, long flags, long addr, long addrlen);
 long __ukl_sc_recvfrom(long fd, long buf, long len, long flags, long addr, long addrlen);
+long __ukl_sc_accept4(long fd, long addr, long len, long flags);
+long __ukl_sc_readv(long fd, long vec, long vlen);
+long __ukl_sc_writev(long fd, long vec, long vlen);
+long __ukl_sc_sendmsg(long fd, long msg, long flags);
+long __ukl_sc_recvmsg(long fd, long msg, long flags);
+long __ukl_sc_epoll_wait(long epfd, long events, long maxevents, long timeout);
+long __ukl_sc_epoll_ctl(long epfd, long op, long fd, long event);
 
 #undef my_syscall0
 #define my_syscall0(n) ((n) == __NR_getppid ? __ukl_sc_getppid() :			\
@@ -53,7 +60,19 @@ long __ukl_sc_recvfrom(long fd, long buf, long len, long flags, long addr, long 
 #define my_syscall3(n, a, b, c)							\
 	((n) == __NR_read ? __ukl_sc_read((long)(a), (long)(b), (long)(c)) :		\
 	 (n) == __NR_write ? __ukl_sc_write((long)(a), (long)(b), (long)(c)) :		\
+	 (n) == __NR_readv ? __ukl_sc_readv((long)(a), (long)(b), (long)(c)) :		\
+	 (n) == __NR_writev ? __ukl_sc_writev((long)(a), (long)(b), (long)(c)) :	\
+	 (n) == __NR_sendmsg ? __ukl_sc_sendmsg((long)(a), (long)(b), (long)(c)) :	\
+	 (n) == __NR_recvmsg ? __ukl_sc_recvmsg((long)(a), (long)(b), (long)(c)) :	\
 	 __ukl_syscall((long)(n), (long)(a), (long)(b), (long)(c), 0, 0, 0))
+#undef my_syscall4
+#define my_syscall4(n, a, b, c, d)							\
+	((n) == __NR_accept4 ? __ukl_sc_accept4((long)(a), (long)(b), (long)(c), (long)(d)) : \
+	 (n) == __NR_epoll_wait ?							\
+	 __ukl_sc_epoll_wait((long)(a), (long)(b), (long)(c), (long)(d)) :		\
+	 (n) == __NR_epoll_ctl ?							\
+	 __ukl_sc_epoll_ctl((long)(a), (long)(b), (long)(c), (long)(d)) :		\
+	 __ukl_syscall((long)(n), (long)(a), (long)(b), (long)(c), (long)(d), 0, 0))
 #undef my_syscall6
 #define my_syscall6(n, a, b, c, d, e, f)						\
 	((n) == __NR_sendto ?								\

@@ -123,6 +123,26 @@ static void net_checks(void)
 	iov[1].iov_base = buf + 3;
 	iov[1].iov_len = 8;
 	check("readv", readv(cfd, iov, 2) == 4 && !memcmp(buf, "abcd", 4), 1);
+	/* readv()/writev(): on sockets the UKL shortcuts' own vector path, else the generic one */
+	{
+		struct iovec bad = { buf, (size_t)-1 };
+
+		check("writev(socket, no buffers)", writev(cfd, iov, 0), 0);
+		check("readv(socket, negative length)", readv(sfd, &bad, 1) == -1 && errno == EINVAL, 1);
+		check("readv(epoll fd, EINVAL)", readv(ep, iov, 2) == -1 && errno == EINVAL, 1);
+		check("readv(EBADF)", readv(999, iov, 2) == -1 && errno == EBADF, 1);
+	}
+	{
+		struct iovec mv[2] = { { "ms", 2 }, { "g!", 2 } }, rv = { buf, sizeof(buf) };
+		struct msghdr mh = { .msg_iov = mv, .msg_iovlen = 2 };
+		struct msghdr rh = { .msg_iov = &rv, .msg_iovlen = 1 };
+
+		check("sendmsg", sendmsg(cfd, &mh, 0), 4);
+		check("epoll_wait(msg)", epoll_wait(ep, out, 4, 1000), 1);
+		check("recvmsg", recvmsg(sfd, &rh, 0) == 4 && !memcmp(buf, "msg!", 4), 1);
+		check("recvmsg(EAGAIN)", recvmsg(sfd, &rh, 0) == -1 && errno == EAGAIN, 1);
+		check("recvmsg(ENOTSOCK)", recvmsg(ep, &rh, 0) == -1 && errno == ENOTSOCK, 1);
+	}
 	check("recv(EAGAIN)", recv(sfd, buf, sizeof(buf), MSG_DONTWAIT) == -1 && errno == EAGAIN, 1);
 	/* read()/write() on sockets: the paths UKL shortcuts take straight to TCP */
 	check("read(socket, EAGAIN)", read(sfd, buf, sizeof(buf)) == -1 && errno == EAGAIN, 1);
@@ -152,6 +172,18 @@ static void net_checks(void)
 		check("recvfrom(udp)", recvfrom(u1, buf, sizeof(buf), 0, (struct sockaddr *)&from, &len)
 		      == 5 && !memcmp(buf, "dgram", 5) && len == sizeof(from) &&
 		      from.sin_family == AF_INET, 1);
+		{
+			struct iovec dv = { "vec", 3 }, rv = { buf, sizeof(buf) };
+			struct msghdr dm = { .msg_name = &ua, .msg_namelen = sizeof(ua),
+					     .msg_iov = &dv, .msg_iovlen = 1 };
+			struct msghdr rm = { .msg_name = &from, .msg_namelen = sizeof(from),
+					     .msg_iov = &rv, .msg_iovlen = 1 };
+
+			check("sendmsg(udp, address)", sendmsg(u2, &dm, 0), 3);
+			check("recvmsg(udp, address)", recvmsg(u1, &rm, 0) == 3 &&
+			      !memcmp(buf, "vec", 3) && rm.msg_namelen == sizeof(from) &&
+			      from.sin_family == AF_INET, 1);
+		}
 		check("connect(udp)", connect(u2, (struct sockaddr *)&ua, sizeof(ua)), 0);
 		check("write(udp, 0 bytes)", write(u2, buf, 0), 0);
 		check("recv(udp, empty datagram)", recv(u1, buf, sizeof(buf), 0), 0);

@@ -3,6 +3,7 @@
 #define _UKL_SYS_SOCKET_H
 #include <ukl_runtime.h>
 #include <linux/socket.h>
+#include <linux/uio.h>
 #include <asm/socket.h>
 
 typedef unsigned int socklen_t;
@@ -107,6 +108,29 @@ static __attribute__((unused))
 ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, socklen_t *len)
 {
 	return __ukl_ret(ssize_t, my_syscall6(__NR_recvfrom, fd, buf, n, flags, addr, len));
+}
+
+/* The kernel's layout (struct user_msghdr), as glibc's */
+struct msghdr {
+	void *msg_name;
+	socklen_t msg_namelen;
+	struct iovec *msg_iov;
+	size_t msg_iovlen;
+	void *msg_control;
+	size_t msg_controllen;
+	int msg_flags;
+};
+
+static __attribute__((unused))
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	return __ukl_ret(ssize_t, my_syscall3(__NR_sendmsg, fd, msg, flags));
+}
+
+static __attribute__((unused))
+ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	return __ukl_ret(ssize_t, my_syscall3(__NR_recvmsg, fd, msg, flags));
 }
 
 static __attribute__((unused))
