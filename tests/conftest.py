@@ -74,6 +74,27 @@ def _priority(item: pytest.Item) -> int:
     return next((i for i, prefix in enumerate(FIRST) if name.startswith(prefix)), len(FIRST))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--shortcut-servers", action="store_true",
+                     help="also run the Redis and memcached tests on UKL builds with "
+                          "shortcuts = true (both servers and libevent compiled once more, "
+                          "about 3 minutes: not in CI's run; docs/testing.md)")
+
+
+# The servers' module fixtures run on each (test_redis.py, test_memcached.py).
+SERVER_VARIANTS = ["ukl", "user", "ukl-shortcuts"]
+
+
+def server_variant(request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
+    """A server fixture's parameter as (mode, settings); "ukl-shortcuts" is skipped
+    unless --shortcut-servers is given (the probe checks every shortcut in CI)."""
+    if request.param == "ukl-shortcuts":
+        if not request.config.getoption("--shortcut-servers"):
+            pytest.skip("UKL with shortcuts: run with --shortcut-servers")
+        return "ukl", {"shortcuts": "true"}
+    return str(request.param), {}
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     """The group marks, as each test is collected: xdist reads them in its own
     pytest_collection_modifyitems, which runs before a trylast one."""

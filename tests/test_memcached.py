@@ -25,18 +25,19 @@ from ukl_build.pipeline import source_date_epoch
 from ukl_build.progress import Reporter
 from ukl_build.settings import load_settings
 
-from conftest import EXAMPLES, Builds, booted
+from conftest import EXAMPLES, SERVER_VARIANTS, Builds, booted, server_variant
 
 pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture(scope="module", params=["ukl", "user"])
+@pytest.fixture(scope="module", params=SERVER_VARIANTS)
 def memcached_port(builds: Builds, request: pytest.FixtureRequest) -> Iterator[int]:
     # User mode: the same sources as a static /init, on the app's own recipes (server,
     # net, virtio-net, microvm): memcached needs the server recipe's users and event fds.
-    result = builds("memcached", request.param)
+    mode, settings = server_variant(request)
+    result = builds("memcached", mode, **settings)
     manifest = result.images.manifest
-    assert manifest["mode"] == request.param
+    assert manifest["mode"] == mode and manifest["app"]["shortcuts"] is bool(settings)
     assert manifest["app"]["source"]["package"] == "memcached"
     assert [(d["name"], d["package"]) for d in manifest["app"]["deps"]] == [("libevent", "libevent")]
     with booted(result.images.directory, forward=[11211], timeout=600) as vm:

@@ -22,15 +22,17 @@ import pytest
 from ukl_build.cache import Cache
 from ukl_build.pipeline import build
 
-from conftest import Builds, booted
+from conftest import SERVER_VARIANTS, Builds, booted, server_variant
 
 pytestmark = pytest.mark.kernel
 
 
-@pytest.fixture(scope="module", params=["ukl", "user"])
+@pytest.fixture(scope="module", params=SERVER_VARIANTS)
 def redis_port(builds: Builds, request: pytest.FixtureRequest) -> Iterator[int]:
-    result = builds("redis", request.param)
-    assert result.images.manifest["mode"] == request.param
+    mode, settings = server_variant(request)
+    result = builds("redis", mode, **settings)
+    assert result.images.manifest["mode"] == mode
+    assert result.images.manifest["app"]["shortcuts"] is bool(settings)
     assert result.images.manifest["app"]["source"]["package"] == "redis"
     with booted(result.images.directory, forward=[6379], timeout=600) as vm:
         vm.wait_for("Ready to accept connections", timeout=120)
@@ -131,7 +133,7 @@ def test_fifty_concurrent_clients(redis_port: int) -> None:
 def test_what_ring0_refuses_fails_cleanly(redis_port: int, request: pytest.FixtureRequest) -> None:
     mode = request.node.callspec.params["redis_port"]
     reply = cli(redis_port, "BGSAVE").stdout.strip()
-    if mode == "ukl":  # fork is ENOSYS in ring 0: Redis reports it and keeps serving
+    if mode.startswith("ukl"):  # fork is ENOSYS in ring 0: Redis reports it and keeps serving
         assert reply.startswith("ERR"), reply
         info = cli(redis_port, "INFO", "persistence").stdout
         assert "rdb_last_bgsave_status:err" in info, info
