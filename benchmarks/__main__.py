@@ -1,5 +1,5 @@
 """python -m benchmarks [all|syscall|boot|size|formats|memory|httpd|redis|build|farm|hardening|
-                        protections|per-request|first-reply]
+                        protections|per-request|first-reply|class-cycles]
    [--quick] [--baseline ukl|app] [--json FILE]
 
 Builds what it needs through ukl-build, runs every comparison side by side in
@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import first_reply, per_request, protections, suites
+from benchmarks import first_reply, per_request, protections, suites, weights
 from benchmarks.harness import Context
 from ukl_build.cache import Cache
 
 SUITES = ("syscall", "boot", "size", "formats", "memory", "httpd", "redis", "build", "farm",
-          "hardening", "protections", "per-request", "first-reply")
+          "hardening", "protections", "per-request", "first-reply",
+          "class-cycles")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             per_request.per_request(ctx, ns.requests or (200 if ns.quick else 5000), ns.loads)
         elif name == "first-reply":
             first_reply.first_reply(ctx)
+        elif name == "class-cycles":
+            ctx.results["class_cycles"] = weights.measure_host(work)
         print(f"[bench] {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     report = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),

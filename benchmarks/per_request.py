@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cost
+from benchmarks import cost, weights
 from benchmarks.harness import Context, alternate, free_port, median
 from ukl_build.pipeline import BuildResult
 
@@ -98,9 +98,16 @@ def per_request(ctx: Context, requests: int, loads: list[str] | None = None) -> 
             row[f"{v}_wall_seconds"] = round(median(s["wall_seconds"] for s in samples[v]), 3)
             for cls in CLASSES:
                 row[f"{v}_{cls}"] = round(median(s.get(cls, 0.0) for s in samples[v]), 2)
+            row[f"{v}_modelled_cycles"] = round(median(
+                weights.modelled_cycles(s["instructions"], s) for s in samples[v]))
         for v in ("ukl", "shortcuts"):
             for base in ("user", "user-as-ukl"):
                 row[f"ratio_{v}_over_{base}"] = round(row[f"{v}_instructions"]
                                                       / row[f"{base}_instructions"], 3)
+                row[f"cycles_ratio_{v}_over_{base}"] = round(
+                    row[f"{v}_modelled_cycles"] / row[f"{base}_modelled_cycles"], 3)
         table[name] = row
-    ctx.results["per_request"] = {"requests": requests, "rounds": ctx.rounds, "loads": table}
+    ctx.results["per_request"] = {
+        "requests": requests, "rounds": ctx.rounds, "loads": table,
+        "weights": {name: {"cycles": w.cycles, "source": w.source}
+                    for name, w in weights.WEIGHTS.items()}}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import cost
+from benchmarks import cost, per_request, weights
 from ukl_build.progress import Reporter
 
 SNAPSHOTS = """snap before
@@ -138,3 +138,22 @@ def test_the_plugin_counts_a_known_instruction_mix(cache, tmp_path: Path) -> Non
     # Outside the named range: the loop counter's set-up, and the exit system call.
     assert {k: v for k, v in counts.items() if k[0] != "body"} == {
         ("user", "other"): 2, ("user", "zero_idiom"): 1, ("user", "syscall"): 1}
+
+
+def test_modelled_cycles_weigh_the_classes() -> None:
+    weights_ = {"syscall": weights.Weight(100, "a"), "zero_idiom": weights.Weight(0, "b")}
+    # 1,000 instructions of which 2 syscalls (100 each) and 10 zeroing idioms (0 each):
+    # 988 ordinary + 200 + 0; a class without a weight (lfence here) counts as ordinary,
+    # and so do the keys that are not classes.
+    assert weights.modelled_cycles(1000, {"syscall": 2, "zero_idiom": 10, "lfence": 3,
+                                          "wall_seconds": 9.0}, weights_) == 1188
+    # Every class the plugin counts has a weight with its source.
+    assert set(weights.WEIGHTS) == set(per_request.CLASSES)
+    assert all(w.source for w in weights.WEIGHTS.values())
+
+
+def test_class_cycles_runs_on_the_host(tmp_path: Path) -> None:
+    measured = weights.measure_host(tmp_path)
+    assert set(measured) == {"call_overhead", "lfence", "mfence", "verw", "iret",
+                             "serialising", "syscall_round_trip"}
+    assert measured["syscall_round_trip"] > measured["lfence"] > 0
