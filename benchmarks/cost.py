@@ -63,21 +63,34 @@ def build_plugin(work: Path, cache: Cache, reporter: Reporter) -> Path:
     return out
 
 
-def address_ranges(vmlinux: Path, functions: Sequence[str] = ()) -> list[tuple[str, int, int]]:
-    """(name, low, high) from vmlinux's symbols: ``functions``, each a region of its
-    own named after it (first, so that they are taken out of the wider regions), the
-    idle loop's functions, and the app's text in UKL mode (its symbols carry the
-    ukl_app_ prefix)."""
-    out = subprocess.run(["nm", "-S", "--defined-only", str(vmlinux)], capture_output=True,
-                         text=True, check=True).stdout
+def text_symbols(symbols: Path) -> list[tuple[str, int, int]]:
+    """(name, address, size) of the text symbols of a vmlinux (ELF, read with nm) or of a
+    System.map (what a distribution kernel ships instead of its vmlinux: no sizes, so
+    each symbol runs to the next one's address)."""
+    with open(symbols, "rb") as f:
+        elf = f.read(4) == b"\x7fELF"
+    if elf:
+        out = subprocess.run(["nm", "-S", "--defined-only", str(symbols)], capture_output=True,
+                             text=True, check=True).stdout
+        return [(parts[3], int(parts[0], 16), int(parts[1], 16))
+                for parts in map(str.split, out.splitlines())
+                if len(parts) == 4 and parts[2] in "tT"]
+    entries = sorted((int(parts[0], 16), parts[1], parts[2])
+                     for parts in map(str.split, symbols.read_text().splitlines())
+                     if len(parts) == 3)
+    return [(name, addr, entries[i + 1][0] - addr)
+            for i, (addr, kind, name) in enumerate(entries[:-1]) if kind in "tT"]
+
+
+def address_ranges(symbols: Path, functions: Sequence[str] = ()) -> list[tuple[str, int, int]]:
+    """(name, low, high) from the kernel's symbols (its vmlinux, or a System.map):
+    ``functions``, each a region of its own named after it (first, so that they are
+    taken out of the wider regions), the idle loop's functions, and the app's text in
+    UKL mode (its symbols carry the ukl_app_ prefix)."""
     app: list[tuple[int, int]] = []
     idle: list[tuple[str, int, int]] = []
     named: dict[str, tuple[str, int, int]] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) != 4 or parts[2] not in "tT":
-            continue
-        addr, size, name = int(parts[0], 16), int(parts[1], 16), parts[3]
+    for name, addr, size in text_symbols(symbols):
         if name in functions:
             named[name] = (name, addr, addr + size)
         elif name.startswith("ukl_app_"):
@@ -86,7 +99,7 @@ def address_ranges(vmlinux: Path, functions: Sequence[str] = ()) -> list[tuple[s
             idle.append(("idle", addr, addr + size))
     missing = [f for f in functions if f not in named]
     if missing:
-        raise SystemExit(f"{vmlinux}: no function {missing[0]} among its symbols")
+        raise SystemExit(f"{symbols}: no function {missing[0]} among its symbols")
     ranges = [named[f] for f in functions] + idle
     if app:
         ranges.append(("app", min(a for a, _ in app), max(b for _, b in app)))
@@ -146,7 +159,10 @@ def _until(cmd: list[str], timeout: float) -> None:
 
 def measure(image_dir: Path, vmlinux: Path, forward: str, ready: str, load: str, requests: int,
             work: Path, functions: Sequence[str] = (), timeout: float = 600,
-            extra_cmdline: str = "") -> dict[str, Any]:
+            extra_cmdline: str = "", run_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Boot ``image_dir`` under the plugin (``vmlinux``: its kernel's symbols, a vmlinux or
+    a System.map), wait for ``ready``, count ``load``'s ``requests``.  ``run_args`` go to
+    ``ukl_build run`` as they are (e.g. a machine, an -initrd)."""
     cache = Cache()
     with Reporter(work / "cost.log") as reporter:
         plugin = build_plugin(work, cache, reporter)
@@ -164,8 +180,7 @@ def measure(image_dir: Path, vmlinux: Path, forward: str, ready: str, load: str,
         vm = subprocess.Popen(
             [sys.executable, "-m", "ukl_build", "run", str(image_dir), "--accel", "tcg",
              "--smp", "1", "--cmdline", " ".join(["nokaslr", *extra_cmdline.split()]),
-             "--forward", forward, "--timeout",
-             str(timeout), "--qemu-arg=-plugin",
+             "--forward", forward, "--timeout", str(timeout), *run_args, "--qemu-arg=-plugin",
              f"--qemu-arg={plugin},out={out},ctl={ctl},ranges={ranges}"],
             stdout=subprocess.DEVNULL, stderr=log)
         try:
@@ -186,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cost",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("image_dir", type=Path)
-    p.add_argument("vmlinux", type=Path, help="the image's vmlinux (its symbols)")
+    p.add_argument("vmlinux", type=Path,
+                   help="the image's vmlinux, or the kernel's System.map (its symbols)")
     p.add_argument("--forward", required=True, help="HOST:GUEST port")
     p.add_argument("--ready", required=True, help="command that succeeds once the server serves")
     p.add_argument("--load", required=True, help="command that makes {requests} requests")

@@ -5,8 +5,10 @@ each variant, booted anew per measurement, the variants alternated: UKL,
 UKL with shortcuts, user mode as a user builds it (its own default:
 ``hardened`` and ``mitigations``), and user mode on the UKL kernel's
 configuration minus CONFIG_UKL (``mitigations = false`` like UKL mode: the
-like-with-like baseline).  Instructions per request leave out the idle loop;
-the classes an instruction count hides are beside them.
+like-with-like baseline), and the user-mode build on Debian's cloud kernel
+(the stock alternative; its symbols from the package's System.map).
+Instructions per request leave out the idle loop; the classes an instruction
+count hides are beside them, and the modelled cycles (benchmarks/weights.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from benchmarks import cost, weights
 from benchmarks.harness import Context, alternate, free_port, median
+from benchmarks.suites import on_debian_cloud
 from ukl_build.pipeline import BuildResult
 
 # name -> (mode, extra settings, the user-mode baseline on the UKL configuration?)
@@ -29,6 +32,9 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {
     "user": ("user", {}, False),
     "user-as-ukl": ("user", {}, True),
 }
+# User mode as a user builds it, on Debian's cloud kernel (benchmarks/stock.py), where apt
+# can give that kernel: the stock alternative, its symbols from its System.map.
+DEBIAN = "debian-cloud"
 LOADGEN = shlex.join([sys.executable, "-m", "benchmarks.loadgen"])
 
 
@@ -60,37 +66,69 @@ CLASSES = ("syscall", "sysret", "swapgs", "iret", "cr3_write", "wrmsr", "lfence"
            "verw", "serialising", "zero_idiom")
 
 
-def measure(result: BuildResult, load: Load, requests: int,
-            cmdline: str = "") -> dict[str, float]:
-    """One boot of ``result``'s image under the counting plugin (``cmdline`` appended),
-    ``load`` run against it: per request, the instructions without the idle loop and the
-    classes (as ``benchmarks.cost``'s "total"), the app's own instructions, and the wall
-    clock of the load."""
+@dataclass(frozen=True)
+class Target:
+    """What one variant boots: an image directory, its kernel's symbols, and what the
+    boot adds to ``ukl_build run`` (a machine, an initramfs) and to the command line."""
+    image_dir: Path
+    symbols: Path
+    run_args: tuple[str, ...] = ()
+    cmdline: str = ""
+
+    @classmethod
+    def of(cls, result: BuildResult) -> Target:
+        return cls(result.images.directory, result.kernel.vmlinux)
+
+
+def measure(target: Target, load: Load, requests: int, cmdline: str = "") -> dict[str, float]:
+    """One boot of ``target`` under the counting plugin (``cmdline`` appended), ``load``
+    run against it: per request, the instructions without the idle loop and the classes
+    (as ``benchmarks.cost``'s "total"), the app's own instructions, and the wall clock of
+    the load."""
     with tempfile.TemporaryDirectory(prefix="ukl-per-request-") as tmp:
-        out = cost.measure(result.images.directory, result.kernel.vmlinux,
+        out = cost.measure(target.image_dir, target.symbols,
                            f"{free_port()}:{load.guest_port}", load.ready, load.load,
-                           requests, Path(tmp), extra_cmdline=cmdline)
+                           requests, Path(tmp),
+                           extra_cmdline=" ".join(filter(None, (target.cmdline, cmdline))),
+                           run_args=target.run_args)
     total = out["per_request"]["total"]
     app = out["per_request"].get("app", out["per_request"].get("user", {}))
     return {**total, "app_instructions": app.get("instructions", 0.0),
             "wall_seconds": out["wall_seconds"]}
 
 
+def _targets(ctx: Context, apps: set[str]) -> tuple[dict[tuple[str, str], Target], str]:
+    """Each (app, variant) to boot; Debian's cloud kernel where apt can give it (and why
+    not, where it cannot)."""
+    targets: dict[tuple[str, str], Target] = {}
+    origin = ""
+    for app in sorted(apps):
+        for name, (mode, extra, baseline) in VARIANTS.items():
+            targets[(app, name)] = Target.of(ctx.build(app, mode, baseline=baseline, **extra))
+        user = ctx.build(app, "user")
+        cloud, origin = on_debian_cloud(ctx, user, app)
+        if cloud is not None and cloud.symbols is not None:
+            targets[(app, DEBIAN)] = Target(cloud.directory, cloud.symbols,
+                                            tuple(cloud.run_args()),
+                                            cloud.options.get("extra_cmdline", ""))
+    return targets, origin
+
+
 def per_request(ctx: Context, requests: int, loads: list[str] | None = None) -> None:
     """Instructions (and expensive classes) per request for each load, each variant."""
     chosen = {name: LOADS[name] for name in (loads or LOADS)}
-    builds = {(app, name): ctx.build(app, mode, baseline=baseline, **extra)
-              for app in sorted({load.app for load in chosen.values()})
-              for name, (mode, extra, baseline) in VARIANTS.items()}
-    ctx.note(f"python -m benchmarks.cost IMAGE_DIR VMLINUX --forward PORT:GUEST --ready READY "
-             f"--load LOAD -n {requests} (READY and LOAD: benchmarks/per_request.py LOADS)")
+    targets, origin = _targets(ctx, {load.app for load in chosen.values()})
+    ctx.note(f"python -m benchmarks.cost IMAGE_DIR VMLINUX|SYSTEM_MAP --forward PORT:GUEST "
+             f"--ready READY --load LOAD -n {requests} (READY and LOAD: "
+             "benchmarks/per_request.py LOADS)")
     table: dict[str, Any] = {}
     for name, load in chosen.items():
-        samples = alternate({v: (lambda v=v, load=load: measure(builds[(load.app, v)], load,
+        variants = [v for v in (*VARIANTS, DEBIAN) if (load.app, v) in targets]
+        samples = alternate({v: (lambda v=v, load=load: measure(targets[(load.app, v)], load,
                                                                 requests))
-                             for v in VARIANTS}, ctx.rounds)
+                             for v in variants}, ctx.rounds)
         row: dict[str, Any] = {"load": load.load}
-        for v in VARIANTS:
+        for v in variants:
             row[f"{v}_instructions"] = round(median(s["instructions"] for s in samples[v]))
             row[f"{v}_instructions_rounds"] = [round(s["instructions"]) for s in samples[v]]
             row[f"{v}_app_instructions"] = round(median(s["app_instructions"]
@@ -101,7 +139,9 @@ def per_request(ctx: Context, requests: int, loads: list[str] | None = None) -> 
             row[f"{v}_modelled_cycles"] = round(median(
                 weights.modelled_cycles(s["instructions"], s) for s in samples[v]))
         for v in ("ukl", "shortcuts"):
-            for base in ("user", "user-as-ukl"):
+            for base in ("user", "user-as-ukl", DEBIAN):
+                if base not in variants:
+                    continue
                 row[f"ratio_{v}_over_{base}"] = round(row[f"{v}_instructions"]
                                                       / row[f"{base}_instructions"], 3)
                 row[f"cycles_ratio_{v}_over_{base}"] = round(
@@ -109,5 +149,6 @@ def per_request(ctx: Context, requests: int, loads: list[str] | None = None) -> 
         table[name] = row
     ctx.results["per_request"] = {
         "requests": requests, "rounds": ctx.rounds, "loads": table,
+        "debian_cloud_kernel": origin or "not measured",
         "weights": {name: {"cycles": w.cycles, "source": w.source}
                     for name, w in weights.WEIGHTS.items()}}

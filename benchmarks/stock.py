@@ -31,6 +31,12 @@ class StockKernel:
     modules: Path  # lib/modules/<release>
     origin: str  # where it came from, for the report
 
+    @property
+    def system_map(self) -> Path:
+        """The kernel's symbols (the package ships System.map beside vmlinuz, no vmlinux)."""
+        release = self.vmlinuz.name.removeprefix("vmlinuz-")
+        return self.vmlinuz.with_name(f"System.map-{release}")
+
 
 def debian_cloud_kernel(work: Path) -> StockKernel | None:
     """The installed cloud kernel, else the package's, unpacked under ``work``; None if

@@ -381,6 +381,14 @@ class Bootable:
     """An image directory and what its boots add to the run options."""
     directory: Path
     options: dict[str, Any] = field(default_factory=dict)
+    symbols: Path | None = None  # the kernel's System.map, where it has no vmlinux of ours
+
+    def run_args(self) -> list[str]:
+        """What ``options`` add to ``python -m ukl_build run``'s command line."""
+        args = [f"--qemu-arg={a}" for a in self.options.get("qemu_args", [])]
+        if "machine" in self.options:
+            args += ["--machine", self.options["machine"]]
+        return args
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -446,25 +454,27 @@ def _redis_serves(image: Bootable, ctx: Context, memory: str) -> bool:
         return False
 
 
-def _redis_on_debian_cloud(ctx: Context, user: Any) -> tuple[Bootable | None, str]:
-    """The user-mode Redis as /init on Debian's cloud kernel, or None and why not."""
+def on_debian_cloud(ctx: Context, user: Any, app: str) -> tuple[Bootable | None, str]:
+    """``user`` (a user-mode build of ``app``) as /app on Debian's cloud kernel, or None
+    and why not."""
     kernel = debian_cloud_kernel(ctx.work)
     if kernel is None:
         return None, f"not measured: apt cannot give {stock.PACKAGE} here"
     netinit = ctx.build("netinit", "user")
-    dest = ctx.work / "redis-debian-cloud"
+    dest = ctx.work / f"{app}-debian-cloud"
     dest.mkdir(parents=True, exist_ok=True)
     cpio = server_initramfs(kernel, netinit.app.path, user.app.path,
                             user.kernel.build_dir / "usr" / "gen_init_cpio",
                             dest / "initramfs.cpio")
     image = stock_image_dir(user.images.directory, kernel, dest / "image")
     ctx.note(f"qemu-system-x86_64 -M q35 -kernel {kernel.vmlinuz} -initrd <netinit + "
-             "redis-server (user mode) + virtio modules> -append 'rdinit=/init ...' "
+             f"{app} (user mode) + virtio modules> -append 'rdinit=/init ...' "
              "(benchmarks/stock.py)")
     # q35 (virtio-pci), as in a cloud: on microvm (no ACPI) this kernel cannot find the
     # virtio-mmio NIC, it was built without VIRTIO_MMIO_CMDLINE_DEVICES.
     return Bootable(image, {"qemu_args": ["-initrd", str(cpio)], "machine": "q35",
-                            "extra_cmdline": "rdinit=/init"}), kernel.origin
+                            "extra_cmdline": "rdinit=/init"},
+                    symbols=kernel.system_map), kernel.origin
 
 
 def redis(ctx: Context, requests: int) -> None:
@@ -478,7 +488,7 @@ def redis(ctx: Context, requests: int) -> None:
                for name, (mode, extra) in REDIS_VARIANTS.items()}
     images = {name: Bootable(r.images.directory) for name, r in results.items()}
     res: dict[str, Any] = {"requests": requests, "clients": REDIS_CLIENTS, "rounds": ctx.rounds}
-    cloud, res["debian_cloud_kernel"] = _redis_on_debian_cloud(ctx, results["user"])
+    cloud, res["debian_cloud_kernel"] = on_debian_cloud(ctx, results["user"], "redis")
     if cloud is not None:
         images["debian-cloud"] = cloud
     res["image_bytes"] = {m: b.manifest["images"]["bzimage"]["size"] for m, b in images.items()}

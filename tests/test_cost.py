@@ -41,7 +41,8 @@ def test_snapshots_and_per_request_counts() -> None:
     assert table["total"] == {"instructions": 607.0, "swapgs": 5.0, "lfence": 2.0}  # not idle
 
 
-def test_address_ranges_from_the_symbols(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_address_ranges_from_the_symbols(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
     nm = ("ffffffff81000000 0000000000000040 T _stext\n"
           "ffffffff81200000 0000000000000100 T ukl_app_main\n"
           "ffffffff81200100 0000000000000080 t ukl_app_helper\n"
@@ -54,18 +55,34 @@ def test_address_ranges_from_the_symbols(monkeypatch: pytest.MonkeyPatch) -> Non
         return subprocess.CompletedProcess(argv, 0, nm, "")
 
     monkeypatch.setattr(cost.subprocess, "run", fake)
-    assert cost.address_ranges(Path("vmlinux")) == [
+    vmlinux = tmp_path / "vmlinux"
+    vmlinux.write_bytes(b"\x7fELF\x02\x01\x01")  # read with nm (faked here)
+    assert cost.address_ranges(vmlinux) == [
         ("idle", 0xffffffff81100000, 0xffffffff81100020),
         ("idle", 0xffffffff81100040, 0xffffffff811000a0),
         ("app", 0xffffffff81200000, 0xffffffff81200180)]
     # A named function is a region of its own, ahead of the wider ones; one that is not
     # among the symbols is refused by name.
-    assert cost.address_ranges(Path("vmlinux"), ["do_idle", "_stext"])[:3] == [
+    assert cost.address_ranges(vmlinux, ["do_idle", "_stext"])[:3] == [
         ("do_idle", 0xffffffff81100040, 0xffffffff811000a0),
         ("_stext", 0xffffffff81000000, 0xffffffff81000040),
         ("idle", 0xffffffff81100000, 0xffffffff81100020)]
     with pytest.raises(SystemExit, match="no function __x64_sys_nothing"):
-        cost.address_ranges(Path("vmlinux"), ["__x64_sys_nothing"])
+        cost.address_ranges(vmlinux, ["__x64_sys_nothing"])
+
+
+def test_address_ranges_from_a_system_map(tmp_path: Path) -> None:
+    # A distribution kernel ships System.map, not vmlinux: no sizes, so a symbol runs to
+    # the next address; data symbols end the text before them but are no regions.
+    system_map = tmp_path / "System.map-6.1.0-cloud-amd64"
+    system_map.write_text("ffffffff81100040 T do_idle\n"
+                          "ffffffff81100000 T default_idle\n"
+                          "ffffffff81100020 t default_idle_call_tail\n"
+                          "ffffffff811000a0 D some_data\n"
+                          "ffffffff811000c0 T last\n")
+    assert cost.address_ranges(system_map) == [
+        ("idle", 0xffffffff81100000, 0xffffffff81100020),
+        ("idle", 0xffffffff81100040, 0xffffffff811000a0)]
 
 
 # 1000 rounds of a loop whose every instruction is known: two lfence, an mfence, a cpuid
