@@ -35,6 +35,7 @@ from ukl_build.errors import UklError
 from ukl_build.kbuild import bzimage_kernel, initramfs_list
 from ukl_build.launcher.manifest import load_manifest
 from ukl_build.pipeline import build
+from ukl_build.progress import Reporter
 from ukl_build.resources import runtime_dir
 
 MODES = ("ukl", "user")
@@ -119,7 +120,7 @@ def _initramfs_cpio(result: Any, dest: Path) -> Path:
 def extract_vmlinux(vmlinuz: Path, dest: Path) -> Path | None:
     """The ELF kernel inside a compressed kernel image (as the tree's scripts/extract-vmlinux)."""
     try:
-        data = bzimage_kernel(vmlinuz, dict(os.environ))
+        data = bzimage_kernel(vmlinuz, dict(os.environ), Reporter(None))
     except UklError:
         return None
     if not data.startswith(b"\x7fELF"):

@@ -96,6 +96,41 @@ def test_launcher_keeps_to_the_python_it_claims() -> None:
         assert "from __future__ import annotations" in path.read_text(), path.name
 
 
+# The modules that may start a program themselves, and why; everything else in ukl_build
+# goes through progress.Reporter (run: logged, supervised; capture: logged, dies with us).
+STARTS_PROGRAMS = {
+    "progress.py": "the runner itself",
+    "supervise.py": "the runner's supervisor, which forks the command it supervises",
+    "launcher/run.py": "the wheel's launcher starts QEMU (standard library only, no Reporter)",
+    "launcher/accel.py": "the wheel's launcher probes KVM with a short QEMU run",
+    "pytest_plugin.py": "a VM in the background of a test, through the launcher",
+}
+_PROCESS_CALLS = {("subprocess", n) for n in ("run", "Popen", "call", "check_call",
+                                              "check_output", "getoutput", "getstatusoutput")} \
+    | {("os", n) for n in ("system", "popen", "execv", "execve", "execvp", "execvpe", "execl",
+                           "execlp", "spawnv", "spawnvp", "posix_spawn", "posix_spawnp")}
+
+
+def test_every_program_starts_through_the_runner() -> None:
+    """A program started outside the runner is neither logged nor killed with the build."""
+    package = Path(__file__).resolve().parent.parent / "ukl_build"
+    found = set()
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            func = node.func if isinstance(node, ast.Call) else None
+            if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                    and (func.value.id, func.attr) in _PROCESS_CALLS):
+                assert rel in STARTS_PROGRAMS, \
+                    f"{rel}:{node.lineno}: {func.value.id}.{func.attr} outside the runner " \
+                    "(use Reporter.run or Reporter.capture)"
+                found.add(rel)
+            if isinstance(node, ast.ImportFrom) and node.module in ("subprocess", "os"):
+                assert not {(node.module, a.name) for a in node.names} & _PROCESS_CALLS, \
+                    f"{rel}:{node.lineno}: imports a way to start programs by name"
+    assert found == set(STARTS_PROGRAMS)  # no stale exception
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     ('version = "one"', r"\[project\] version: .*one"),
     ('version = "1"\nrequires-python = ">=3.x"', r"\[project\] requires-python:"),

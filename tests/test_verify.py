@@ -13,6 +13,7 @@ import pytest
 
 import ukl_build.verify as verify_mod
 from ukl_build.cache import Cache
+from ukl_build.progress import Reporter
 from ukl_build.verify import Output, compare, elf_section_at, first_difference
 
 from conftest import copy_example, run_cli
@@ -22,27 +23,28 @@ def test_first_difference_points_into_the_file(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_bytes(b"x" * 100_000)
     b.write_bytes(b"x" * 70_001 + b"y" + b"x" * 29_998)
-    assert first_difference(a, a) is None
-    assert first_difference(a, b) == "first differing byte at offset 0x11171 (sizes 100000 and 100000)"
+    assert first_difference(a, a, Reporter(None)) is None
+    assert first_difference(a, b, Reporter(None)) == \
+        "first differing byte at offset 0x11171 (sizes 100000 and 100000)"
     # JSON: the key; ELF: the section
     ja, jb = tmp_path / "m.json", tmp_path / "n.json"
     ja.write_text(json.dumps({"images": {"efi": {"sha256": "1"}}, "name": "x"}))
     jb.write_text(json.dumps({"images": {"efi": {"sha256": "2"}}, "name": "x"}))
-    assert first_difference(ja, jb) == "JSON differs at .images.efi.sha256"
+    assert first_difference(ja, jb, Reporter(None)) == "JSON differs at .images.efi.sha256"
     elf_a, elf_b = tmp_path / "true", tmp_path / "true2"
     shutil.copyfile("/bin/true", elf_a)
     data = bytearray(elf_a.read_bytes())
-    section = elf_section_at(elf_a, 0x2000)  # some code section of /bin/true
+    section = elf_section_at(elf_a, 0x2000, Reporter(None))  # some code section of /bin/true
     assert section is not None and section.startswith(".")
     data[0x2000] ^= 0xFF
     elf_b.write_bytes(bytes(data))
-    assert f"in ELF section {section}" in (first_difference(elf_a, elf_b) or "")
+    assert f"in ELF section {section}" in (first_difference(elf_a, elf_b, Reporter(None)) or "")
     # Wheels: the member
     wa, wb = tmp_path / "a.whl", tmp_path / "b.whl"
     for path, text in ((wa, "one"), (wb, "two")):
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr(zipfile.ZipInfo("pkg/_image/manifest.json", (1980, 1, 1, 0, 0, 0)), text)
-    assert first_difference(wa, wb) == "member pkg/_image/manifest.json differs"
+    assert first_difference(wa, wb, Reporter(None)) == "member pkg/_image/manifest.json differs"
 
 
 def test_compare_reports_the_first_difference_in_order(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,10 +115,10 @@ def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
     return cache.entry("sysroots", key, make, check=False)  # checked before a compile
 
 
-def compiler_version(cc: str) -> str:
+def compiler_version(cc: str, reporter: Reporter) -> str:
     try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
+        out = reporter.capture([cc, "--version"], step="app (the C compiler's version)").text
+    except BuildError as e:
         raise BuildError(f"app: C compiler {cc!r} not usable: {e}", hint="apt-get install gcc") from None
     return out.splitlines()[0]
 
@@ -161,11 +160,12 @@ def _prefix_map(settings: Settings) -> str:
 CACHE_PREFIX = "/ukl-build-cache"  # what the cache's path becomes in debug information
 
 
-def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None = None,
-              cache_root: Path | None = None) -> Toolchain:
-    """The compiler and flags of the app.  Paths into the project and the cache are mapped
-    to fixed names (-ffile-prefix-map), so an app that adds its own -g (Redis does) does
-    not record where it was built."""
+def toolchain(settings: Settings, gcc_include: str, sysroot: Path | None,
+              musl: MuslSysroot | None = None, cache_root: Path | None = None) -> Toolchain:
+    """The compiler and flags of the app (``gcc_include``: the compiler's own include
+    directory).  Paths into the project and the cache are mapped to fixed names
+    (-ffile-prefix-map), so an app that adds its own -g (Redis does) does not record
+    where it was built."""
     cc = compiler()
     maps = [_prefix_map(settings)]
     if cache_root is not None:
@@ -178,11 +178,10 @@ def toolchain(settings: Settings, sysroot: Path | None, musl: MuslSysroot | None
     ukl = ["-fstack-clash-protection", "-DUKL_MODE=1"] if settings.mode == "ukl" else []
     if settings.libc == "musl":
         assert musl is not None
-        cflags, ldflags, ldlibs = musl_toolchain_flags(cc, musl)
+        cflags, ldflags, ldlibs = musl_toolchain_flags(gcc_include, musl)
         return Toolchain(cc, (*common, *cflags, *ukl, *settings.cflags),
                          (*ldflags, *hard_ldflags), tuple(ldlibs))
     assert sysroot is not None
-    gcc_include = gcc_file(cc, "include")
     cflags = [
         *common, "-std=gnu11", "-fno-pie", "-nostdinc",
         "-isystem", str(runtime_dir() / "include"),
@@ -222,7 +221,8 @@ def build_app(
     """
     sysroot = (make_sysroot(tree, settings.mode, cache, reporter, env)
                if settings.libc == "nolibc" else None)
-    version = compiler_version(compiler())
+    version = compiler_version(compiler(), reporter)
+    gcc_include = gcc_file(compiler(), "include", reporter)
     musl = build_musl(settings, version, cache, reporter, env) if settings.libc == "musl" else None
     # The C library entries are checked (every file hashed) only before something is
     # compiled against them: an unchanged app that reuses its output reads none of it.
@@ -231,7 +231,7 @@ def build_app(
     def ready() -> None:
         for entry in libraries:
             cache.check_entry(entry.parent.name, entry.name, "content")
-    tc = toolchain(settings, sysroot, musl, cache.root)
+    tc = toolchain(settings, gcc_include, sysroot, musl, cache.root)
     configure = settings.make.configure if settings.make is not None else None
     deps: list[Dep] = []
     probe = tc.flags()
@@ -240,7 +240,7 @@ def build_app(
             user = dataclasses.replace(settings, mode="user")
             user_musl = build_musl(user, version, cache, reporter, env)
             libraries.append(user_musl.path.parent)
-            probe = toolchain(user, None, user_musl, cache.root).flags()
+            probe = toolchain(user, gcc_include, None, user_musl, cache.root).flags()
         # Without the project's own path (-ffile-prefix-map): one build per toolchain
         # serves every project.
         project_map = _prefix_map(settings)
@@ -299,7 +299,7 @@ def build_app(
         output, marker = _ukl_archive(output, app_dir, reporter, env,
                                       musl_start=settings.libc == "musl")
     else:
-        _check_static_elf(output)
+        _check_static_elf(output, reporter)
     app = AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker,
                     source.origin if source is not None else None, _libc_source(musl),
                     dep_records)
@@ -440,7 +440,7 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
     musl's ``__libc_start_main``, so the two names trade places.
     """
     _check_elf(obj, et_rel=True)
-    if "main" not in _defined(obj, env):  # else: "undefined reference to ukl_app_main",
+    if "main" not in _defined(obj, reporter, env):  # else: "undefined reference to ukl_app_main",
         raise BuildError(                 # late, in the kernel's link
             "app: the app defines no main() (its sources compiled to an object without one)",
             hint="the kernel starts the app at its main(); check that the sources define it")
@@ -460,12 +460,12 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
         redefine += [f"--redefine-sym={UKL_PREFIX}main={UKL_PREFIX}main_",
                      f"--redefine-sym={UKL_PREFIX}__ukl_start={UKL_PREFIX}main"]
     reporter.run(["objcopy", *redefine, prefixed], step="app (objcopy --redefine-sym)", env=env)
-    if STACK_CHK_FAIL in _defined(prefixed, env):
+    if STACK_CHK_FAIL in _defined(prefixed, reporter, env):
         reporter.run(["objcopy", f"--weaken-symbol={STACK_CHK_FAIL}", prefixed],
                      step="app (objcopy --weaken-symbol)", env=env)
     # Weak references may stay unresolved (0 in vmlinux: musl tests _DYNAMIC that way);
     # with the prefix they cannot bind to a kernel symbol by accident.
-    undefined = sorted(_undefined(prefixed, env) - {*UKL_BRIDGE.values(), STACK_CHK_FAIL})
+    undefined = sorted(_undefined(prefixed, reporter, env) - {*UKL_BRIDGE.values(), STACK_CHK_FAIL})
     if undefined:
         names = ", ".join(u.removeprefix(UKL_PREFIX) for u in undefined)
         raise BuildError(f"app: undefined symbols after linking the app with its libc: {names}",
@@ -485,22 +485,22 @@ def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
     return archive, marker
 
 
-def _nm(obj: Path, env: dict[str, str], *args: str) -> list[list[str]]:
-    """``nm``'s lines for an object, split into fields."""
-    proc = subprocess.run(["nm", *args, str(obj)], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:  # an empty answer from a failed nm must not pass a check
-        raise BuildError(f"app: nm {' '.join(args)} {obj.name} failed: {proc.stderr.strip()}")
-    return [ln.split() for ln in proc.stdout.splitlines() if ln.strip()]
+def _nm(obj: Path, reporter: Reporter, env: dict[str, str], *args: str) -> list[list[str]]:
+    """``nm``'s lines for an object, split into fields (a failed nm raises: an empty
+    answer must not pass a check)."""
+    out = reporter.capture(["nm", *args, obj], step=f"app (nm {' '.join(args)} {obj.name})",
+                           env=env).text
+    return [ln.split() for ln in out.splitlines() if ln.strip()]
 
 
-def _undefined(obj: Path, env: dict[str, str]) -> set[str]:
+def _undefined(obj: Path, reporter: Reporter, env: dict[str, str]) -> set[str]:
     """The object's strong undefined symbols."""
-    return {f[-1] for f in _nm(obj, env, "-u") if f[:1] == ["U"]}
+    return {f[-1] for f in _nm(obj, reporter, env, "-u") if f[:1] == ["U"]}
 
 
-def _defined(obj: Path, env: dict[str, str]) -> set[str]:
+def _defined(obj: Path, reporter: Reporter, env: dict[str, str]) -> set[str]:
     """The object's defined symbols."""
-    return {f[-1] for f in _nm(obj, env, "--defined-only") if len(f) >= 3}
+    return {f[-1] for f in _nm(obj, reporter, env, "--defined-only") if len(f) >= 3}
 
 
 def _build_cmake(settings: Settings, root: Path, tc: Toolchain, app_dir: Path, output: Path,
@@ -549,11 +549,9 @@ def _check_elf(path: Path, et_rel: bool) -> None:
         raise BuildError(f"app: {path.name} is not a static executable")
 
 
-def _check_static_elf(path: Path) -> None:
+def _check_static_elf(path: Path, reporter: Reporter) -> None:
     _check_elf(path, et_rel=False)
-    proc = subprocess.run(["readelf", "-l", str(path)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"app: readelf -l {path.name} failed: {proc.stderr.strip()}")
-    if "INTERP" in proc.stdout:
+    if "INTERP" in reporter.capture(["readelf", "-l", path],
+                                    step=f"app (readelf -l {path.name})").text:
         raise BuildError(f"app: {path.name} is dynamically linked; the initramfs holds no loader",
                          hint="link statically (-static)")

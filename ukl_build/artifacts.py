@@ -11,7 +11,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +92,7 @@ def write_image_set(
                 "recipes": list(config.recipes),
                 "config": {"file": f"{name}.config", "sha256": config.key},
             },
-            "app": _app_record(app, settings),
+            "app": _app_record(app, settings, reporter),
             "cmdline": settings.cmdline,
             "args": list(settings.args),
             "init_arg_limit": int(values.get("INIT_ENV_ARG_LIMIT", DEFAULT_INIT_ARG_LIMIT)),
@@ -149,20 +148,20 @@ def _write_images(settings: Settings, tmp: Path, kernel: KernelImages, signer: S
     return images
 
 
-def binutils_version() -> str:
+def binutils_version(reporter: Reporter) -> str:
     """The linker's ``--version`` line (binutils links the app and vmlinux)."""
     try:
-        out = subprocess.run(["ld", "--version"], capture_output=True, text=True,
-                             check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
+        out = reporter.capture(["ld", "--version"], step="package (the linker's version)").text
+    except BuildError as e:
         raise BuildError(f"package: cannot ask ld for its version: {e}",
                          hint="apt-get install binutils") from None
     return out.splitlines()[0] if out else "unknown"
 
 
-def _app_record(app: AppBinary, settings: Settings) -> AppRecord:
+def _app_record(app: AppBinary, settings: Settings, reporter: Reporter) -> AppRecord:
     record: AppRecord = {"libc": app.libc, "compiler": app.compiler, "sha256": app.sha256,
-                         "shortcuts": settings.uses_shortcuts, "binutils": binutils_version()}
+                         "shortcuts": settings.uses_shortcuts,
+                         "binutils": binutils_version(reporter)}
     if settings.sources:  # the build checked these files' digests before reusing the app
         record["files"] = [{"path": rel, "sha256": file_sha256(settings.project_dir / rel)}
                            for rel in settings.sources]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ukl_build.errors import UklError
 from ukl_build.host_packages import PACKAGES
+from ukl_build.progress import Reporter
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,10 @@ def report(install: bool) -> int:
         raise UklError("doctor --install needs root (it runs apt-get)",
                        hint=f"sudo apt-get install {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update", "-q"],
-                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
-        print("$ " + " ".join(argv), flush=True)
-        if subprocess.run(argv, env=env).returncode != 0:
-            raise UklError(f"{' '.join(argv[:2])} failed")
+    with Reporter(None, stream=sys.stdout) as reporter:  # apt's output, as it comes
+        for argv in (["apt-get", "update", "-q"],
+                     ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
+            print("$ " + " ".join(argv), flush=True)
+            reporter.run(argv, step=" ".join(argv[:2]), env=env,
+                         on_line=lambda line: print(line, end="", flush=True))
     return 0

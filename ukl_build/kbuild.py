@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import time
 import zlib
 from dataclasses import dataclass
@@ -211,13 +210,14 @@ def build_kernel(
         reporter.stage("kbuild", f"done: {counter.count} steps in {counter.elapsed():.0f} s")
         if line := stats_line(compiler):
             reporter.stage("kbuild", line)
-        verify_images(build / "vmlinux", build / "arch/x86/boot/bzImage", payload, env)
+        verify_images(build / "vmlinux", build / "arch/x86/boot/bzImage", payload, env,
+                      reporter)
         atomic_write_text(stamp, image_key)
 
         def copy(tmp: Path) -> None:
             shutil.copyfile(build / "arch/x86/boot/bzImage", tmp / "bzImage")
             shutil.copyfile(build / "vmlinux", tmp / "vmlinux")
-            verify_images(tmp / "vmlinux", tmp / "bzImage", payload, env)
+            verify_images(tmp / "vmlinux", tmp / "bzImage", payload, env, reporter)
 
         images = cache.entry("images", image_key, copy)
     return KernelImages(images / "bzImage", images / "vmlinux", image_key, True, build)
@@ -250,10 +250,11 @@ def remove_payload_outputs(build: Path) -> int:
     return removed
 
 
-def verify_images(vmlinux: Path, bzimage: Path, payload: Payload, env: dict[str, str]) -> None:
+def verify_images(vmlinux: Path, bzimage: Path, payload: Payload, env: dict[str, str],
+                  reporter: Reporter) -> None:
     """Fail unless both images hold the payload: the check that no stale link gets shipped."""
     for what, data in (("vmlinux", vmlinux.read_bytes()),
-                       ("bzImage", bzimage_kernel(bzimage, env))):
+                       ("bzImage", bzimage_kernel(bzimage, env, reporter))):
         if payload.expect not in data:
             raise BuildError(
                 f"kbuild: the {what} that make produced does not contain this app "
@@ -263,7 +264,7 @@ def verify_images(vmlinux: Path, bzimage: Path, payload: Payload, env: dict[str,
             )
 
 
-def bzimage_kernel(path: Path, env: dict[str, str]) -> bytes:
+def bzimage_kernel(path: Path, env: dict[str, str], reporter: Reporter) -> bytes:
     """The decompressed kernel inside a bzImage (boot protocol 2.08+ payload fields)."""
     data = path.read_bytes()
     if len(data) < 0x250 or data[0x202:0x206] != b"HdrS":
@@ -272,7 +273,7 @@ def bzimage_kernel(path: Path, env: dict[str, str]) -> bytes:
     start = (setup_sects + 1) * 512 + struct.unpack_from("<I", data, 0x248)[0]
     blob = data[start:start + struct.unpack_from("<I", data, 0x24C)[0]]
     if blob.startswith(b"\x28\xb5\x2f\xfd"):  # zstd, with the kernel's 4-byte size appended
-        return _decompress_with(["zstd", "-dcq"], blob[:-4], path, env)
+        return _decompress_with(["zstd", "-dcq"], blob[:-4], path, env, reporter)
     if blob.startswith(b"\xfd7zXZ\x00"):
         return lzma.LZMADecompressor().decompress(blob)
     if blob.startswith(b"\x1f\x8b"):
@@ -282,21 +283,19 @@ def bzimage_kernel(path: Path, env: dict[str, str]) -> bytes:
     if blob.startswith(b"\x5d\x00\x00"):
         return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(blob)
     if blob.startswith(b"\x02\x21\x4c\x18"):
-        return _decompress_with(["lz4", "-dcq"], blob[:-4], path, env)
+        return _decompress_with(["lz4", "-dcq"], blob[:-4], path, env, reporter)
     if blob.startswith(b"\x89LZO"):
-        return _decompress_with(["lzop", "-dcq"], blob[:-4], path, env)
+        return _decompress_with(["lzop", "-dcq"], blob[:-4], path, env, reporter)
     raise BuildError(f"kbuild: {path}: unknown payload compression {blob[:6].hex()}")
 
 
-def _decompress_with(argv: list[str], blob: bytes, what: Path, env: dict[str, str]) -> bytes:
+def _decompress_with(argv: list[str], blob: bytes, what: Path, env: dict[str, str],
+                     reporter: Reporter) -> bytes:
     try:
-        proc = subprocess.run(argv, input=blob, capture_output=True, env=env)
-    except OSError as e:
-        raise BuildError(f"kbuild: cannot check {what}: {argv[0]}: {e.strerror}") from None
-    if proc.returncode != 0:
-        raise BuildError(f"kbuild: cannot check {what}: {argv[0]} failed: "
-                         f"{proc.stderr.decode(errors='replace').strip()[:300]}")
-    return proc.stdout
+        return reporter.capture(argv, step=f"kbuild (check {what.name}: {argv[0]})", env=env,
+                                input=blob).stdout
+    except BuildError as e:
+        raise BuildError(f"kbuild: cannot check {what}: {e}") from None
 
 
 class _Progress:

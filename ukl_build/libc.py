@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +108,7 @@ def build_musl(settings: Settings, compiler: str, cache: Cache, reporter: Report
         if mode == "ukl":
             reporter.run([cc, "-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident",
                           *codegen, "-nostdinc", "-isystem", str(sysroot / "include"),
-                          "-isystem", gcc_file(cc, "include"), "-c", start,
+                          "-isystem", gcc_file(cc, "include", reporter), "-c", start,
                           "-o", sysroot / "lib" / UKL_START],
                          step="libc (UKL start file)", env=env)
 
@@ -155,20 +154,20 @@ def musl_specs(musl: MuslSysroot) -> Path:
     return specs
 
 
-def musl_toolchain_flags(cc: str, musl: MuslSysroot) -> tuple[list[str], list[str], list[str]]:
-    """(cflags, ldflags, ldlibs) for a program on musl alone: static in user mode,
-    a relocatable object for the kernel code model in UKL mode."""
+def musl_toolchain_flags(gcc_include: str,
+                         musl: MuslSysroot) -> tuple[list[str], list[str], list[str]]:
+    """(cflags, ldflags, ldlibs) for a program on musl alone (``gcc_include``: the
+    compiler's own include directory): static in user mode, a relocatable object for
+    the kernel code model in UKL mode."""
     specs = f"-specs={musl_specs(musl)}"
     cflags = ["-nostdinc", "-isystem", str(musl.path / "include"),
-              "-isystem", gcc_file(cc, "include"), "-fno-pie"]
+              "-isystem", gcc_include, "-fno-pie"]
     if musl.mode == "ukl":
         return [*cflags, *UKL_CODEGEN, specs], [specs, "-no-pie"], []
     return [*cflags, specs], [specs, "-static", "-no-pie"], []
 
 
-def gcc_file(cc: str, name: str) -> str:
+def gcc_file(cc: str, name: str, reporter: Reporter) -> str:
     """A file of the compiler's own installation (its include directory, say)."""
-    proc = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise BuildError(f"app: {cc} -print-file-name={name} failed: {proc.stderr.strip()}")
-    return proc.stdout.strip()
+    return reporter.capture([cc, f"-print-file-name={name}"],
+                            step=f"app ({cc} -print-file-name={name})").text.strip()

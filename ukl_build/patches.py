@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +84,7 @@ def apply_patches(
         reporter.stage("patch", f"applying {len(patches)} patches from {series_dir}")
         # Hard links make the copy cheap; a patched file gets its own inode first,
         # so the pristine tree is never written through.
-        subprocess.run(["cp", "-al", str(src.path), str(tree)], check=True)
+        reporter.run(["cp", "-al", src.path, tree], step="patch (a hard-linked copy of the tree)")
         apply_series(tree, patches, f"Linux {src.release}", series_dir, reporter)
         read_only(tree)
 
@@ -108,16 +107,16 @@ def apply_series(tree: Path, patches: list[Patch], what: str, series_dir: Path,
                 shutil.copy2(f, copy)
                 copy.chmod(copy.stat().st_mode | 0o200)  # patch writes it
                 os.replace(copy, f)
-        proc = subprocess.run(
+        proc = reporter.capture(
             ["patch", "-p1", "--forward", "--fuzz=0", "--no-backup-if-mismatch", "-s",
-             "-i", str(p.path)],
-            cwd=tree, capture_output=True, text=True,
-        )
-        reporter.log(proc.stdout + proc.stderr)
+             "-i", p.path],
+            step=f"patch {p.name}", cwd=tree, check=False)
+        output = proc.text + proc.stderr
+        reporter.log(proc.text)
         if proc.returncode != 0:
             raise BuildError(
                 f"patch {p.name} does not apply cleanly to {what}:\n"
-                + "\n".join("    " + ln for ln in (proc.stdout + proc.stderr).splitlines()[:20]),
+                + "\n".join("    " + ln for ln in output.splitlines()[:20]),
                 hint=f"the series in {series_dir} targets a different tree",
             )
 

@@ -11,6 +11,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -139,6 +140,53 @@ class Reporter:
                 + _indent(first_errors(lines, error_lines)),
                 hint=f"full log: {self.log_path}" if self.log_path else None,
             )
+
+    def capture(
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        step: str,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        input: bytes | None = None,
+        check: bool = True,
+    ) -> Captured:
+        """Run a short query (a tool's version, a symbol table, an index) and return its
+        output: the command line and its error output go to the log; the command dies
+        with this process (and is killed if this one is interrupted); with ``check``, a
+        non-zero exit raises BuildError naming the step and quoting the error output.
+
+        The one way, with :meth:`run`, that ukl-build starts a program (a test checks)."""
+        args = [os.fspath(a) for a in argv]
+        self.log(f"$ {subprocess.list2cmdline(args)}" + (f"   (in {cwd})" if cwd else ""))
+        try:
+            proc = subprocess.run(
+                args, cwd=cwd, env=dict(env) if env is not None else None, input=input,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                capture_output=True, check=False, preexec_fn=die_with_parent(signal.SIGKILL))
+        except OSError as exc:
+            raise BuildError(f"{step} failed: cannot run {args[0]}: {exc.strerror}") from exc
+        stderr = proc.stderr.decode(errors="replace")
+        if stderr.strip():
+            self.log(stderr)
+        if check and proc.returncode != 0:
+            raise BuildError(
+                f"{step} failed (exit status {proc.returncode}): {args[0]}\n"
+                + _indent(first_errors(stderr.splitlines(), 25)),
+                hint=f"full log: {self.log_path}" if self.log_path else None)
+        return Captured(proc.returncode, proc.stdout, stderr)
+
+@dataclass(frozen=True)
+class Captured:
+    """What :meth:`Reporter.capture` got from a command."""
+
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode(errors="replace")
 
 
 # Lines that name a cause, not only that something failed: a compiler's or

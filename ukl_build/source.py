@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -276,8 +275,8 @@ def _copy_directory(path: Path, dig: str, cache: Cache, reporter: Reporter) -> P
     """
     def make(tmp: Path) -> None:
         reporter.stage("source", f"copying {path}")
-        proc = subprocess.run(["cp", "-a", "--reflink=auto", f"{path}/.", str(tmp / "tree")],
-                              capture_output=True, text=True)
+        proc = reporter.capture(["cp", "-a", "--reflink=auto", f"{path}/.", tmp / "tree"],
+                                step=f"source (copy {path})", check=False)
         if proc.returncode != 0:
             raise SourceError(f"cannot copy {path}: {proc.stderr.strip()}")
         shutil.rmtree(tmp / "tree" / ".git", ignore_errors=True)
@@ -285,17 +284,19 @@ def _copy_directory(path: Path, dig: str, cache: Cache, reporter: Reporter) -> P
     return cache.entry("sources", digest("directory", dig), make, check=False) / "tree"
 
 
-def _git(args: list[str], cwd: Path | None = None) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+def _git(args: list[str], reporter: Reporter, cwd: Path | None = None) -> str:
+    proc = reporter.capture(["git", *args], step=f"source (git {args[0]})", cwd=cwd,
+                            check=False)
     if proc.returncode != 0:
         raise SourceError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout.strip()
+    return proc.text.strip()
 
 
-def _resolve(mirror: Path, rev: str, url: str, where: str) -> str:
+def _resolve(mirror: Path, rev: str, url: str, where: str, reporter: Reporter) -> str:
     for candidate in (f"refs/tags/{rev}", f"refs/remotes/src/{rev}", rev):
         try:
-            return _git(["rev-parse", "--verify", "-q", f"{candidate}^{{commit}}"], cwd=mirror)
+            return _git(["rev-parse", "--verify", "-q", f"{candidate}^{{commit}}"], reporter,
+                        cwd=mirror)
         except SourceError:
             continue
     raise SourceError(f"{where} git: revision {rev!r} not found in {url}")
@@ -313,29 +314,28 @@ def _tree_from_git(
     with cache.lock("git", mirror.name):
         if not (mirror / "HEAD").exists():
             with new_path(mirror, directory=True) as tmp:
-                _git(["init", "-q", "--bare", str(tmp)])
+                _git(["init", "-q", "--bare", str(tmp)], reporter)
         reporter.stage("source", f"fetching {rev} from {url}")
         try:
-            _git(["fetch", "-q", "--depth=1", url, rev], cwd=mirror)
-            commit = _git(["rev-parse", "--verify", "-q", "FETCH_HEAD^{commit}"], cwd=mirror)
+            _git(["fetch", "-q", "--depth=1", url, rev], reporter, cwd=mirror)
+            commit = _git(["rev-parse", "--verify", "-q", "FETCH_HEAD^{commit}"], reporter,
+                          cwd=mirror)
         except SourceError:
             # Servers that refuse a bare commit id still serve their refs.
             _git(["fetch", "-q", url, "+refs/heads/*:refs/remotes/src/*",
-                  "+refs/tags/*:refs/tags/*"], cwd=mirror)
-            commit = _resolve(mirror, rev, url, where)
+                  "+refs/tags/*:refs/tags/*"], reporter, cwd=mirror)
+            commit = _resolve(mirror, rev, url, where, reporter)
     if re.fullmatch(r"[0-9a-f]{40}", rev) and commit != rev:
         raise SourceError(f"{where} git: {url} resolved {rev} to {commit}")
     key = digest("git", commit)
 
     def make(tmp: Path) -> None:
         reporter.stage("source", f"exporting {commit[:12]}")
-        proc = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=mirror,
-                                stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+        archive = tmp / "export.tar"
+        _git(["archive", "--format=tar", "-o", str(archive), commit], reporter, cwd=mirror)
+        with tarfile.open(archive, mode="r|") as tar:
             safe_extract(tar, tmp / "tree", f"git {url}@{commit}")
-        if proc.wait() != 0:
-            raise SourceError(f"git archive {commit} failed in {mirror}")
+        archive.unlink()
 
     entry = cache.entry("sources", key, make, check=False)
     return entry / "tree", {"kind": "git", "url": url, "rev": rev, "commit": commit}
@@ -439,44 +439,57 @@ def _debian_source(package: str, where: str, cache: Cache, reporter: Reporter) -
             return AppSource(tree, known["origin"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    listing = subprocess.run(["apt-get", "source", "--print-uris", package],
-                             capture_output=True, text=True)
+    name, sha, version = _apt_upstream_tarball(package, where, reporter)
+    dest = cache.root / "downloads" / f"{sha}{name[name.index('.tar'):]}"
+    if not dest.is_file():
+        reporter.stage("app", f"downloading Debian source package {package} {version}")
+        _apt_download(package, where, name, sha, dest, reporter)
+    tree = _single_root(_extract_tarball(dest, sha, cache, reporter))
+    origin = {"kind": "debian", "package": package, "version": version, "file": name, "sha256": sha}
+    atomic_write_text(answer, json.dumps({"file": dest.name, "sha256": sha, "origin": origin}))
+    return AppSource(tree, origin)
+
+
+def _apt_upstream_tarball(package: str, where: str, reporter: Reporter) -> tuple[str, str, str]:
+    """(file name, sha256, version) of the package's upstream tarball, as apt's signed
+    index lists them."""
+    listing = reporter.capture(["apt-get", "source", "--print-uris", package],
+                               step=f"{where} debian (apt-get source --print-uris)", check=False)
     if listing.returncode != 0:
         tail = (listing.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SourceError(f"{where} debian: apt-get source --print-uris {package} failed: {tail}",
                           hint="apt needs deb-src entries (scripts/setup.sh derives them from the "
                                "machine's Debian entries) and a current 'apt-get update'")
-    files = {m["name"]: m["sha"] for ln in listing.stdout.splitlines() if (m := _APT_URI.match(ln))}
+    files = {m["name"]: m["sha"] for ln in listing.text.splitlines() if (m := _APT_URI.match(ln))}
     dsc = next((n for n in files if n.endswith(".dsc")), None)
     upstream = [n for n in files if re.search(r"\.orig\.tar\.(gz|xz|bz2)$", n)] or \
         [n for n in files if re.search(r"\.tar\.(gz|xz|bz2)$", n) and ".debian." not in n]
     if dsc is None or len(upstream) != 1:
         raise SourceError(f"{where} debian: cannot tell the upstream tarball of {package} from "
                           f"apt's file list: {sorted(files)}")
-    name, sha = upstream[0], files[upstream[0]]
-    version = dsc.removesuffix(".dsc").split("_", 1)[1]
-    dest = cache.root / "downloads" / f"{sha}{name[name.index('.tar'):]}"
-    if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)  # the apt temp dir goes beside it
-        reporter.stage("app", f"downloading Debian source package {package} {version}")
-        with tempfile.TemporaryDirectory(prefix=".tmp-apt-", dir=dest.parent) as tmp, \
-                new_path(dest) as verified:
-            # Not pinned with =version: the file names drop the epoch (redis is 5:7.0.15-...);
-            # apt picks the same candidate it listed, and the digest check below holds it to that.
-            got = subprocess.run(["apt-get", "source", "--download-only", package],
-                                 cwd=tmp, capture_output=True, text=True)
-            if got.returncode != 0:
-                tail = (got.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise SourceError(f"{where} debian: apt-get source {package}: {tail}")
-            if not (Path(tmp) / name).is_file():
-                raise SourceError(f"{where} debian: apt-get source {package} did not fetch {name}")
-            if file_sha256(Path(tmp) / name) != sha:
-                raise SourceError(f"{where} debian: {name} does not match apt's sha256 {sha}")
-            os.replace(Path(tmp) / name, verified)
-    tree = _single_root(_extract_tarball(dest, sha, cache, reporter))
-    origin = {"kind": "debian", "package": package, "version": version, "file": name, "sha256": sha}
-    atomic_write_text(answer, json.dumps({"file": dest.name, "sha256": sha, "origin": origin}))
-    return AppSource(tree, origin)
+    return upstream[0], files[upstream[0]], dsc.removesuffix(".dsc").split("_", 1)[1]
+
+
+def _apt_download(package: str, where: str, name: str, sha: str, dest: Path,
+                  reporter: Reporter) -> None:
+    """apt-get source --download-only, and the tarball ``name`` moved to ``dest`` once its
+    sha256 is the one apt listed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)  # the apt temp dir goes beside it
+    with tempfile.TemporaryDirectory(prefix=".tmp-apt-", dir=dest.parent) as tmp, \
+            new_path(dest) as verified:
+        # Not pinned with =version: the file names drop the epoch (redis is 5:7.0.15-...);
+        # apt picks the same candidate it listed, and the digest check below holds it to that.
+        got = reporter.capture(["apt-get", "source", "--download-only", package],
+                               step=f"{where} debian (apt-get source)", cwd=Path(tmp),
+                               check=False)
+        if got.returncode != 0:
+            tail = (got.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise SourceError(f"{where} debian: apt-get source {package}: {tail}")
+        if not (Path(tmp) / name).is_file():
+            raise SourceError(f"{where} debian: apt-get source {package} did not fetch {name}")
+        if file_sha256(Path(tmp) / name) != sha:
+            raise SourceError(f"{where} debian: {name} does not match apt's sha256 {sha}")
+        os.replace(Path(tmp) / name, verified)
 
 
 def _apt_index_state() -> list[tuple[str, str]]:

@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from ukl_build.cache import Cache, file_sha256
-from ukl_build.errors import UklError
+from ukl_build.errors import BuildError, UklError
 from ukl_build.pipeline import BuildResult, build, source_date_epoch
+from ukl_build.progress import Reporter
 from ukl_build.wheel import write_wheel
 
 # Different names and depths, so that a recorded path cannot match by accident.
@@ -112,15 +112,16 @@ def compare(first: list[Output], second: list[Output], work: Path) -> Report:
     if labels_a != labels_b:
         extra = sorted(set(labels_a) ^ set(labels_b))
         return Report(same, f"the builds made different files: {', '.join(extra)}", work)
-    for a, b in zip(first, second, strict=True):
-        why = first_difference(a.path, b.path)
-        if why is not None:
-            return Report(same, f"{a.label}: {why}\n    {a.path}\n    {b.path}", work)
-        same.append((a.label, file_sha256(a.path)))
+    with Reporter(work / "compare.log") as reporter:
+        for a, b in zip(first, second, strict=True):
+            why = first_difference(a.path, b.path, reporter)
+            if why is not None:
+                return Report(same, f"{a.label}: {why}\n    {a.path}\n    {b.path}", work)
+            same.append((a.label, file_sha256(a.path)))
     return Report(same, None, work)
 
 
-def first_difference(a: Path, b: Path) -> str | None:
+def first_difference(a: Path, b: Path, reporter: Reporter) -> str | None:
     """None if the files are equal; else where they first differ, as precisely as we can."""
     da, db = a.read_bytes(), b.read_bytes()
     if da == db:
@@ -137,7 +138,7 @@ def first_difference(a: Path, b: Path) -> str | None:
     offset = _first_offset(da, db)
     text = f"first differing byte at offset {offset:#x} (sizes {len(da)} and {len(db)})"
     if da[:4] == b"\x7fELF":
-        section = elf_section_at(a, offset)
+        section = elf_section_at(a, offset, reporter)
         if section:
             text += f", in ELF section {section}"
     return text
@@ -191,12 +192,12 @@ def _zip_difference(a: Path, b: Path) -> str:
 _SECTION = re.compile(r"^\s*\[\s*\d+\]\s+(\S+)\s+\S+\s+[0-9a-f]+\s+([0-9a-f]+)\s+([0-9a-f]+)")
 
 
-def elf_section_at(path: Path, offset: int) -> str | None:
+def elf_section_at(path: Path, offset: int, reporter: Reporter) -> str | None:
     """The section of an ELF file that holds file offset ``offset`` (readelf's table)."""
     try:
-        out = subprocess.run(["readelf", "-S", "-W", str(path)], capture_output=True, text=True,
-                             check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+        out = reporter.capture(["readelf", "-S", "-W", path],
+                               step=f"verify (readelf -S {path.name})").text
+    except BuildError:
         return None
     for line in out.splitlines():
         m = _SECTION.match(line)
