@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from ukl_build.appbuild import app_hardening
 from ukl_build.errors import ConfigError
 from ukl_build.kconfig import (
     configure,
@@ -28,6 +27,7 @@ from ukl_build.kconfig import (
 )
 from ukl_build.progress import Reporter
 from ukl_build.settings import load_settings
+from ukl_build.toolchain import app_hardening
 
 from conftest import EXAMPLES, REPO, Builds, copy_example
 from conftest import run_image as run

@@ -23,33 +23,21 @@ from typing import Any
 from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256
 from ukl_build.deps import Dep, Flags, build_deps, dep_flags, prefixes
 from ukl_build.errors import BuildError
-from ukl_build.libc import UKL_CODEGEN, MuslSysroot, build_musl, gcc_file, musl_toolchain_flags
+from ukl_build.fetch import directory_digest
+from ukl_build.libc import MuslSysroot, build_musl, gcc_file
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import runtime_dir
 from ukl_build.settings import Settings, substitute_deps
-from ukl_build.source import AppSource, directory_digest, fetch_app_source
+from ukl_build.source import AppSource, fetch_app_source
+from ukl_build.toolchain import CACHE_PREFIX, Toolchain, compiler, compiler_version, prefix_map, toolchain
+from ukl_build.ukl_object import check_static_elf, ukl_archive
 
 NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h", "stdlib.h",
                 "string.h", "sys.h", "time.h", "types.h", "unistd.h")
 _SKIP_DIRS = frozenset({"build", "dist", ".git", "__pycache__", ".venv"})
 APP_FORMAT = 3  # bump when the app build changes what it makes from the same inputs
 APP_RECORD = "record.json"
-
-
-# Symbols of the app that must bind to the kernel: app-side name -> kernel name.
-UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_thread",
-              # musl's clock_gettime() (libc patch 0006; kernel patch 0018)
-              "__ukl_clock_gettime": "ukl_clock_gettime",
-              # shortcuts (kernel patches 0012 and 0023; musl patches 0005 and 0007)
-              **{f"__ukl_sc_{c}": f"ukl_sc_{c}" for c in (
-                  "getppid", "read", "write", "sendto", "recvfrom", "accept4", "sendmsg",
-                  "recvmsg", "readv", "writev", "epoll_wait", "epoll_ctl")}}
-UKL_PREFIX = "ukl_app_"  # no kernel symbol starts with it (see CONFIG_UKL)
-# The stack protector's failure handler: in UKL mode the kernel's (its canary, %gs:40,
-# is the one kernel-code-model code checks), even where musl brings its own.
-STACK_CHK_FAIL = "__stack_chk_fail"
-MARKER_SECTION = ".rodata.ukl_build_app"
 
 
 @dataclass(frozen=True)
@@ -59,21 +47,10 @@ class AppBinary:
     libc: str
     compiler: str
     mode: str
-    marker: bytes = b""  # UKL: a string the archive puts into vmlinux's .rodata (see _ukl_archive)
+    marker: bytes = b""  # UKL: a string the archive puts into vmlinux's .rodata (see ukl_archive)
     source: dict[str, Any] | None = None  # where a fetched source tree came from (its digest)
     libc_source: dict[str, Any] | None = None  # musl: its version and source
     deps: tuple[dict[str, Any], ...] = ()  # libraries built from source (deps.Dep.record)
-
-
-@dataclass(frozen=True)
-class Toolchain:
-    cc: str
-    cflags: tuple[str, ...]
-    ldflags: tuple[str, ...]
-    ldlibs: tuple[str, ...]
-
-    def flags(self) -> Flags:
-        return Flags(self.cc, self.cflags, (*self.ldflags, *self.ldlibs))
 
 
 def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
@@ -113,94 +90,6 @@ def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
         shutil.rmtree(tmp / "o")
 
     return cache.entry("sysroots", key, make, check=False)  # checked before a compile
-
-
-def compiler_version(cc: str, reporter: Reporter) -> str:
-    try:
-        out = reporter.capture([cc, "--version"], step="app (the C compiler's version)").text
-    except BuildError as e:
-        raise BuildError(f"app: C compiler {cc!r} not usable: {e}", hint="apt-get install gcc") from None
-    return out.splitlines()[0]
-
-
-def app_hardening(settings: Settings) -> tuple[list[str], list[str]]:
-    """(cflags, ldflags) that harden the app as ``hardened`` asks (docs/security.md).
-
-    Hardened: canaries in functions with arrays or address-taken locals, stack-clash
-    probes, and glibc's _FORTIFY_SOURCE (musl and nolibc have no fortified headers).
-    Canaries need a guard and a failure handler: UKL-mode code (kernel code model)
-    checks the kernel's per-CPU canary and calls the kernel's ``__stack_chk_fail``
-    (see ``_ukl_archive``); musl and glibc set up their own in user mode; nolibc sets
-    up none, so a user-mode nolibc app keeps its guard in a global that ukl_ssp.h's
-    entry stub fills from AT_RANDOM before nolibc's ``_start``.
-    """
-    if not settings.hardened:
-        return ["-fno-stack-protector"], []
-    cflags = ["-fstack-protector-strong"]
-    if settings.mode == "user":  # UKL mode always probes (toolchain)
-        cflags.append("-fstack-clash-protection")
-    if settings.libc == "glibc":
-        cflags.append("-D_FORTIFY_SOURCE=2")
-    if settings.libc == "nolibc" and settings.mode == "user":
-        ssp = runtime_dir() / "include" / "ukl_ssp.h"
-        return ([*cflags, "-mstack-protector-guard=global", "-include", str(ssp)],
-                ["-Wl,-e,__ukl_ssp_start"])
-    return cflags, []
-
-
-def compiler() -> str:
-    return os.environ.get("UKL_CC", "gcc")
-
-
-def _prefix_map(settings: Settings) -> str:
-    """Debug info and __FILE__ name the project's files relative to it."""
-    return f"-ffile-prefix-map={settings.project_dir}=."
-
-
-CACHE_PREFIX = "/ukl-build-cache"  # what the cache's path becomes in debug information
-
-
-def toolchain(settings: Settings, gcc_include: str, sysroot: Path | None,
-              musl: MuslSysroot | None = None, cache_root: Path | None = None) -> Toolchain:
-    """The compiler and flags of the app (``gcc_include``: the compiler's own include
-    directory).  Paths into the project and the cache are mapped to fixed names
-    (-ffile-prefix-map), so an app that adds its own -g (Redis does) does not record
-    where it was built."""
-    cc = compiler()
-    maps = [_prefix_map(settings)]
-    if cache_root is not None:
-        maps.append(f"-ffile-prefix-map={cache_root}={CACHE_PREFIX}")
-    common = ["-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident", *maps]
-    hard_cflags, hard_ldflags = app_hardening(settings)
-    common += hard_cflags
-    if settings.libc == "glibc":
-        return Toolchain(cc, (*common, *settings.cflags), ("-static", *hard_ldflags), ())
-    ukl = ["-fstack-clash-protection", "-DUKL_MODE=1"] if settings.mode == "ukl" else []
-    if settings.libc == "musl":
-        assert musl is not None
-        cflags, ldflags, ldlibs = musl_toolchain_flags(gcc_include, musl)
-        return Toolchain(cc, (*common, *cflags, *ukl, *settings.cflags),
-                         (*ldflags, *hard_ldflags), tuple(ldlibs))
-    assert sysroot is not None
-    cflags = [
-        *common, "-std=gnu11", "-fno-pie", "-nostdinc",
-        "-isystem", str(runtime_dir() / "include"),
-        "-isystem", str(sysroot / "include"),
-        "-isystem", gcc_include,
-    ]
-    if settings.mode == "ukl":
-        # Kernel code model (libc.UKL_CODEGEN).  Stack-clash probes touch every page a
-        # big frame allocates, so an overflow hits the stack's guard page (and is
-        # reported as such) instead of jumping it.
-        cflags += [*UKL_CODEGEN, *ukl]
-        if settings.uses_shortcuts:  # see runtime/ukl/arch.h and kernel patch "shortcut entry points"
-            cflags.append("-DUKL_SHORTCUTS=1")
-        lds = runtime_dir() / "ukl" / "app.lds"
-        # The "executable" of a UKL app is one relocatable object (gcc -r).
-        return Toolchain(cc, (*cflags, *settings.cflags),
-                         ("-nostdlib", "-r", f"-Wl,-T,{lds}", "-Wl,--build-id=none"), ("-lgcc",))
-    return Toolchain(cc, (*cflags, *settings.cflags),
-                     ("-static", "-no-pie", "-nostdlib", *hard_ldflags), ("-lgcc",))
 
 
 def build_app(
@@ -243,7 +132,7 @@ def build_app(
             probe = toolchain(user, gcc_include, None, user_musl, cache.root).flags()
         # Without the project's own path (-ffile-prefix-map): one build per toolchain
         # serves every project.
-        project_map = _prefix_map(settings)
+        project_map = prefix_map(settings)
         deps = build_deps(settings.deps, settings.origin, settings.project_dir,
                           probe.without(project_map), tc.flags().without(project_map), cache,
                           reporter, env, ready)
@@ -296,10 +185,10 @@ def build_app(
 
     marker = b""
     if settings.mode == "ukl":
-        output, marker = _ukl_archive(output, app_dir, reporter, env,
+        output, marker = ukl_archive(output, app_dir, reporter, env,
                                       musl_start=settings.libc == "musl")
     else:
-        _check_static_elf(output, reporter)
+        check_static_elf(output, reporter)
     app = AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker,
                     source.origin if source is not None else None, _libc_source(musl),
                     dep_records)
@@ -431,78 +320,6 @@ def _same_bytes(a: Path, b: Path) -> bool:
     return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
-def _ukl_archive(obj: Path, app_dir: Path, reporter: Reporter,
-                 env: dict[str, str], musl_start: bool = False) -> tuple[Path, bytes]:
-    """Prefix every app symbol (no clash with the kernel's), bind the bridge, archive.
-
-    The kernel calls ``ukl_app_main``: the app's ``main`` with nolibc; with
-    musl, its start code (``musl_start.c``), which calls ``main`` through
-    musl's ``__libc_start_main``, so the two names trade places.
-    """
-    _check_elf(obj, et_rel=True)
-    if "main" not in _defined(obj, reporter, env):  # else: "undefined reference to ukl_app_main",
-        raise BuildError(                 # late, in the kernel's link
-            "app: the app defines no main() (its sources compiled to an object without one)",
-            hint="the kernel starts the app at its main(); check that the sources define it")
-    prefixed = app_dir / "app-ukl.o"
-    # The assembler names _GLOBAL_OFFSET_TABLE_ (undefined) in any object with TLS
-    # relocations; local-exec code uses no GOT, so nothing refers to it (objcopy
-    # refuses to strip a symbol a relocation names).
-    reporter.run(["objcopy", "--strip-symbol=_GLOBAL_OFFSET_TABLE_", obj, prefixed],
-                 step="app (objcopy --strip-symbol)", env=env)
-    reporter.run(["objcopy", f"--prefix-symbols={UKL_PREFIX}", prefixed],
-                 step="app (objcopy --prefix-symbols)", env=env)
-    redefine = [f"--redefine-sym={UKL_PREFIX}{a}={k}" for a, k in UKL_BRIDGE.items()]
-    # Canary failures go to the kernel's handler, which panics naming the function.
-    # musl defines its own (it would halt the CPU): weakened, so the kernel's wins.
-    redefine.append(f"--redefine-sym={UKL_PREFIX}{STACK_CHK_FAIL}={STACK_CHK_FAIL}")
-    if musl_start:
-        redefine += [f"--redefine-sym={UKL_PREFIX}main={UKL_PREFIX}main_",
-                     f"--redefine-sym={UKL_PREFIX}__ukl_start={UKL_PREFIX}main"]
-    reporter.run(["objcopy", *redefine, prefixed], step="app (objcopy --redefine-sym)", env=env)
-    if STACK_CHK_FAIL in _defined(prefixed, reporter, env):
-        reporter.run(["objcopy", f"--weaken-symbol={STACK_CHK_FAIL}", prefixed],
-                     step="app (objcopy --weaken-symbol)", env=env)
-    # Weak references may stay unresolved (0 in vmlinux: musl tests _DYNAMIC that way);
-    # with the prefix they cannot bind to a kernel symbol by accident.
-    undefined = sorted(_undefined(prefixed, reporter, env) - {*UKL_BRIDGE.values(), STACK_CHK_FAIL})
-    if undefined:
-        names = ", ".join(u.removeprefix(UKL_PREFIX) for u in undefined)
-        raise BuildError(f"app: undefined symbols after linking the app with its libc: {names}",
-                         hint="a UKL app links only against its libc (nolibc or musl), "
-                              "ukl-build's runtime and libgcc")
-    # The object's digest, as a string in .rodata: the kernel build checks that
-    # vmlinux and the bzImage hold it before it caches or ships them.
-    marker = f"ukl-build app {file_sha256(prefixed)}".encode()
-    marker_file = app_dir / "app-id"
-    marker_file.write_bytes(marker + b"\0")
-    reporter.run(["objcopy", f"--add-section={MARKER_SECTION}={marker_file}",
-                  f"--set-section-flags={MARKER_SECTION}=alloc,load,readonly,data", prefixed],
-                 step="app (objcopy --add-section)", env=env)
-    archive = app_dir / "ukl-app.a"
-    archive.unlink(missing_ok=True)
-    reporter.run(["ar", "rcsD", archive, prefixed], step="app (ar)", env=env)
-    return archive, marker
-
-
-def _nm(obj: Path, reporter: Reporter, env: dict[str, str], *args: str) -> list[list[str]]:
-    """``nm``'s lines for an object, split into fields (a failed nm raises: an empty
-    answer must not pass a check)."""
-    out = reporter.capture(["nm", *args, obj], step=f"app (nm {' '.join(args)} {obj.name})",
-                           env=env).text
-    return [ln.split() for ln in out.splitlines() if ln.strip()]
-
-
-def _undefined(obj: Path, reporter: Reporter, env: dict[str, str]) -> set[str]:
-    """The object's strong undefined symbols."""
-    return {f[-1] for f in _nm(obj, reporter, env, "-u") if f[:1] == ["U"]}
-
-
-def _defined(obj: Path, reporter: Reporter, env: dict[str, str]) -> set[str]:
-    """The object's defined symbols."""
-    return {f[-1] for f in _nm(obj, reporter, env, "--defined-only") if len(f) >= 3}
-
-
 def _build_cmake(settings: Settings, root: Path, tc: Toolchain, app_dir: Path, output: Path,
                  reporter: Reporter, env: dict[str, str]) -> None:
     cm = settings.cmake
@@ -537,21 +354,3 @@ def _build_cmake(settings: Settings, root: Path, tc: Toolchain, app_dir: Path, o
     shutil.copy2(candidates[0], output)
 
 
-def _check_elf(path: Path, et_rel: bool) -> None:
-    with open(path, "rb") as f:
-        head = f.read(20)
-    if head[:4] != b"\x7fELF" or head[4] != 2 or int.from_bytes(head[18:20], "little") != 62:
-        raise BuildError(f"app: {path.name} is not an x86-64 ELF file")
-    e_type = int.from_bytes(head[16:18], "little")
-    if et_rel and e_type != 1:
-        raise BuildError(f"app: {path.name} is not a relocatable object (UKL apps link with -r)")
-    if not et_rel and e_type != 2:
-        raise BuildError(f"app: {path.name} is not a static executable")
-
-
-def _check_static_elf(path: Path, reporter: Reporter) -> None:
-    _check_elf(path, et_rel=False)
-    if "INTERP" in reporter.capture(["readelf", "-l", path],
-                                    step=f"app (readelf -l {path.name})").text:
-        raise BuildError(f"app: {path.name} is dynamically linked; the initramfs holds no loader",
-                         hint="link statically (-static)")
