@@ -30,8 +30,9 @@ from benchmarks.harness import (
     stop_vms,
 )
 from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
-from ukl_build.cache import Cache, tree_size
+from ukl_build.cache import Cache
 from ukl_build.errors import UklError
+from ukl_build.files import tree_size
 from ukl_build.kbuild import bzimage_kernel, initramfs_list
 from ukl_build.launcher.manifest import load_manifest
 from ukl_build.pipeline import build

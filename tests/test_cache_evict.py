@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ukl_build.cache import Cache, eviction_summary, parse_size
+from ukl_build.cache import Cache, eviction_summary
 from ukl_build.errors import ConfigError
+from ukl_build.files import parse_size
 from ukl_build.settings import load_settings
 
 
@@ -299,7 +300,7 @@ def test_a_linked_copy_takes_its_sources_hashes(tmp_path: Path,
     """A patched tree (hard links to its source entry, patched files given their own
     inodes) is recorded with the source's hashes for the files they share, read only
     for the others; a source file changed since its record is read again."""
-    import ukl_build.cache as cache_mod
+    import ukl_build.records as cache_mod  # where an entry's files are hashed
 
     def source(tmp: Path) -> None:
         (tmp / "tree").mkdir()

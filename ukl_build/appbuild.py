@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256
+from ukl_build.cache import Cache
 from ukl_build.deps import Dep, Flags, build_deps, dep_flags, prefixes
 from ukl_build.errors import BuildError
 from ukl_build.fetch import directory_digest
+from ukl_build.files import atomic_write_text, digest, file_sha256
 from ukl_build.libc import MuslSysroot, build_musl, gcc_file
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter

@@ -18,9 +18,9 @@ from typing import Any
 
 from ukl_build import __version__
 from ukl_build.appbuild import AppBinary
-from ukl_build.cache import file_sha256
 from ukl_build.efi import Signer, make_disk, make_efi
 from ukl_build.errors import BuildError, ConfigError
+from ukl_build.files import file_sha256
 from ukl_build.kbuild import KernelImages
 from ukl_build.kconfig import KernelConfig, read_config
 from ukl_build.launcher.cmdline import DEFAULT_INIT_ARG_LIMIT, builtin_cmdline

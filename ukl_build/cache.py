@@ -28,17 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 from ukl_build.errors import ConfigError, UklError
+from ukl_build.files import file_lock, mib, new_path, tree_size
+from ukl_build.records import RECORD, damage_at, entry_content, write_record
 
 
 def default_root() -> Path:
@@ -69,30 +68,6 @@ def check_root(root: Path) -> None:
             f"cache path {root} (from {root_origin()}) contains {' '.join(map(repr, bad))}: "
             "the kernel's Makefiles cannot build in such a path",
             hint="set UKL_BUILD_CACHE to a directory whose path has none of these characters")
-
-
-def digest(*parts: object) -> str:
-    """A stable sha256 over JSON-serialisable parts."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-class _Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
-
-
-def hash_file(path: Path | str, *hashers: _Hasher) -> None:
-    """Stream a file once through every hasher given (1 MiB at a time)."""
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            for h in hashers:
-                h.update(chunk)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    hash_file(path, h)
-    return h.hexdigest()
 
 
 # Entries `clean --max-size` may evict, least recently used first.  Downloads and git
@@ -238,7 +213,7 @@ class Cache:
         entry = self.path(kind, key)
         try:
             want = json.loads((entry / RECORD).read_text())["files"][rel][3]
-            sound = _content(str(entry / rel), os.lstat(entry / rel)) == want
+            sound = entry_content(str(entry / rel), os.lstat(entry / rel)) == want
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             sound = False
         if not sound:
@@ -254,14 +229,14 @@ class Cache:
         entry's path and whether it was there and sound at first."""
         final = self.path(kind, key)
         if final.is_dir():
-            why = _damage_at(final, level)
+            why = damage_at(final, level)
             if why is None:
                 return final, True
             self._report(f"{kind}/{key[:16]}: {why}; discarding it and making it again")
         elif make is None:
             return final, False
         with self.lock(kind, key):
-            if final.is_dir() and _damage_at(final, level) is not None:
+            if final.is_dir() and damage_at(final, level) is not None:
                 self._discard(final)
             if not final.is_dir() and make is not None:
                 with new_path(final, directory=True) as tmp:
@@ -362,107 +337,6 @@ class Cache:
         return []
 
 
-RECORD = ".ukl-entry.json"  # in every entry made by Cache.entry: what it held when made
-
-
-def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every file, link and directory under ``root`` (not the record), as
-    (path relative to ``root``, lstat).  80,000 files in about a second."""
-    stack = [(str(root), "")]
-    while stack:
-        path, prefix = stack.pop()
-        with os.scandir(path) as it:
-            for e in it:
-                rel = prefix + e.name
-                if rel == RECORD:
-                    continue
-                st = e.stat(follow_symlinks=False)
-                yield rel, st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append((e.path, rel + "/"))
-
-
-def _content(path: str, st: os.stat_result) -> str:
-    if stat.S_ISLNK(st.st_mode):
-        return "-> " + os.readlink(path)
-    if stat.S_ISREG(st.st_mode):
-        return file_sha256(Path(path))
-    return ""
-
-
-def write_record(entry: Path, linked_from: Path | None = None) -> None:
-    """Record what ``entry`` holds: per path, [mode, size, mtime_ns, sha256 or link].
-
-    ``linked_from``: an entry whose files ``entry`` holds hard links to; a file that
-    is one of them (same device and inode) with the size and mtime of its record
-    takes the recorded SHA-256 (a patched kernel tree: 1.5 GB not read again)."""
-    known = _recorded_inodes(linked_from) if linked_from is not None else {}
-    files = {}
-    for rel, st in _walk(entry):
-        same = known.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) \
-            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 else None
-        files[rel] = [st.st_mode, st.st_size, st.st_mtime_ns,
-                      same if same is not None else _content(str(entry / rel), st)]
-    (entry / RECORD).write_text(json.dumps({"version": 1, "files": files}, sort_keys=True))
-
-
-def _recorded_inodes(entry: Path) -> dict[tuple[int, int, int, int], str]:
-    """``entry``'s linked regular files whose size and mtime are what its record says,
-    by (device, inode, size, mtime): their recorded SHA-256.  Empty when the record
-    cannot be read (then every file is hashed)."""
-    try:
-        record = json.loads((entry / RECORD).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    known = {}
-    for rel, st in _walk(entry):
-        want = record.get(rel)
-        if (want is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1
-                and want[1] == st.st_size and want[2] == st.st_mtime_ns):
-            known[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = want[3]
-    return known
-
-
-def _damage_at(entry: Path, level: str) -> str | None:
-    if level == "record":
-        return None if (entry / RECORD).is_file() else \
-            f"{RECORD} is missing or unreadable (an incomplete entry)"
-    return damage(entry, content=level == "content")
-
-
-def damage(entry: Path, content: bool) -> str | None:
-    """What is wrong with ``entry`` against its record, or None.
-
-    ``content``: every file is hashed.  Else a file is hashed only when its mode,
-    size or mtime changed (a touch that kept the bytes is no damage); an edit that
-    also restored the mtime goes unseen (the check is against accidents, not a
-    security boundary: the cache's owner can change anything in it).
-    """
-    try:
-        record = json.loads((entry / RECORD).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{RECORD} is missing or unreadable (an incomplete entry)"
-    seen = set()
-    for rel, st in _walk(entry):
-        seen.add(rel)
-        want = record.get(rel)
-        if want is None:
-            return f"{rel} was not in it when it was made"
-        mode, size, mtime, digest_ = want
-        if (st.st_mode | 0o222) != (mode | 0o222):  # write bits: trees are made read-only
-            return f"{rel} changed type or mode"
-        if stat.S_ISDIR(mode):
-            continue
-        if st.st_size != size:
-            return f"{rel} changed size ({size} -> {st.st_size} bytes)"
-        if (content or st.st_mtime_ns != mtime) and _content(str(entry / rel), st) != digest_:
-            return f"{rel} changed content (SHA-256 no longer what was recorded)"
-    missing = sorted(set(record) - seen)
-    if missing:
-        return f"{missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-    return None
-
-
 CACHE_TAG = "CACHEDIR.TAG"
 _TAG_TEXT = ("Signature: 8a477f597d28d172789f06886806bc55\n"
              "# This file is a cache directory tag created by ukl-build.\n"
@@ -521,88 +395,3 @@ def eviction_summary(removed: list[tuple[str, int]], left: int, limit: int) -> s
             f"({mib(freed)}), {mib(left)} left in entries")
 
 
-def mib(n: int) -> str:
-    """Bytes as MiB, one decimal."""
-    return f"{n / 2**20:.1f} MiB"
-
-
-def tree_size(path: Path) -> int:
-    """Bytes allocated under ``path`` (files and links, not following links)."""
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
-
-
-def parse_size(text: str) -> int:
-    """``5G``, ``500M``, ``100K`` or bytes; ValueError otherwise."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
-    try:
-        value = float(num)
-    except ValueError:
-        raise ValueError(f"{text!r}: expected a size such as 5G, 500M or 100K") from None
-    if value < 0:
-        raise ValueError(f"{text!r}: a size cannot be negative")
-    return int(value * units[unit])
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, waiting: Callable[[], None] | None = None) -> Iterator[int]:
-    """An exclusive flock on ``path`` (created if need be); yields its fd.
-
-    ``waiting`` is called once if another process holds the lock.  Released
-    when every holder of the open file has closed it (never unlocked
-    explicitly, see :meth:`Cache.lock`).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting is not None:
-                waiting()
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield f.fileno()
-
-
-@contextlib.contextmanager
-def new_path(final: Path, *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``final`` to fill; on success rename it to ``final``.
-
-    On any exception (an interrupt too) the temporary is removed and ``final``
-    is untouched, so readers see the old complete thing or the new one.  A
-    file is created 0644 (mkstemp's 0600 would follow wheels and images
-    everywhere); a directory must not exist at ``final`` yet.  Temporaries are
-    named ``.tmp-*``: what an interrupted build leaves is easy to tell apart.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".tmp-{final.name[:16]}-"
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
-        os.fchmod(fd, 0o644)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        os.rename(tmp, final) if directory else os.replace(tmp, final)
-    except BaseException:
-        if directory:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with new_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())

@@ -163,7 +163,8 @@ def cmd_clean(ns: argparse.Namespace) -> int:
             return 1
         print(f"removed {cache.root}")
     elif ns.max_size is not None:
-        from ukl_build.cache import eviction_summary, mib, parse_size
+        from ukl_build.cache import eviction_summary
+        from ukl_build.files import mib, parse_size
 
         try:
             limit = parse_size(ns.max_size)

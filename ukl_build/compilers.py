@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ukl_build.cache import new_path
+from ukl_build.files import new_path
 from ukl_build.settings import Settings
 
 STATS_LOG = "ccache-stats.log"

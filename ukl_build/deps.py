@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache, digest
+from ukl_build.cache import Cache
 from ukl_build.errors import BuildError
+from ukl_build.files import digest
 from ukl_build.progress import Reporter
 from ukl_build.settings import DepSettings, Origins, substitute_deps
 from ukl_build.source import fetch_app_source

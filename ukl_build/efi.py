@@ -25,8 +25,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ukl_build.cache import file_sha256
 from ukl_build.errors import BuildError, ConfigError
+from ukl_build.files import file_sha256
 from ukl_build.progress import Reporter
 
 ESP_PATH = "::/EFI/BOOT/BOOTX64.EFI"

@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256, hash_file, new_path
+from ukl_build.cache import Cache
 from ukl_build.errors import SourceError
+from ukl_build.files import atomic_write_text, digest, file_sha256, hash_file, new_path
 from ukl_build.progress import Reporter
 
 TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")

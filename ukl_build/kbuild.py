@@ -23,19 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ukl_build.appbuild import AppBinary
-from ukl_build.cache import (
-    RECORD,
-    Cache,
-    atomic_write_bytes,
-    atomic_write_text,
-    digest,
-    file_sha256,
-)
+from ukl_build.cache import Cache
 from ukl_build.compilers import Compiler, stats_line
 from ukl_build.errors import BuildError
+from ukl_build.files import atomic_write_bytes, atomic_write_text, digest, file_sha256
 from ukl_build.kconfig import KernelConfig
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
+from ukl_build.records import RECORD
 from ukl_build.resources import runtime_dir
 
 INITRAMFS_LIST = "ukl-initramfs.list"  # matches CONFIG_INITRAMFS_SOURCE in recipes/base.config

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache, digest, file_sha256
+from ukl_build.cache import Cache
 from ukl_build.errors import BuildError, ConfigError
+from ukl_build.files import digest, file_sha256
 from ukl_build.launcher.cmdline import builtin_cmdline
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter

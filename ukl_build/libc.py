@@ -23,8 +23,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ukl_build.cache import Cache, atomic_write_text, digest, file_sha256
+from ukl_build.cache import Cache
 from ukl_build.errors import BuildError
+from ukl_build.files import atomic_write_text, digest, file_sha256
 from ukl_build.patches import apply_series, read_series
 from ukl_build.progress import Reporter
 from ukl_build.resources import libc_patches_dir, runtime_dir

@@ -9,8 +9,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ukl_build.cache import Cache, digest, file_sha256
+from ukl_build.cache import Cache
 from ukl_build.errors import BuildError, SourceError
+from ukl_build.files import digest, file_sha256
 from ukl_build.progress import Reporter
 from ukl_build.source import SourceTree
 

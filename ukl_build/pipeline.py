@@ -14,10 +14,11 @@ from typing import Any, TextIO
 
 from ukl_build.appbuild import AppBinary, build_app
 from ukl_build.artifacts import ImageSet, check_out_dir, remove_owned, write_image_set
-from ukl_build.cache import Cache, check_root, eviction_summary, file_lock, parse_size
+from ukl_build.cache import Cache, check_root, eviction_summary
 from ukl_build.compilers import kernel_compiler
 from ukl_build.efi import Signer
 from ukl_build.errors import ConfigError, UklError
+from ukl_build.files import file_lock, parse_size
 from ukl_build.kbuild import KernelImages, build_kernel, payload_for, reproducible_env
 from ukl_build.kconfig import configure, generated_options, recipes_for
 from ukl_build.patches import PatchedTree, apply_patches

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache, digest, file_sha256, hash_file
+from ukl_build.cache import Cache
 from ukl_build.errors import SourceError
 from ukl_build.fetch import (
     copy_directory,
@@ -25,6 +25,7 @@ from ukl_build.fetch import (
     tree_from_tarball,
     tree_root,
 )
+from ukl_build.files import digest, file_sha256, hash_file
 from ukl_build.progress import Reporter
 from ukl_build.settings import AppSourceSettings, KernelSettings
 

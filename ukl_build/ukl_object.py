@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ukl_build.cache import file_sha256
 from ukl_build.errors import BuildError
+from ukl_build.files import file_sha256
 from ukl_build.progress import Reporter
 
 # Symbols of the app that must bind to the kernel: app-side name -> kernel name.

@@ -26,8 +26,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from ukl_build.cache import Cache, file_sha256
+from ukl_build.cache import Cache
 from ukl_build.errors import BuildError, UklError
+from ukl_build.files import file_sha256
 from ukl_build.pipeline import BuildResult, build, source_date_epoch
 from ukl_build.progress import Reporter
 from ukl_build.wheel import write_wheel

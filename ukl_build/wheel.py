@@ -24,8 +24,8 @@ from pathlib import Path
 
 from ukl_build import __version__
 from ukl_build.artifacts import SBOM, ImageSet
-from ukl_build.cache import new_path
 from ukl_build.errors import ConfigError
+from ukl_build.files import new_path
 from ukl_build.settings import Settings
 
 WHEEL_TAG = "py3-none-any"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ukl_build.cache import parse_size
 from ukl_build.errors import ConfigError
+from ukl_build.files import parse_size
 from ukl_build.launcher.cmdline import (
     HOST_CLOCK_PLACEHOLDER,
     BootClock,
