@@ -149,10 +149,15 @@ def _snapshot(ctl: Path, out: Path, label: str, timeout: float = 30) -> Counts:
 
 
 def _until(cmd: list[str], timeout: float) -> None:
+    """Run ``cmd`` until it succeeds; a try that hangs (a client whose first connection
+    went to a forward opened before the guest listened) is killed and tried again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0:
-            return
+        try:
+            if subprocess.run(cmd, capture_output=True, timeout=10).returncode == 0:
+                return
+        except subprocess.TimeoutExpired:
+            continue
         time.sleep(0.2)
     raise RuntimeError(f"not ready after {timeout:.0f} s: {shlex.join(cmd)}")
 

@@ -20,6 +20,9 @@ from typing import Any
 
 from elftools.elf.elffile import ELFFile
 
+from ukl_build.kbuild import ETC_FILES
+from ukl_build.resources import runtime_dir
+
 # The drivers a server needs on QEMU: virtio-mmio (microvm) or virtio-pci, and virtio-net.
 NET_MODULES = ("virtio_mmio", "virtio_pci", "virtio_net")
 PACKAGE = "linux-image-cloud-amd64"
@@ -112,10 +115,13 @@ def module_load_order(modules: Path, roots: tuple[str, ...] = NET_MODULES) -> li
 
 def server_initramfs(kernel: StockKernel, netinit: Path, app: Path, gen_init_cpio: Path,
                      dest: Path) -> Path:
-    """A cpio: /init = netinit, /app = the static server, /modules/NN-name.ko in load order."""
+    """A cpio: /init = netinit, /app = the static server, /etc's user and group files as
+    our images have them (memcached's ``-u root`` looks the user up), /modules/NN-name.ko
+    in load order."""
     lines = ["dir /dev 0755 0 0", "nod /dev/console 0600 0 0 c 5 1",
              "nod /dev/null 0666 0 0 c 1 3", "dir /proc 0755 0 0", "dir /tmp 01777 0 0",
-             "dir /modules 0755 0 0",
+             "dir /etc 0755 0 0", "dir /modules 0755 0 0",
+             *(f"file /etc/{name} {runtime_dir() / 'etc' / name} 0644 0 0" for name in ETC_FILES),
              f"file /init {netinit} 0755 0 0", f"file /app {app} 0755 0 0"]
     for i, ko in enumerate(module_load_order(kernel.modules)):
         lines.append(f"file /modules/{i:02d}-{ko.name} {ko} 0644 0 0")
