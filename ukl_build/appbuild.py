@@ -291,30 +291,34 @@ def sync_tree(root: Path, work: Path, skip: frozenset[str] = _SKIP_DIRS) -> int:
         for name in filenames:
             src = Path(dirpath) / name
             rel = str(src.relative_to(root))
-            dest = work / rel
             current.add(rel)
-            if src.is_symlink():
-                if not dest.is_symlink() or os.readlink(dest) != os.readlink(src):
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.unlink(missing_ok=True)
-                    dest.symlink_to(os.readlink(src))
-                    written += 1
-                continue
-            fresh = not dest.exists() and not dest.is_symlink()
-            if not fresh and dest.is_file() and not dest.is_symlink() and _same_bytes(src, dest):
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.unlink(missing_ok=True)
-            if fresh:  # keeps the source's times: a tarball's generated files stay newer
-                shutil.copy2(src, dest)  # than their inputs (no autoreconf by make)
-            else:
-                shutil.copyfile(src, dest)
-                shutil.copymode(src, dest)
-            written += 1
+            written += _sync_file(src, work / rel)
     for rel in previous - current:
         (work / rel).unlink(missing_ok=True)
     atomic_write_text(listing, "\n".join(sorted(current)))
     return written
+
+
+def _sync_file(src: Path, dest: Path) -> int:
+    """Make ``dest`` what ``src`` is (a link or a file's bytes and mode); 1 if written."""
+    if src.is_symlink():
+        if dest.is_symlink() and os.readlink(dest) == os.readlink(src):
+            return 0
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink(missing_ok=True)
+        dest.symlink_to(os.readlink(src))
+        return 1
+    fresh = not dest.exists() and not dest.is_symlink()
+    if not fresh and dest.is_file() and not dest.is_symlink() and _same_bytes(src, dest):
+        return 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)
+    if fresh:  # keeps the source's times: a tarball's generated files stay newer
+        shutil.copy2(src, dest)  # than their inputs (no autoreconf by make)
+    else:
+        shutil.copyfile(src, dest)
+        shutil.copymode(src, dest)
+    return 1
 
 
 def _same_bytes(a: Path, b: Path) -> bool:

@@ -176,11 +176,8 @@ def _app_record(app: AppBinary, settings: Settings, reporter: Reporter) -> AppRe
 
 def sbom(manifest: Manifest) -> dict[str, Any]:
     """A CycloneDX 1.5 document: the image, the kernel it contains (with our patches), the app."""
-    kernel = manifest["kernel"]
-    src = kernel["source"]
-    hashes = [{"alg": "SHA-256", "content": h} for h in (src.get("sha256"),) if h]
     app_ref = f"app:{manifest['name']}@{manifest['version']}"
-    kernel_ref = f"linux@{kernel['release']}"
+    kernel_ref = f"linux@{manifest['kernel']['release']}"
     doc: dict[str, Any] = {
         "bomFormat": "CycloneDX",
         "specVersion": "1.5",
@@ -192,55 +189,72 @@ def sbom(manifest: Manifest) -> dict[str, Any]:
                                      for img in manifest["images"].values()]},
             "tools": {"components": _tools(manifest)},
         },
-        "components": [
-            {"type": "application", "bom-ref": app_ref, "name": manifest["name"],
-             "version": manifest["version"],
-             "hashes": [{"alg": "SHA-256", "content": manifest["app"]["sha256"]}],
-             "properties": [{"name": "ukl-build:mode", "value": manifest["mode"]},
-                            {"name": "ukl-build:libc", "value": manifest["app"]["libc"]}]},
-            {"type": "operating-system", "bom-ref": kernel_ref, "name": "linux",
-             "version": kernel["release"], "hashes": hashes,
-             "licenses": [{"license": {"id": "GPL-2.0-only"}}],
-             "externalReferences": [{"type": "distribution",
-                                     "url": src.get("url") or src.get("path") or src.get("package")
-                                     or "unknown"}],
-             "pedigree": {"patches": [{"type": "unofficial", "diff": {"url": p["name"]},
-                                       "resolves": []} for p in kernel["patches"]]},
-             # A CycloneDX patch has no hashes: each patch's digest is a property.
-             "properties": [{"name": "ukl-build:config-sha256", "value": kernel["config"]["sha256"]},
-                            {"name": "ukl-build:recipes", "value": ",".join(kernel["recipes"])},
-                            *({"name": f"ukl-build:patch-sha256:{p['name']}", "value": p["sha256"]}
-                              for p in kernel["patches"])]},
-        ],
+        "components": [_app_component(manifest, app_ref), _kernel_component(manifest, kernel_ref)],
         "dependencies": [{"ref": "image", "dependsOn": [app_ref, kernel_ref]}],
     }
+    parts = _app_parts(manifest)
+    doc["components"] += parts
+    if parts:  # one entry per ref
+        doc["dependencies"].append({"ref": app_ref, "dependsOn": [c["bom-ref"] for c in parts]})
+    return doc
+
+
+def _app_component(manifest: Manifest, ref: str) -> dict[str, Any]:
+    """The app, with its own source files (their digests) where the build lists them."""
+    component: dict[str, Any] = {
+        "type": "application", "bom-ref": ref, "name": manifest["name"],
+        "version": manifest["version"],
+        "hashes": [{"alg": "SHA-256", "content": manifest["app"]["sha256"]}],
+        "properties": [{"name": "ukl-build:mode", "value": manifest["mode"]},
+                       {"name": "ukl-build:libc", "value": manifest["app"]["libc"]}]}
     files = manifest["app"].get("files")
-    if files:  # the app's own source files
-        doc["components"][0]["components"] = [
+    if files:
+        component["components"] = [
             {"type": "file", "bom-ref": f"app-file:{f['path']}", "name": f["path"],
              "hashes": [{"alg": "SHA-256", "content": f["sha256"]}]} for f in files]
-    app_needs: list[str] = []
+    return component
+
+
+def _kernel_component(manifest: Manifest, ref: str) -> dict[str, Any]:
+    """The kernel: its source, our patches (each digest a property: a CycloneDX patch has
+    no hashes), its configuration and recipes."""
+    kernel = manifest["kernel"]
+    src = kernel["source"]
+    return {
+        "type": "operating-system", "bom-ref": ref, "name": "linux",
+        "version": kernel["release"],
+        "hashes": [{"alg": "SHA-256", "content": h} for h in (src.get("sha256"),) if h],
+        "licenses": [{"license": {"id": "GPL-2.0-only"}}],
+        "externalReferences": [{"type": "distribution",
+                                "url": src.get("url") or src.get("path") or src.get("package")
+                                or "unknown"}],
+        "pedigree": {"patches": [{"type": "unofficial", "diff": {"url": p["name"]},
+                                  "resolves": []} for p in kernel["patches"]]},
+        "properties": [{"name": "ukl-build:config-sha256", "value": kernel["config"]["sha256"]},
+                       {"name": "ukl-build:recipes", "value": ",".join(kernel["recipes"])},
+                       *({"name": f"ukl-build:patch-sha256:{p['name']}", "value": p["sha256"]}
+                         for p in kernel["patches"])]}
+
+
+def _app_parts(manifest: Manifest) -> list[dict[str, Any]]:
+    """What the app is built from besides its own files: the fetched source tree, a libc
+    built from source, libraries built from source (each linked into the app)."""
+    parts = []
     source = manifest["app"].get("source")
-    if source is not None:  # the fetched source tree the app was built from
-        doc["components"].append(app_source_component("app-source", f"{manifest['name']}-source",
-                                                      source))
-        app_needs.append("app-source")
+    if source is not None:
+        parts.append(app_source_component("app-source", f"{manifest['name']}-source", source))
     libc = manifest["app"].get("libc_source")
-    if libc is not None:  # a libc built from source and linked into the app
+    if libc is not None:
         component = app_source_component("libc", libc["name"], libc)
         component["type"] = "library"
         component["version"] = libc["version"]
         component["licenses"] = [{"license": {"id": "MIT"}}]
-        doc["components"].append(component)
-        app_needs.append("libc")
-    for dep in manifest["app"].get("deps", []):  # libraries built from source, linked in
+        parts.append(component)
+    for dep in manifest["app"].get("deps", []):
         component = app_source_component(f"dep-{dep['name']}", dep["name"], dep)
         component["type"] = "library"
-        doc["components"].append(component)
-        app_needs.append(f"dep-{dep['name']}")
-    if app_needs:  # one entry per ref
-        doc["dependencies"].append({"ref": app_ref, "dependsOn": app_needs})
-    return doc
+        parts.append(component)
+    return parts
 
 
 def _tools(manifest: Manifest) -> list[dict[str, Any]]:

@@ -38,9 +38,7 @@ def checks() -> list[Check]:
 def report(install: bool) -> int:
     results = checks()
     for c in results:
-        mark = "ok " if c.ok else ("-- " if c.optional else "NO ")
-        hint = "" if c.ok else f"   (apt-get install {c.package})"
-        print(f"  [{mark}] {c.what}{hint}")
+        print(_line(c))
     missing = sorted({c.package for c in results if not c.ok and c.package})
     if not missing:
         print("everything ukl-build uses is installed")
@@ -49,6 +47,18 @@ def report(install: bool) -> int:
         print(f"missing: apt-get install {' '.join(missing)}\n"
               "or run: python -m ukl_build doctor --install   (as root)")
         return 0 if all(c.ok or c.optional for c in results) else 1
+    _install(missing)
+    return 0
+
+
+def _line(c: Check) -> str:
+    mark = "ok " if c.ok else ("-- " if c.optional else "NO ")
+    hint = "" if c.ok else f"   (apt-get install {c.package})"
+    return f"  [{mark}] {c.what}{hint}"
+
+
+def _install(missing: list[str]) -> None:
+    """apt-get install the packages, apt's output passed on as it comes."""
     if os.geteuid() != 0:
         raise UklError("doctor --install needs root (it runs apt-get)",
                        hint=f"sudo apt-get install {' '.join(missing)}")
@@ -59,4 +69,3 @@ def report(install: bool) -> int:
             print("$ " + " ".join(argv), flush=True)
             reporter.run(argv, step=" ".join(argv[:2]), env=env,
                          on_line=lambda line: print(line, end="", flush=True))
-    return 0

@@ -246,12 +246,19 @@ def _apt_upstream_tarball(package: str, where: str, reporter: Reporter) -> tuple
                                "machine's Debian entries) and a current 'apt-get update'")
     files = {m["name"]: m["sha"] for ln in listing.text.splitlines() if (m := _APT_URI.match(ln))}
     dsc = next((n for n in files if n.endswith(".dsc")), None)
-    upstream = [n for n in files if re.search(r"\.orig\.tar\.(gz|xz|bz2)$", n)] or \
-        [n for n in files if re.search(r"\.tar\.(gz|xz|bz2)$", n) and ".debian." not in n]
+    upstream = _upstream_tarballs(files)
     if dsc is None or len(upstream) != 1:
         raise SourceError(f"{where} debian: cannot tell the upstream tarball of {package} from "
                           f"apt's file list: {sorted(files)}")
     return upstream[0], files[upstream[0]], dsc.removesuffix(".dsc").split("_", 1)[1]
+
+
+def _upstream_tarballs(files: dict[str, str]) -> list[str]:
+    """The upstream tarballs among a source package's files: the .orig tarball, or for a
+    native package its one tarball that is not Debian's packaging."""
+    orig = [n for n in files if re.search(r"\.orig\.tar\.(gz|xz|bz2)$", n)]
+    return orig or [n for n in files
+                    if re.search(r"\.tar\.(gz|xz|bz2)$", n) and ".debian." not in n]
 
 
 def _apt_download(package: str, where: str, name: str, sha: str, dest: Path,

@@ -49,50 +49,13 @@ def debian_tarball(version: str) -> Path:
 def fetch_source(
     kernel: KernelSettings, project_dir: Path, cache: Cache, reporter: Reporter
 ) -> SourceTree:
-    kind = kernel.kind
-    if kind == "debian":
-        tarball = debian_tarball(kernel.version)
-        if not tarball.is_file():
-            raise SourceError(
-                f"kernel source: {tarball} not found (Debian package linux-source-{kernel.version})",
-                hint=f"apt-get install linux-source-{kernel.version}   "
-                "(or: python -m ukl_build doctor --install, as root)",
-            )
-        sha = _verify_dpkg_md5(tarball, f"linux-source-{kernel.version}", cache, reporter)
-        origin = {"kind": "debian", "package": f"linux-source-{kernel.version}",
-                  "path": str(tarball), "sha256": sha}
-        tree = tree_from_tarball(tarball, sha, cache, reporter)
-    elif kind == "url":
-        assert kernel.url and kernel.sha256
-        archive = download(kernel.url, kernel.sha256.lower(), cache, reporter)
-        origin = {"kind": "url", "url": kernel.url, "sha256": kernel.sha256.lower()}
-        tree = tree_from_tarball(archive, kernel.sha256.lower(), cache, reporter)
-    elif kind == "path":
-        assert kernel.path
-        path = (project_dir / kernel.path).resolve()
-        if path.is_dir():
-            tree, origin = _tree_from_directory(path, cache, reporter)
-        elif path.is_file():
-            reporter.stage("source", f"hashing {path}")
-            sha = file_sha256(path)
-            if kernel.sha256 and sha != kernel.sha256.lower():
-                raise SourceError(
-                    f"kernel source {path}: sha256 mismatch\n    expected {kernel.sha256.lower()}"
-                    f"\n    got      {sha}",
-                    hint="[tool.ukl-build.kernel] sha256 names the file you meant to build",
-                )
-            origin = {"kind": "path", "path": str(path), "sha256": sha}
-            tree = tree_from_tarball(path, sha, cache, reporter)
-        else:
-            raise SourceError(f"[tool.ukl-build.kernel] path: {path} does not exist")
-    elif kind == "git":
-        assert kernel.git
-        top, origin = tree_from_git(kernel.git.url, kernel.git.rev, project_dir, cache, reporter,
-                                     "[tool.ukl-build.kernel]")
-        tree = tree_root(top)
-    else:  # pragma: no cover - validated in settings
-        raise SourceError(f"unknown kernel source kind {kind!r}")
-
+    """The kernel tree ``[tool.ukl-build.kernel]`` names, verified, extracted and cached;
+    its release must be of the series ``version`` names."""
+    fetch = {"debian": _debian_kernel, "url": _url_kernel, "path": _path_kernel,
+             "git": _git_kernel}.get(kernel.kind)
+    if fetch is None:  # pragma: no cover - validated in settings
+        raise SourceError(f"unknown kernel source kind {kernel.kind!r}")
+    tree, origin = fetch(kernel, project_dir, cache, reporter)
     release = kernel_release(tree)
     if not release.startswith(kernel.version + ".") and release != kernel.version:
         raise SourceError(
@@ -102,6 +65,57 @@ def fetch_source(
         )
     key = tree.relative_to(cache.root / "sources").parts[0]
     return SourceTree(path=tree, key=key, release=release, origin=origin)
+
+
+def _debian_kernel(kernel: KernelSettings, project_dir: Path, cache: Cache,
+                   reporter: Reporter) -> tuple[Path, dict[str, Any]]:
+    tarball = debian_tarball(kernel.version)
+    if not tarball.is_file():
+        raise SourceError(
+            f"kernel source: {tarball} not found (Debian package linux-source-{kernel.version})",
+            hint=f"apt-get install linux-source-{kernel.version}   "
+            "(or: python -m ukl_build doctor --install, as root)",
+        )
+    sha = _verify_dpkg_md5(tarball, f"linux-source-{kernel.version}", cache, reporter)
+    origin = {"kind": "debian", "package": f"linux-source-{kernel.version}",
+              "path": str(tarball), "sha256": sha}
+    return tree_from_tarball(tarball, sha, cache, reporter), origin
+
+
+def _url_kernel(kernel: KernelSettings, project_dir: Path, cache: Cache,
+                reporter: Reporter) -> tuple[Path, dict[str, Any]]:
+    assert kernel.url and kernel.sha256
+    archive = download(kernel.url, kernel.sha256.lower(), cache, reporter)
+    origin = {"kind": "url", "url": kernel.url, "sha256": kernel.sha256.lower()}
+    return tree_from_tarball(archive, kernel.sha256.lower(), cache, reporter), origin
+
+
+def _path_kernel(kernel: KernelSettings, project_dir: Path, cache: Cache,
+                 reporter: Reporter) -> tuple[Path, dict[str, Any]]:
+    assert kernel.path
+    path = (project_dir / kernel.path).resolve()
+    if path.is_dir():
+        return _tree_from_directory(path, cache, reporter)
+    if not path.is_file():
+        raise SourceError(f"[tool.ukl-build.kernel] path: {path} does not exist")
+    reporter.stage("source", f"hashing {path}")
+    sha = file_sha256(path)
+    if kernel.sha256 and sha != kernel.sha256.lower():
+        raise SourceError(
+            f"kernel source {path}: sha256 mismatch\n    expected {kernel.sha256.lower()}"
+            f"\n    got      {sha}",
+            hint="[tool.ukl-build.kernel] sha256 names the file you meant to build",
+        )
+    origin = {"kind": "path", "path": str(path), "sha256": sha}
+    return tree_from_tarball(path, sha, cache, reporter), origin
+
+
+def _git_kernel(kernel: KernelSettings, project_dir: Path, cache: Cache,
+                reporter: Reporter) -> tuple[Path, dict[str, Any]]:
+    assert kernel.git
+    top, origin = tree_from_git(kernel.git.url, kernel.git.rev, project_dir, cache, reporter,
+                                "[tool.ukl-build.kernel]")
+    return tree_root(top), origin
 
 
 def kernel_release(tree: Path) -> str:
