@@ -139,12 +139,7 @@ def kernel_compiler(settings: Settings, env: dict[str, str], build_dir: Path, bi
     """
     env = dict(env)
     if not shared:
-        for name in _SHARING_VARIABLES:
-            env.pop(name, None)
-        env["CCACHE_REMOTE_STORAGE"] = ""  # over a ccache.conf that names one
-        settings = replace(settings, ccache=replace(settings.ccache, remote_storage=None,
-                                                    remote_only=False),
-                           distcc=replace(settings.distcc, hosts=[]))
+        settings = _unshared(settings, env)
     ccache = shutil.which("ccache") if shared else None
     hosts = " ".join(settings.distcc.hosts) or env.get("DISTCC_HOSTS", "")
     distcc = shutil.which("distcc") if hosts else None
@@ -159,23 +154,37 @@ def kernel_compiler(settings: Settings, env: dict[str, str], build_dir: Path, bi
         env["DISTCC_HOSTS"] = hosts
         distcc_log = build_dir / DISTCC_LOG
         env["DISTCC_LOG"] = str(distcc_log)
-    stats_log = None
+    gcc_path = shutil.which(gcc) or gcc
     if ccache:
-        if settings.ccache.remote_storage is not None:
-            env["CCACHE_REMOTE_STORAGE"] = settings.ccache.remote_storage
-        if settings.ccache.remote_only:
-            env["CCACHE_REMOTE_ONLY"] = "1"
-        env["CCACHE_MAXSIZE"] = settings.ccache.max_size
-        stats_log = build_dir / STATS_LOG
-        env["CCACHE_STATSLOG"] = str(stats_log)
-        if distcc:
-            env["CCACHE_PREFIX"] = distcc
-        cc = f"{kernel_cc(bin_dir)} {ccache} {shutil.which(gcc) or gcc}"
-    elif distcc:
-        cc = f"{distcc} {shutil.which(gcc) or gcc}"
-    else:
-        cc = shutil.which(gcc) or gcc
-    return Compiler(cc, env, jobs, stats_log, distcc_log)
+        stats_log = _ccache_env(settings, env, build_dir, distcc)
+        return Compiler(f"{kernel_cc(bin_dir)} {ccache} {gcc_path}", env, jobs, stats_log,
+                        distcc_log)
+    return Compiler(f"{distcc} {gcc_path}" if distcc else gcc_path, env, jobs, None, distcc_log)
+
+
+def _unshared(settings: Settings, env: dict[str, str]) -> Settings:
+    """``settings`` with no remote store and no distcc; their variables out of ``env``."""
+    for name in _SHARING_VARIABLES:
+        env.pop(name, None)
+    env["CCACHE_REMOTE_STORAGE"] = ""  # over a ccache.conf that names one
+    return replace(settings, ccache=replace(settings.ccache, remote_storage=None,
+                                            remote_only=False),
+                   distcc=replace(settings.distcc, hosts=[]))
+
+
+def _ccache_env(settings: Settings, env: dict[str, str], build_dir: Path,
+                distcc: str | None) -> Path:
+    """ccache's variables for this build into ``env``; the path of its stats log."""
+    if settings.ccache.remote_storage is not None:
+        env["CCACHE_REMOTE_STORAGE"] = settings.ccache.remote_storage
+    if settings.ccache.remote_only:
+        env["CCACHE_REMOTE_ONLY"] = "1"
+    env["CCACHE_MAXSIZE"] = settings.ccache.max_size
+    stats_log = build_dir / STATS_LOG
+    env["CCACHE_STATSLOG"] = str(stats_log)
+    if distcc:
+        env["CCACHE_PREFIX"] = distcc
+    return stats_log
 
 
 @dataclass(frozen=True)

@@ -242,18 +242,24 @@ def find_symbols(tree: Path, names: set[str]) -> dict[str, Symbol]:
             if not m or m.group(1) not in names:
                 continue
             facts = found.setdefault(m.group(1), {"type": None, "depends": set(), "ranges": set()})
-            for follow in lines[i + 1: i + 40]:
-                text = follow.strip()
-                if _BLOCK_END.match(text):
-                    break
-                if t := _TYPE.match(text):
-                    facts["type"] = facts["type"] or t.group(1).removeprefix("def_")
-                elif text.startswith("depends on"):
-                    facts["depends"].add(text)
-                elif text.startswith("range "):
-                    facts["ranges"].add(text.removeprefix("range ").strip())
+            _read_entry(lines[i + 1: i + 40], facts)
     return {n: Symbol(n, f["type"], tuple(sorted(f["depends"])), tuple(sorted(f["ranges"])))
             if (f := found.get(n)) else Symbol(n, None) for n in names}
+
+
+def _read_entry(lines: list[str], facts: dict[str, Any]) -> None:
+    """Add what the lines of one config entry (up to its end) say to ``facts``: its
+    type (the first one given), its dependencies and its ranges."""
+    for line in lines:
+        text = line.strip()
+        if _BLOCK_END.match(text):
+            return
+        if t := _TYPE.match(text):
+            facts["type"] = facts["type"] or t.group(1).removeprefix("def_")
+        elif text.startswith("depends on"):
+            facts["depends"].add(text)
+        elif text.startswith("range "):
+            facts["ranges"].add(text.removeprefix("range ").strip())
 
 
 def check_values(tree: Path, options: list[Option]) -> None:

@@ -141,26 +141,29 @@ def _sdist_members(root: Path) -> list[_Member]:
         dirnames[:] = [d for d in dirnames if d not in links]  # kept as links, not walked
         for name in sorted(filenames + links):
             path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                target = os.readlink(path)
-                resolved = (path.parent / target).resolve()
-                if not resolved.is_relative_to(real_root):
-                    raise ConfigError(f"sdist: {rel} is a symbolic link to {target}, outside the "
-                                      "project; nothing outside the project is packed")
-                if not resolved.exists():
-                    raise ConfigError(f"sdist: {rel} is a symbolic link to {target}, which "
-                                      "does not exist")
-                members.append(_Member(rel, path, os.path.relpath(resolved, (real_root / rel).parent)))
-            elif stat.S_ISREG(st.st_mode):
-                members.append(_Member(rel, path))
-            else:
-                kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
-                        if stat.S_ISSOCK(st.st_mode) else "a device or other special file")
-                raise ConfigError(f"sdist: {rel} is {kind}, not a regular file; only files and "
-                                  "links inside the project are packed")
+            members.append(_sdist_member(path, path.relative_to(root).as_posix(), real_root))
     return members
+
+
+def _sdist_member(path: Path, rel: str, real_root: Path) -> _Member:
+    """One file of the sdist: a regular file, or a link to a file in the project."""
+    st = os.lstat(path)
+    if stat.S_ISREG(st.st_mode):
+        return _Member(rel, path)
+    if not stat.S_ISLNK(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket"
+                if stat.S_ISSOCK(st.st_mode) else "a device or other special file")
+        raise ConfigError(f"sdist: {rel} is {kind}, not a regular file; only files and "
+                          "links inside the project are packed")
+    target = os.readlink(path)
+    resolved = (path.parent / target).resolve()
+    if not resolved.is_relative_to(real_root):
+        raise ConfigError(f"sdist: {rel} is a symbolic link to {target}, outside the "
+                          "project; nothing outside the project is packed")
+    if not resolved.exists():
+        raise ConfigError(f"sdist: {rel} is a symbolic link to {target}, which "
+                          "does not exist")
+    return _Member(rel, path, os.path.relpath(resolved, (real_root / rel).parent))
 
 
 def write_sdist(settings: Settings, sdist_dir: Path, epoch: int) -> str:
