@@ -162,49 +162,8 @@ def build_kernel(
             return KernelImages(images / "bzImage", images / "vmlinux", image_key, False, build)
         tree.check(cache)
         _match_tree(build, cache.root / tree.kind / tree.key / RECORD, reporter)
-        if not (build / ".config").is_file() or file_sha256(build / ".config") != config.key:
-            shutil.copyfile(config.path, build / ".config")
-        stamp = build / PAYLOAD_STAMP
-        if not stamp.is_file() or stamp.read_text() != image_key:
-            stamp.unlink(missing_ok=True)
-            removed = remove_payload_outputs(build)
-            if removed:
-                reporter.log(f"kbuild: removed {removed} app-dependent outputs before relinking")
-        mtime = int(env.get("SOURCE_DATE_EPOCH", "0"))
-        for name, src in payload.files.items():
-            dest = build / name
-            if not dest.is_file() or file_sha256(dest) != inputs[name]:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(dest, src.read_bytes())
-            # gen_init_cpio records each file's mtime in the initramfs: the build's fixed
-            # time, so equal inputs give equal images.  make cannot be misled by it: the
-            # outputs that depend on these files were removed above unless the stamp
-            # names this very payload.
-            os.utime(dest, (mtime, mtime))
-        list_path = build / INITRAMFS_LIST
-        if not list_path.is_file() or list_path.read_text() != payload.initramfs:
-            atomic_write_text(list_path, payload.initramfs)
-
-        # ccache hands the compiler the source's path relative to CCACHE_BASEDIR (the
-        # cache), which the tree's own -fmacro-prefix-map=$(srctree)/= does not strip:
-        # __FILE__ would record ../../trees/KEY/tree/mm/x.c with ccache and mm/x.c
-        # without it.  This map strips the relative form too, so the image does not
-        # depend on whether (or how) a compiler cache ran.
-        relative = sorted({os.path.relpath(tree.path, build),
-                           os.path.relpath(tree.path.resolve(), build.resolve())})
-        prefix_maps = " ".join(f"-fmacro-prefix-map={r}/=" for r in relative)
-        argv = [*tree.make(build, f"-j{compiler.jobs}"), f"CC={compiler.cc}",
-                f"KCPPFLAGS={prefix_maps}", "bzImage"]
-        what = "cold build" if not (build / "include/generated").exists() else "incremental build"
-        reporter.stage("kbuild", f"{what} of Linux {tree.release} in {build} "
-                       f"({compiler.describe()})")
-        compiler.reset_logs()
-        counter = _Progress(reporter)
-        reporter.run(argv, step="kernel build (make bzImage)", env=compiler.env,
-                     on_line=counter, keep_fds=(lock_fd,))
-        reporter.stage("kbuild", f"done: {counter.count} steps in {counter.elapsed():.0f} s")
-        if line := stats_line(compiler):
-            reporter.stage("kbuild", line)
+        stamp = _load_payload(build, config, payload, inputs, image_key, env, reporter)
+        _make_bzimage(tree, build, compiler, reporter, lock_fd)
         verify_images(build / "vmlinux", build / "arch/x86/boot/bzImage", payload, env,
                       reporter)
         atomic_write_text(stamp, image_key)
@@ -216,6 +175,62 @@ def build_kernel(
 
         images = cache.entry("images", image_key, copy)
     return KernelImages(images / "bzImage", images / "vmlinux", image_key, True, build)
+
+
+def _load_payload(build: Path, config: KernelConfig, payload: Payload, inputs: dict[str, str],
+                  image_key: str, env: dict[str, str], reporter: Reporter) -> Path:
+    """Put the .config and the app's files into the build dir (held under its lock);
+    the outputs that depend on the app are removed unless the dir's stamp says they
+    were verified against this very payload.  Returns the stamp's path, written once
+    the new images are verified."""
+    if not (build / ".config").is_file() or file_sha256(build / ".config") != config.key:
+        shutil.copyfile(config.path, build / ".config")
+    stamp = build / PAYLOAD_STAMP
+    if not stamp.is_file() or stamp.read_text() != image_key:
+        stamp.unlink(missing_ok=True)
+        removed = remove_payload_outputs(build)
+        if removed:
+            reporter.log(f"kbuild: removed {removed} app-dependent outputs before relinking")
+    mtime = int(env.get("SOURCE_DATE_EPOCH", "0"))
+    for name, src in payload.files.items():
+        dest = build / name
+        if not dest.is_file() or file_sha256(dest) != inputs[name]:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(dest, src.read_bytes())
+        # gen_init_cpio records each file's mtime in the initramfs: the build's fixed
+        # time, so equal inputs give equal images.  make cannot be misled by it: the
+        # outputs that depend on these files were removed above unless the stamp
+        # names this very payload.
+        os.utime(dest, (mtime, mtime))
+    list_path = build / INITRAMFS_LIST
+    if not list_path.is_file() or list_path.read_text() != payload.initramfs:
+        atomic_write_text(list_path, payload.initramfs)
+    return stamp
+
+
+def _make_bzimage(tree: PatchedTree, build: Path, compiler: Compiler, reporter: Reporter,
+                  lock_fd: int) -> None:
+    """make bzImage in the build dir, the lock's fd held by make until it exits."""
+    # ccache hands the compiler the source's path relative to CCACHE_BASEDIR (the
+    # cache), which the tree's own -fmacro-prefix-map=$(srctree)/= does not strip:
+    # __FILE__ would record ../../trees/KEY/tree/mm/x.c with ccache and mm/x.c
+    # without it.  This map strips the relative form too, so the image does not
+    # depend on whether (or how) a compiler cache ran.
+    relative = sorted({os.path.relpath(tree.path, build),
+                       os.path.relpath(tree.path.resolve(), build.resolve())})
+    prefix_maps = " ".join(f"-fmacro-prefix-map={r}/=" for r in relative)
+    argv = [*tree.make(build, f"-j{compiler.jobs}"), f"CC={compiler.cc}",
+            f"KCPPFLAGS={prefix_maps}", "bzImage"]
+    what = "cold build" if not (build / "include/generated").exists() else "incremental build"
+    reporter.stage("kbuild", f"{what} of Linux {tree.release} in {build} "
+                   f"({compiler.describe()})")
+    compiler.reset_logs()
+    counter = _Progress(reporter)
+    reporter.run(argv, step="kernel build (make bzImage)", env=compiler.env,
+                 on_line=counter, keep_fds=(lock_fd,))
+    reporter.stage("kbuild", f"done: {counter.count} steps in {counter.elapsed():.0f} s")
+    if line := stats_line(compiler):
+        reporter.stage("kbuild", line)
 
 
 def _match_tree(build: Path, record: Path, reporter: Reporter) -> None:
