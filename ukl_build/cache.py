@@ -298,6 +298,21 @@ class Cache:
             self._discard(path)
         return True
 
+    def _remove_entries(self) -> list[str]:
+        """Remove every evictable entry no build holds; return those kept."""
+        kept = []
+        for kind in EVICTABLE:
+            d = self.root / kind
+            if not d.is_dir():
+                continue
+            _remove_abandoned(self, kind)
+            for p in sorted(d.iterdir()):
+                if p.name.startswith("."):
+                    kept.append(f"{kind}/{p.name}")  # being made by a running build
+                elif p.is_dir() and not self._remove_unless_used(kind, p):
+                    kept.append(f"{kind}/{p.name}")
+        return kept
+
     def clean(self) -> list[str]:
         """Remove the whole cache, entry by entry, each only if no build holds it.
 
@@ -314,17 +329,7 @@ class Cache:
                 f"{self.root} (from {root_origin()}): not a ukl-build cache (no {CACHE_TAG} "
                 "written by ukl-build in it); nothing removed",
                 hint="point UKL_BUILD_CACHE at the cache, or remove the directory yourself")
-        kept = []
-        for kind in EVICTABLE:
-            d = self.root / kind
-            if not d.is_dir():
-                continue
-            _remove_abandoned(self, kind)
-            for p in sorted(d.iterdir()):
-                if p.name.startswith("."):
-                    kept.append(f"{kind}/{p.name}")  # being made by a running build
-                elif p.is_dir() and not self._remove_unless_used(kind, p):
-                    kept.append(f"{kind}/{p.name}")
+        kept = self._remove_entries()
         if kept:
             return kept
         for p in sorted(self.root.iterdir()):

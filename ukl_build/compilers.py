@@ -141,25 +141,33 @@ def kernel_compiler(settings: Settings, env: dict[str, str], build_dir: Path, bi
     if not shared:
         settings = _unshared(settings, env)
     ccache = shutil.which("ccache") if shared else None
-    hosts = " ".join(settings.distcc.hosts) or env.get("DISTCC_HOSTS", "")
-    distcc = shutil.which("distcc") if hosts else None
-    if hosts and distcc is None:
-        from ukl_build.errors import ConfigError
-
-        raise ConfigError(f"{settings.origin('distcc.hosts')}: distcc is not installed",
-                          hint="apt-get install distcc")
-    jobs = settings.jobs or max(os.cpu_count() or 1, _slots(hosts) if distcc else 0)
-    distcc_log = None
-    if distcc:
-        env["DISTCC_HOSTS"] = hosts
-        distcc_log = build_dir / DISTCC_LOG
-        env["DISTCC_LOG"] = str(distcc_log)
+    distcc, distcc_log, slots = _distcc_env(settings, env, build_dir)
+    jobs = settings.jobs or max(os.cpu_count() or 1, slots)
     gcc_path = shutil.which(gcc) or gcc
     if ccache:
         stats_log = _ccache_env(settings, env, build_dir, distcc)
         return Compiler(f"{kernel_cc(bin_dir)} {ccache} {gcc_path}", env, jobs, stats_log,
                         distcc_log)
     return Compiler(f"{distcc} {gcc_path}" if distcc else gcc_path, env, jobs, None, distcc_log)
+
+
+def _distcc_env(settings: Settings, env: dict[str, str],
+                build_dir: Path) -> tuple[str | None, Path | None, int]:
+    """distcc (its path, its log, its hosts' slots) where hosts are named (settings over
+    the environment), its variables into ``env``; (None, None, 0) where none are."""
+    hosts = " ".join(settings.distcc.hosts) or env.get("DISTCC_HOSTS", "")
+    if not hosts:
+        return None, None, 0
+    distcc = shutil.which("distcc")
+    if distcc is None:
+        from ukl_build.errors import ConfigError
+
+        raise ConfigError(f"{settings.origin('distcc.hosts')}: distcc is not installed",
+                          hint="apt-get install distcc")
+    env["DISTCC_HOSTS"] = hosts
+    log = build_dir / DISTCC_LOG
+    env["DISTCC_LOG"] = str(log)
+    return distcc, log, _slots(hosts)
 
 
 def _unshared(settings: Settings, env: dict[str, str]) -> Settings:

@@ -52,6 +52,19 @@ def validate(s: Settings, origin: Origins) -> None:
         _validate_app_source(s.musl, "musl", origin)
     if not s.formats:
         raise ConfigError(f"{origin('formats')}: name at least one format")
+    _validate_build_kind(s, origin)
+    _validate_deps(s, origin)
+    _validate_recipes(s, origin)
+    _validate_kconfig(s, origin)
+    _validate_kernel(s.kernel, origin)
+    _validate_run(s, origin)
+    _validate_sign(s, origin)
+    _validate_build_resources(s, origin)
+
+
+def _validate_build_kind(s: Settings, origin: Origins) -> None:
+    """Exactly one of sources, make, cmake; their paths inside the project (or inside
+    the fetched tree, for a build of a fetched source)."""
     build_kinds = [k for k in ("sources", "make", "cmake") if getattr(s, k)]
     if len(build_kinds) != 1:
         raise ConfigError(
@@ -70,13 +83,6 @@ def validate(s: Settings, origin: Origins) -> None:
         else:  # relative to the fetched tree, which must not be left
             _inside(Path("/source"), rel, origin(f"{table}.{sub}"), fetched=True)
             _validate_app_source(build_settings.source, f"{table}.source", origin)
-    _validate_deps(s, origin)
-    _validate_recipes(s, origin)
-    _validate_kconfig(s, origin)
-    _validate_kernel(s.kernel, origin)
-    _validate_run(s, origin)
-    _validate_sign(s, origin)
-    _validate_build_resources(s, origin)
 
 
 def _validate_recipes(s: Settings, origin: Origins) -> None:
@@ -148,6 +154,20 @@ def _validate_kconfig(s: Settings, origin: Origins) -> None:
 
 
 def _validate_kernel(k: KernelSettings, origin: Origins) -> None:
+    _validate_kernel_kind(k, origin)
+    if k.sha256 is not None and not _SHA256.match(k.sha256.lower()):
+        raise ConfigError(f"{origin('kernel.sha256')}: expected 64 hex digits, got {k.sha256!r}")
+    if k.kind == "url" and not k.sha256:
+        raise ConfigError(f"{origin('kernel.sha256')}: required with url "
+                          "(a download is only used once verified)")
+    if not re.match(r"^\d+\.\d+$", k.version):
+        raise ConfigError(f"{origin('kernel.version')}: expected e.g. \"6.1\", got {k.version!r}")
+    if k.git is not None and not k.git.rev.strip():
+        raise ConfigError(f"{origin('kernel.git.rev')}: must name a commit, tag or branch")
+
+
+def _validate_kernel_kind(k: KernelSettings, origin: Origins) -> None:
+    """One of url, path, git at most, and ``source`` (if given) naming the same kind."""
     chosen = [n for n in ("url", "path", "git") if getattr(k, n) is not None]
     if len(chosen) > 1:
         raise ConfigError(f"{origin('kernel.' + chosen[-1])}: set only one of url, path, git "
@@ -157,15 +177,6 @@ def _validate_kernel(k: KernelSettings, origin: Origins) -> None:
         raise ConfigError(f"{origin('kernel.source')}: {k.source!r} contradicts the {kind} key")
     if kind in ("url", "path", "git") and not chosen:
         raise ConfigError(f"{origin('kernel.source')}: {kind!r} needs the {kind} key")
-    if k.sha256 is not None and not _SHA256.match(k.sha256.lower()):
-        raise ConfigError(f"{origin('kernel.sha256')}: expected 64 hex digits, got {k.sha256!r}")
-    if kind == "url" and not k.sha256:
-        raise ConfigError(f"{origin('kernel.sha256')}: required with url "
-                          "(a download is only used once verified)")
-    if not re.match(r"^\d+\.\d+$", k.version):
-        raise ConfigError(f"{origin('kernel.version')}: expected e.g. \"6.1\", got {k.version!r}")
-    if k.git is not None and not k.git.rev.strip():
-        raise ConfigError(f"{origin('kernel.git.rev')}: must name a commit, tag or branch")
 
 
 def _validate_app_source(src: AppSourceSettings, key: str, origin: Origins) -> None:
@@ -202,12 +213,17 @@ def _validate_deps(s: Settings, origin: Origins) -> None:
         checked.append(("make.args", s.make.args, earlier))
         checked.append(("make.configure", configure or [], earlier))
     for key, args, known in checked:
-        for arg in args:
-            for ref in deps_references(arg):
-                if ref not in known:
-                    raise ConfigError(f"{origin(key)}: {arg!r} names {{deps.{ref}}}, which is not "
-                                      "a dependency built before it",
-                                      hint=f"known here: {', '.join(sorted(known)) or 'none'}")
+        _check_references(args, known, origin(key))
+
+
+def _check_references(args: list[str], known: set[str], where: str) -> None:
+    """Each ``{deps.NAME}`` in ``args`` names a dependency built before them."""
+    for arg in args:
+        for ref in deps_references(arg):
+            if ref not in known:
+                raise ConfigError(f"{where}: {arg!r} names {{deps.{ref}}}, which is not "
+                                  "a dependency built before it",
+                                  hint=f"known here: {', '.join(sorted(known)) or 'none'}")
 
 
 def _validate_run(s: Settings, origin: Origins) -> None:
