@@ -93,6 +93,30 @@ def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
     return cache.entry("sysroots", key, make, check=False)  # checked before a compile
 
 
+@dataclass(frozen=True)
+class AppPlan:
+    """How the app will be built and what decides whether it must be: the toolchain (and
+    the one configure checks run with), the C library and dependencies it links, the
+    fetched source, its work directory and the digest of every input.  Making a plan
+    compiles nothing of the app; it makes (or finds in the cache) what the app is
+    compiled against."""
+
+    tc: Toolchain
+    probe: Flags
+    version: str  # the compiler's
+    musl: MuslSysroot | None
+    source: AppSource | None
+    deps: tuple[Dep, ...]
+    libraries: tuple[Path, ...]  # cache entries the compiles read: checked before them
+    app_dir: Path
+    inputs_key: str
+
+    @property
+    def root(self) -> Path | None:
+        """The fetched source tree (None: the project itself)."""
+        return self.source.path if self.source is not None else None
+
+
 def build_app(
     settings: Settings,
     tree: PatchedTree,
@@ -109,6 +133,17 @@ def build_app(
     unchanged project runs no compiler, and a build that did not finish (no
     record) starts that directory afresh.  Contents, not timestamps, decide.
     """
+    plan = plan_app(settings, tree, build_dir, cache, reporter, env)
+    reused = _reuse(plan, settings)
+    if reused is not None:
+        reporter.stage("app", f"unchanged: reusing {reused.path.name} (no compiler run)")
+        return reused
+    return _execute(plan, settings, cache, reporter, env)
+
+
+def plan_app(settings: Settings, tree: PatchedTree, build_dir: Path, cache: Cache,
+             reporter: Reporter, env: dict[str, str]) -> AppPlan:
+    """The plan of the app's build (see :class:`AppPlan`)."""
     sysroot = (make_sysroot(tree, settings.mode, cache, reporter, env)
                if settings.libc == "nolibc" else None)
     version = compiler_version(compiler(), reporter)
@@ -117,15 +152,10 @@ def build_app(
     # The C library entries are checked (every file hashed) only before something is
     # compiled against them: an unchanged app that reuses its output reads none of it.
     libraries = [e for e in (sysroot, musl.path.parent if musl is not None else None) if e]
-
-    def ready() -> None:
-        for entry in libraries:
-            cache.check_entry(entry.parent.name, entry.name, "content")
     tc = toolchain(settings, gcc_include, sysroot, musl, cache.root)
-    configure = settings.make.configure if settings.make is not None else None
-    deps: list[Dep] = []
     probe = tc.flags()
-    if settings.deps or configure is not None:
+    deps: list[Dep] = []
+    if settings.deps or (settings.make is not None and settings.make.configure is not None):
         if settings.mode == "ukl":  # configure's checks run programs: see ukl_build.deps
             user = dataclasses.replace(settings, mode="user")
             user_musl = build_musl(user, version, cache, reporter, env)
@@ -136,18 +166,12 @@ def build_app(
         project_map = prefix_map(settings)
         deps = build_deps(settings.deps, settings.origin, settings.project_dir,
                           probe.without(project_map), tc.flags().without(project_map), cache,
-                          reporter, env, ready)
+                          reporter, env, lambda: _check_libraries(libraries, cache))
         include, lib = dep_flags(deps)
         tc = Toolchain(tc.cc, (*tc.cflags, *include), (*tc.ldflags, *lib), tc.ldlibs)
         probe = probe.using(deps)
-    spec = (settings.make.source if settings.make is not None else
-            settings.cmake.source if settings.cmake is not None else None)
-    source = None
-    if spec is not None:
-        table = "make" if settings.make is not None else "cmake"
-        source = fetch_app_source(spec, settings.origin(f"{table}.source"), settings.project_dir,
-                                  cache, reporter)
-    root = source.path if source is not None else settings.project_dir
+    source = _fetched_source(settings, cache, reporter)
+
     # Without the cache's or the project's path: the work directory's name (which make and
     # CMake builds record) is then the same wherever the cache and the project are.
     def portable(value: object) -> str:
@@ -160,42 +184,66 @@ def build_app(
                         [portable(d.key) for d in deps])
     inputs_key = digest(config_key, directory_digest(settings.project_dir, _SKIP_DIRS),
                         source.origin if source is not None else None)
-    dep_records = tuple(d.record() for d in deps)
-    app_dir = build_dir / "app" / config_key[:16]
-    reused = _reuse(app_dir, inputs_key, settings, version, source, musl, dep_records)
-    if reused is not None:
-        reporter.stage("app", f"unchanged: reusing {reused.path.name} (no compiler run)")
-        return reused
+    return AppPlan(tc, probe, version, musl, source, tuple(deps), tuple(libraries),
+                   build_dir / "app" / config_key[:16], inputs_key)
+
+
+def _check_libraries(libraries: list[Path], cache: Cache) -> None:
+    """Before a compile reads them: the C library entries hashed against their records."""
+    for entry in libraries:
+        cache.check_entry(entry.parent.name, entry.name, "content")
+
+
+def _fetched_source(settings: Settings, cache: Cache, reporter: Reporter) -> AppSource | None:
+    """The source tree ``[tool.ukl-build.make|cmake] source`` names, fetched; None when
+    the app is built from the project itself."""
+    for table, build in (("make", settings.make), ("cmake", settings.cmake)):
+        if build is not None and build.source is not None:
+            return fetch_app_source(build.source, settings.origin(f"{table}.source"),
+                                    settings.project_dir, cache, reporter)
+    return None
+
+
+def _execute(plan: AppPlan, settings: Settings, cache: Cache, reporter: Reporter,
+             env: dict[str, str]) -> AppBinary:
+    """Compile the app as planned, in its work directory, and record what was made."""
+    app_dir = plan.app_dir
     record = app_dir / APP_RECORD
     if not record.is_file() and app_dir.exists():
         shutil.rmtree(app_dir)  # a build that did not finish: its make state is unknown
     record.unlink(missing_ok=True)
     app_dir.mkdir(parents=True, exist_ok=True)
     output = app_dir / "init"
-    ready()
-    if source is not None:
-        source.check(cache)
+    _check_libraries(list(plan.libraries), cache)
+    if plan.source is not None:
+        plan.source.check(cache)
 
+    root = plan.root or settings.project_dir
     if settings.sources:
-        _compile_sources(settings, tc, output, reporter, env)
+        _compile_sources(settings, plan.tc, output, reporter, env)
     elif settings.make is not None:
-        _build_make(settings, root, source is not None, tc, probe, deps, app_dir, output,
-                    reporter, env)
+        _build_make(settings, root, plan.source is not None, plan.tc, plan.probe,
+                    list(plan.deps), app_dir, output, reporter, env)
     else:
-        _build_cmake(settings, root, tc, app_dir, output, reporter, env)
+        _build_cmake(settings, root, plan.tc, app_dir, output, reporter, env)
 
     marker = b""
     if settings.mode == "ukl":
         output, marker = ukl_archive(output, app_dir, reporter, env,
-                                      musl_start=settings.libc == "musl")
+                                     musl_start=settings.libc == "musl")
     else:
         check_static_elf(output, reporter)
-    app = AppBinary(output, file_sha256(output), settings.libc, version, settings.mode, marker,
-                    source.origin if source is not None else None, _libc_source(musl),
-                    dep_records)
-    atomic_write_text(record, json.dumps({"key": inputs_key, "output": output.name,
+    app = _binary(plan, settings, output, file_sha256(output), marker)
+    atomic_write_text(record, json.dumps({"key": plan.inputs_key, "output": output.name,
                                           "sha256": app.sha256, "marker": marker.hex()}))
     return app
+
+
+def _binary(plan: AppPlan, settings: Settings, output: Path, sha256: str,
+            marker: bytes) -> AppBinary:
+    return AppBinary(output, sha256, settings.libc, plan.version, settings.mode, marker,
+                     plan.source.origin if plan.source is not None else None,
+                     _libc_source(plan.musl), tuple(d.record() for d in plan.deps))
 
 
 def _compile_sources(settings: Settings, tc: Toolchain, output: Path, reporter: Reporter,
@@ -257,20 +305,17 @@ def _libc_source(musl: MuslSysroot | None) -> dict[str, Any] | None:
     return None if musl is None else {"name": "musl", "version": musl.version, **musl.origin}
 
 
-def _reuse(app_dir: Path, inputs_key: str, settings: Settings, version: str,
-           source: AppSource | None, musl: MuslSysroot | None,
-           deps: tuple[dict[str, Any], ...]) -> AppBinary | None:
+def _reuse(plan: AppPlan, settings: Settings) -> AppBinary | None:
     """The last build's output if its record names these inputs and the file is intact."""
     try:
-        record = json.loads((app_dir / APP_RECORD).read_text())
-        output = app_dir / record["output"]
-        if record["key"] != inputs_key or file_sha256(output) != record["sha256"]:
+        record = json.loads((plan.app_dir / APP_RECORD).read_text())
+        output = plan.app_dir / record["output"]
+        if record["key"] != plan.inputs_key or file_sha256(output) != record["sha256"]:
             return None
         marker = bytes.fromhex(record["marker"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return AppBinary(output, record["sha256"], settings.libc, version, settings.mode, marker,
-                     source.origin if source is not None else None, _libc_source(musl), deps)
+    return _binary(plan, settings, output, record["sha256"], marker)
 
 
 def sync_tree(root: Path, work: Path, skip: frozenset[str] = _SKIP_DIRS) -> int:
