@@ -11,6 +11,7 @@ import pytest
 
 from ukl_build.appbuild import build_app
 from ukl_build.cache import Cache
+from ukl_build.context import BuildContext
 from ukl_build.errors import BuildError
 from ukl_build.progress import Reporter
 from ukl_build.settings import load_settings
@@ -46,7 +47,8 @@ def build(tmp_path: Path, patched_tree, cache, table: str, source: str = C_APP, 
           mode: str = "user") -> Path:
     settings = load_settings(project(tmp_path, table, source, mode))
     with Reporter(tmp_path / "log") as r:
-        app = build_app(settings, patched_tree, tmp_path / "build", cache, r, dict(os.environ))
+        app = build_app(settings, patched_tree, tmp_path / "build",
+                        BuildContext(cache, r, dict(os.environ)))
     return app.path
 
 
@@ -78,11 +80,13 @@ def test_the_c_library_is_hashed_only_before_a_compile(  # type: ignore[no-untyp
     monkeypatch.setattr(Cache, "check_entry", spy)
     settings = load_settings(project(tmp_path / "p", 'sources = ["src/app.c"]'))
     with Reporter(tmp_path / "log1") as r:
-        build_app(settings, patched_tree, tmp_path / "build", cache, r, dict(os.environ))
+        build_app(settings, patched_tree, tmp_path / "build",
+                        BuildContext(cache, r, dict(os.environ)))
     assert ("sysroots", "content") in checks
     checks.clear()
     with Reporter(tmp_path / "log2") as r:  # the same project again: the app is reused
-        app = build_app(settings, patched_tree, tmp_path / "build", cache, r, dict(os.environ))
+        app = build_app(settings, patched_tree, tmp_path / "build",
+                        BuildContext(cache, r, dict(os.environ)))
     assert "unchanged: reusing" in (tmp_path / "log2").read_text()
     assert ("sysroots", "content") not in checks, checks
     assert runs_natively(app.path).stdout == "ok-00042-ff 12\n"
@@ -208,14 +212,18 @@ def test_incremental_make_builds(tmp_path: Path, patched_tree, cache) -> None:  
         settings = load_settings(proj)
         log = tmp_path / "log"
         with Reporter(log) as r:
-            app = build_app(settings, patched_tree, proj / "build", cache, r, dict(os.environ))
+            app = build_app(settings, patched_tree, proj / "build",
+                            BuildContext(cache, r, dict(os.environ)))
         return app.path, log.read_text()
 
     binary, log = build_once()
     assert runs_natively(binary).stdout == "a1\n"
     assert "-c -o a.o a.c" in log and "-c -o b.o b.c" in log
     _, log = build_once()
-    assert "no compiler run" in log and "$ make" not in log and "gcc" not in log
+    # The compiler is asked its version and include directory (logged), nothing compiled.
+    assert "no compiler run" in log and "$ make" not in log
+    assert [ln for ln in log.splitlines() if "gcc" in ln] == [
+        "$ gcc --version", "$ gcc -print-file-name=include"]
     (proj / "b.c").write_text("int b(void) { return 2; }\n")
     binary, log = build_once()
     assert "-c -o b.o b.c" in log and "-c -o a.o a.c" not in log

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from ukl_build.context import BuildContext
 from ukl_build.errors import ConfigError
 from ukl_build.kconfig import (
+    ConfigRequest,
     configure,
-    generated_options,
     parse_fragment,
     read_config,
     recipes_for,
@@ -157,9 +158,8 @@ def test_app_flags_follow_hardened_mode_and_libc(tmp_path: Path) -> None:
 def _resolved(patched_tree, cache, project: Path, **over: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
     settings = load_settings(project, over)
     with Reporter(None) as r:
-        config = configure(patched_tree, recipes_for(settings), settings.kconfig_items(),
-                           settings.project_dir, cache, r, dict(os.environ), settings.origin,
-                           generated_options(settings))
+        config = configure(patched_tree, ConfigRequest.of(settings),
+                           BuildContext(cache, r, dict(os.environ)))
     return read_config(config.path)
 
 

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from ukl_build.context import BuildContext
 from ukl_build.errors import BuildError, ConfigError
 from ukl_build.kconfig import (
+    ConfigRequest,
     configure,
     merge_into,
     parse_fragment,
@@ -66,8 +68,8 @@ def test_merge_into(tmp_path: Path) -> None:
 def test_dropped_option_reported_by_name(patched_tree, cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # VIRTIO_NET needs NET and a virtio transport: with neither recipe it cannot survive.
     with Reporter(None) as r, pytest.raises(BuildError) as e:
-        configure(patched_tree, [], [("VIRTIO_NET", "y"), ("NR_CPUS", "4")],
-                  tmp_path, cache, r, dict(os.environ))
+        configure(patched_tree, ConfigRequest([], [("VIRTIO_NET", "y"), ("NR_CPUS", "4")],
+                                              tmp_path), BuildContext(cache, r, dict(os.environ)))
     msg = str(e.value)
     assert "2 requested option(s) did not survive" in msg
     assert "CONFIG_VIRTIO_NET=y (from [tool.ukl-build] kconfig.VIRTIO_NET) became not set" in msg
@@ -80,9 +82,10 @@ def test_dropped_option_reported_by_name(patched_tree, cache, tmp_path: Path) ->
 def test_bad_values_and_unknown_options_refused_before_make(patched_tree, cache,  # type: ignore[no-untyped-def]
                                                             tmp_path: Path) -> None:
     with Reporter(None) as r, pytest.raises(ConfigError) as e:
-        configure(patched_tree, [], [("HZ_100", "abc"), ("PANIC_TIMEOUT", "soon"),
-                                     ("NO_SUCH_OPTION_X", "y"), ("DEFAULT_HOSTNAME", "fine")],
-                  tmp_path, cache, r, dict(os.environ))
+        configure(patched_tree, ConfigRequest([], [("HZ_100", "abc"), ("PANIC_TIMEOUT", "soon"),
+                                                   ("NO_SUCH_OPTION_X", "y"),
+                                                   ("DEFAULT_HOSTNAME", "fine")], tmp_path),
+                  BuildContext(cache, r, dict(os.environ)))
     msg = str(e.value)
     assert "kconfig.HZ_100 = \"abc\": a bool option takes y or n" in msg
     assert "kconfig.PANIC_TIMEOUT = \"soon\": an int option takes a decimal integer" in msg

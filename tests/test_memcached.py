@@ -20,6 +20,7 @@ from pymemcache.client.base import Client
 
 from ukl_build.appbuild import build_app
 from ukl_build.cache import Cache
+from ukl_build.context import BuildContext
 from ukl_build.kbuild import reproducible_env
 from ukl_build.pipeline import source_date_epoch
 from ukl_build.progress import Reporter
@@ -150,8 +151,8 @@ def test_libevent_is_built_once_per_toolchain(builds: Builds, cache: Cache, patc
         f'{deps}\n[tool.ukl-build.make]\noutput = "app"\n')
     log = tmp_path / "build.log"
     with Reporter(log) as r:
-        app = build_app(load_settings(project), patched_tree, project / "build", cache, r,
-                        reproducible_env(cache, source_date_epoch()))
+        app = build_app(load_settings(project), patched_tree, project / "build",
+                        BuildContext(cache, r, reproducible_env(cache, source_date_epoch())))
     assert sorted(p.name for p in (cache.root / "deps").iterdir() if p.is_dir()) == entries
     assert "deps: building libevent" not in log.read_text()
     assert [(d["name"], d["package"]) for d in app.deps] == [("libevent", "libevent")]

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ukl_build.cache import Cache
-from ukl_build.deps import Dep, Flags, build_deps, dep_flags, prefixes
+from ukl_build.context import BuildContext
+from ukl_build.deps import Dep, DepToolchain, Flags, build_deps, dep_flags, prefixes
 from ukl_build.errors import BuildError
 from ukl_build.fetch import directory_digest
 from ukl_build.files import atomic_write_text, digest, file_sha256
@@ -54,13 +55,13 @@ class AppBinary:
     deps: tuple[dict[str, Any], ...] = ()  # libraries built from source (deps.Dep.record)
 
 
-def make_sysroot(tree: PatchedTree, mode: str, cache: Cache, reporter: Reporter,
-                 env: dict[str, str]) -> Path:
+def make_sysroot(tree: PatchedTree, mode: str, ctx: BuildContext) -> Path:
     """nolibc headers + the tree's UAPI headers: what ``headers_standalone`` makes, out of tree.
 
     In UKL mode nolibc's ``arch.h`` is ukl-build's, which sends the syscall
     macros to the kernel's ``ukl_syscall()`` instead of the ``syscall`` instruction.
     """
+    cache, reporter, env = ctx.cache, ctx.reporter, ctx.env
     ukl_arch = runtime_dir() / "ukl" / "arch.h"
     key = digest("sysroot", tree.key, mode, file_sha256(ukl_arch) if mode == "ukl" else None)
 
@@ -117,14 +118,7 @@ class AppPlan:
         return self.source.path if self.source is not None else None
 
 
-def build_app(
-    settings: Settings,
-    tree: PatchedTree,
-    build_dir: Path,
-    cache: Cache,
-    reporter: Reporter,
-    env: dict[str, str],
-) -> AppBinary:
+def build_app(settings: Settings, tree: PatchedTree, build_dir: Path, ctx: BuildContext) -> AppBinary:
     """The app, compiled for its mode and libc; reused when nothing it is made from changed.
 
     One work directory per configuration (mode, libc, toolchain, flags) keeps
@@ -133,22 +127,21 @@ def build_app(
     unchanged project runs no compiler, and a build that did not finish (no
     record) starts that directory afresh.  Contents, not timestamps, decide.
     """
-    plan = plan_app(settings, tree, build_dir, cache, reporter, env)
+    plan = plan_app(settings, tree, build_dir, ctx)
     reused = _reuse(plan, settings)
     if reused is not None:
-        reporter.stage("app", f"unchanged: reusing {reused.path.name} (no compiler run)")
+        ctx.reporter.stage("app", f"unchanged: reusing {reused.path.name} (no compiler run)")
         return reused
-    return _execute(plan, settings, cache, reporter, env)
+    return _execute(plan, settings, ctx)
 
 
-def plan_app(settings: Settings, tree: PatchedTree, build_dir: Path, cache: Cache,
-             reporter: Reporter, env: dict[str, str]) -> AppPlan:
+def plan_app(settings: Settings, tree: PatchedTree, build_dir: Path, ctx: BuildContext) -> AppPlan:
     """The plan of the app's build (see :class:`AppPlan`)."""
-    sysroot = (make_sysroot(tree, settings.mode, cache, reporter, env)
-               if settings.libc == "nolibc" else None)
+    cache, reporter = ctx.cache, ctx.reporter
+    sysroot = make_sysroot(tree, settings.mode, ctx) if settings.libc == "nolibc" else None
     version = compiler_version(compiler(), reporter)
     gcc_include = gcc_file(compiler(), "include", reporter)
-    musl = build_musl(settings, version, cache, reporter, env) if settings.libc == "musl" else None
+    musl = build_musl(settings, version, ctx) if settings.libc == "musl" else None
     # The C library entries are checked (every file hashed) only before something is
     # compiled against them: an unchanged app that reuses its output reads none of it.
     libraries = [e for e in (sysroot, musl.path.parent if musl is not None else None) if e]
@@ -158,15 +151,16 @@ def plan_app(settings: Settings, tree: PatchedTree, build_dir: Path, cache: Cach
     if settings.deps or (settings.make is not None and settings.make.configure is not None):
         if settings.mode == "ukl":  # configure's checks run programs: see ukl_build.deps
             user = dataclasses.replace(settings, mode="user")
-            user_musl = build_musl(user, version, cache, reporter, env)
+            user_musl = build_musl(user, version, ctx)
             libraries.append(user_musl.path.parent)
             probe = toolchain(user, gcc_include, None, user_musl, cache.root).flags()
         # Without the project's own path (-ffile-prefix-map): one build per toolchain
         # serves every project.
         project_map = prefix_map(settings)
-        deps = build_deps(settings.deps, settings.origin, settings.project_dir,
-                          probe.without(project_map), tc.flags().without(project_map), cache,
-                          reporter, env, lambda: _check_libraries(libraries, cache))
+        deps = build_deps(settings, DepToolchain(probe.without(project_map),
+                                                 tc.flags().without(project_map),
+                                                 lambda: _check_libraries(libraries, cache)),
+                          ctx)
         include, lib = dep_flags(deps)
         tc = Toolchain(tc.cc, (*tc.cflags, *include), (*tc.ldflags, *lib), tc.ldlibs)
         probe = probe.using(deps)
@@ -204,9 +198,9 @@ def _fetched_source(settings: Settings, cache: Cache, reporter: Reporter) -> App
     return None
 
 
-def _execute(plan: AppPlan, settings: Settings, cache: Cache, reporter: Reporter,
-             env: dict[str, str]) -> AppBinary:
+def _execute(plan: AppPlan, settings: Settings, ctx: BuildContext) -> AppBinary:
     """Compile the app as planned, in its work directory, and record what was made."""
+    cache, reporter, env = ctx.cache, ctx.reporter, ctx.env
     app_dir = plan.app_dir
     record = app_dir / APP_RECORD
     if not record.is_file() and app_dir.exists():
@@ -218,14 +212,12 @@ def _execute(plan: AppPlan, settings: Settings, cache: Cache, reporter: Reporter
     if plan.source is not None:
         plan.source.check(cache)
 
-    root = plan.root or settings.project_dir
     if settings.sources:
-        _compile_sources(settings, plan.tc, output, reporter, env)
+        _compile_sources(settings, plan.tc, output, ctx)
     elif settings.make is not None:
-        _build_make(settings, root, plan.source is not None, plan.tc, plan.probe,
-                    list(plan.deps), app_dir, output, reporter, env)
+        _build_make(settings, plan, output, ctx)
     else:
-        _build_cmake(settings, root, plan.tc, app_dir, output, reporter, env)
+        _build_cmake(settings, plan, output, ctx)
 
     marker = b""
     if settings.mode == "ukl":
@@ -246,9 +238,9 @@ def _binary(plan: AppPlan, settings: Settings, output: Path, sha256: str,
                      _libc_source(plan.musl), tuple(d.record() for d in plan.deps))
 
 
-def _compile_sources(settings: Settings, tc: Toolchain, output: Path, reporter: Reporter,
-                     env: dict[str, str]) -> None:
+def _compile_sources(settings: Settings, tc: Toolchain, output: Path, ctx: BuildContext) -> None:
     """``sources = [...]``: one compiler run."""
+    reporter, env = ctx.reporter, ctx.env
     srcs = []
     for s in settings.sources:
         p = (settings.project_dir / s).resolve()
@@ -266,16 +258,17 @@ def _compile_sources(settings: Settings, tc: Toolchain, output: Path, reporter: 
     )
 
 
-def _build_make(settings: Settings, root: Path, fetched: bool, tc: Toolchain, probe: Flags,
-                deps: list[Dep], app_dir: Path, output: Path, reporter: Reporter,
-                env: dict[str, str]) -> None:
+def _build_make(settings: Settings, plan: AppPlan, output: Path, ctx: BuildContext) -> None:
     """``[tool.ukl-build.make]``: configure once, then make in a synced copy of the tree."""
+    reporter, env = ctx.reporter, ctx.env
+    root = plan.root or settings.project_dir
+    tc, probe, deps, app_dir = plan.tc, plan.probe, list(plan.deps), plan.app_dir
     assert settings.make is not None
     configure = settings.make.configure
     work = app_dir / "src"
     # make works in its own copy, incrementally.  A fetched (verified) tree is
     # copied whole: only the project has build outputs and tool dirs to leave out.
-    changed = sync_tree(root, work, frozenset() if fetched else _SKIP_DIRS)
+    changed = sync_tree(root, work, frozenset() if plan.source is not None else _SKIP_DIRS)
     mdir = work / settings.make.dir
     known = prefixes(deps)
     if configure is not None and not (app_dir / "configured").is_file():
@@ -370,8 +363,9 @@ def _same_bytes(a: Path, b: Path) -> bool:
     return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
-def _build_cmake(settings: Settings, root: Path, tc: Toolchain, app_dir: Path, output: Path,
-                 reporter: Reporter, env: dict[str, str]) -> None:
+def _build_cmake(settings: Settings, plan: AppPlan, output: Path, ctx: BuildContext) -> None:
+    reporter, env = ctx.reporter, ctx.env
+    root, tc, app_dir = plan.root or settings.project_dir, plan.tc, plan.app_dir
     cm = settings.cmake
     assert cm is not None
     cmake = shutil.which("cmake", path=env.get("PATH"))

@@ -18,6 +18,7 @@ from typing import Any
 
 from ukl_build import __version__
 from ukl_build.appbuild import AppBinary
+from ukl_build.context import BuildContext
 from ukl_build.efi import Signer, make_disk, make_efi
 from ukl_build.errors import BuildError, ConfigError
 from ukl_build.files import file_sha256
@@ -57,17 +58,23 @@ def qemu_example(manifest: Manifest, fmt: str) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def write_image_set(
-    settings: Settings,
-    out_dir: Path,
-    tree: PatchedTree,
-    config: KernelConfig,
-    app: AppBinary,
-    kernel: KernelImages,
-    env: dict[str, str],
-    reporter: Reporter,
-    signer: Signer | None = None,
-) -> ImageSet:
+@dataclass(frozen=True)
+class ImageInputs:
+    """What an image set is made of: the kernel tree, its configuration, the app and the
+    kernel images with the app in them."""
+
+    tree: PatchedTree
+    config: KernelConfig
+    app: AppBinary
+    kernel: KernelImages
+
+
+def write_image_set(settings: Settings, out_dir: Path, inputs: ImageInputs, ctx: BuildContext,
+                    signer: Signer | None = None) -> ImageSet:
+    """The image directory (each format, the .config, the manifest and the SBOM), written
+    whole into a temporary sibling and then put in place of ``out_dir``."""
+    env, reporter = ctx.env, ctx.reporter
+    tree, config, app, kernel = inputs.tree, inputs.config, inputs.app, inputs.kernel
     name = settings.project.dist_name
     values = read_config(config.path)
     network = values.get("VIRTIO_NET") == "y"

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache
+from ukl_build.context import BuildContext
 from ukl_build.errors import BuildError
 from ukl_build.files import digest
-from ukl_build.progress import Reporter
-from ukl_build.settings import DepSettings, Origins, substitute_deps
+from ukl_build.settings import DepSettings, Settings, substitute_deps
 from ukl_build.source import fetch_app_source
 
 DEPS_FORMAT = 1  # bump when a dependency build changes what it makes from the same inputs
@@ -82,23 +81,35 @@ def prefixes(deps: Sequence[Dep]) -> dict[str, Path]:
     return {d.name: d.prefix for d in deps}
 
 
-def build_deps(deps: Mapping[str, DepSettings], origin: Origins, project_dir: Path,
-               probe: Flags, build: Flags, cache: Cache, reporter: Reporter,
-               env: dict[str, str], ready: Callable[[], None]) -> list[Dep]:
-    """Build each dependency in order; each later one sees the earlier ones.  ``ready``
-    runs before a dependency is built (it checks the C library the compiles read)."""
+@dataclass(frozen=True)
+class DepToolchain:
+    """What dependencies are built with: the flags configure's checks run with (they
+    run programs, so user mode's), the flags they are compiled with, and a check that
+    runs before a dependency is built (of the C library the compiles read)."""
+
+    probe: Flags
+    build: Flags
+    ready: Callable[[], None]
+
+    def using(self, deps: Sequence[Dep]) -> DepToolchain:
+        return DepToolchain(self.probe.using(deps), self.build.using(deps), self.ready)
+
+
+def build_deps(settings: Settings, tools: DepToolchain, ctx: BuildContext) -> list[Dep]:
+    """Build each of ``[tool.ukl-build.deps]`` in order; each later one sees the earlier
+    ones."""
     done: list[Dep] = []
-    for name, spec in deps.items():
-        done.append(_build_one(name, spec, origin, project_dir, probe.using(done),
-                               build.using(done), tuple(done), cache, reporter, env, ready))
+    for name, spec in settings.deps.items():
+        done.append(_build_one(name, spec, settings, tools.using(done), tuple(done), ctx))
     return done
 
 
-def _build_one(name: str, spec: DepSettings, origin: Origins, project_dir: Path,
-               probe: Flags, build: Flags, earlier: tuple[Dep, ...], cache: Cache,
-               reporter: Reporter, env: dict[str, str], ready: Callable[[], None]) -> Dep:
+def _build_one(name: str, spec: DepSettings, settings: Settings, tools: DepToolchain,
+               earlier: tuple[Dep, ...], ctx: BuildContext) -> Dep:
+    cache, reporter, env = ctx.cache, ctx.reporter, ctx.env
+    origin, probe, build, ready = settings.origin, tools.probe, tools.build, tools.ready
     where = origin(f"deps.{name}.source")
-    source = fetch_app_source(spec.source, where, project_dir, cache, reporter)
+    source = fetch_app_source(spec.source, where, settings.project_dir, cache, reporter)
     if not (source.path / "configure").is_file():
         raise BuildError(f"{where}: {source.path} has no configure script; dependencies are "
                          "built with configure, make, make install")

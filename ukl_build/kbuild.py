@@ -25,6 +25,7 @@ from pathlib import Path
 from ukl_build.appbuild import AppBinary
 from ukl_build.cache import Cache
 from ukl_build.compilers import Compiler, stats_line
+from ukl_build.context import BuildContext
 from ukl_build.errors import BuildError
 from ukl_build.files import atomic_write_bytes, atomic_write_text, digest, file_sha256
 from ukl_build.kconfig import KernelConfig
@@ -129,15 +130,8 @@ def reproducible_env(cache: Cache, source_date_epoch: int,
     return env
 
 
-def build_kernel(
-    tree: PatchedTree,
-    config: KernelConfig,
-    payload: Payload,
-    cache: Cache,
-    reporter: Reporter,
-    env: dict[str, str],
-    compiler: Compiler,
-) -> KernelImages:
+def build_kernel(tree: PatchedTree, config: KernelConfig, payload: Payload, compiler: Compiler,
+                 ctx: BuildContext) -> KernelImages:
     """The images of ``tree`` + ``config`` with ``payload`` in them, from the cache or built.
 
     The build dir is shared by every app with this configuration and held
@@ -147,6 +141,7 @@ def build_kernel(
     verified against this very payload, and images go into the cache only
     after :func:`verify_images` found the payload in them.
     """
+    cache, reporter, env = ctx.cache, ctx.reporter, ctx.env
     dir_key = digest("kbuild", tree.key, config.key)
     inputs = {name: file_sha256(path) for name, path in sorted(payload.files.items())}
     image_key = digest("images", 4, dir_key, inputs, payload.initramfs)

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ukl_build.cache import Cache
+from ukl_build.context import BuildContext
 from ukl_build.errors import BuildError, ConfigError
 from ukl_build.files import digest, file_sha256
 from ukl_build.launcher.cmdline import builtin_cmdline
 from ukl_build.patches import PatchedTree
-from ukl_build.progress import Reporter
 from ukl_build.resources import recipes_dir
 from ukl_build.settings import HARDENED_RECIPE, MITIGATIONS_RECIPE, Settings
 
@@ -277,22 +276,31 @@ def check_values(tree: Path, options: list[Option]) -> None:
         raise ConfigError("kconfig: option values the kernel cannot take:\n" + "\n".join(bad))
 
 
-def configure(
-    tree: PatchedTree,
-    recipe_names: list[str],
-    extra: list[tuple[str, str]],
-    project_dir: Path,
-    cache: Cache,
-    reporter: Reporter,
-    make_env: dict[str, str],
-    origin: Callable[[str], str] | None = None,
-    generated: Sequence[Option] = (),
-) -> KernelConfig:
-    """The resolved .config: recipes, then the app's options, then ``generated`` ones."""
-    recipes = resolve_recipes(recipe_names, project_dir)
-    options = requested_options(recipes, extra, origin)
-    names = {o.name for o in generated}
-    options = [o for o in options if o.name not in names] + list(generated)
+@dataclass(frozen=True)
+class ConfigRequest:
+    """What a build asks of the kernel's configuration: recipes by name (the project's
+    own ``recipes/`` first, then ours), the app's options (``origin`` says where each
+    came from, for messages), and options generated from other settings, which win."""
+
+    recipes: list[str]
+    extra: list[tuple[str, str]]
+    project_dir: Path
+    origin: Callable[[str], str] | None = None
+    generated: Sequence[Option] = ()
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConfigRequest:
+        return cls(recipes_for(settings), settings.kconfig_items(), settings.project_dir,
+                   settings.origin, generated_options(settings))
+
+
+def configure(tree: PatchedTree, request: ConfigRequest, ctx: BuildContext) -> KernelConfig:
+    """The resolved .config: recipes, then the app's options, then the generated ones."""
+    cache, reporter, make_env = ctx.cache, ctx.reporter, ctx.env
+    recipes = resolve_recipes(request.recipes, request.project_dir)
+    options = requested_options(recipes, request.extra, request.origin)
+    names = {o.name for o in request.generated}
+    options = [o for o in options if o.name not in names] + list(request.generated)
     fragments = [(n, file_sha256(p)) for n, p in recipes]
     key = digest("kconfig", tree.key, fragments, [(o.name, o.value) for o in options])
 

@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ukl_build.cache import Cache
+from ukl_build.context import BuildContext
 from ukl_build.errors import BuildError
 from ukl_build.files import atomic_write_text, digest, file_sha256
 from ukl_build.patches import apply_series, read_series
@@ -49,9 +49,9 @@ class MuslSysroot:
     mode: Mode
 
 
-def build_musl(settings: Settings, compiler: str, cache: Cache, reporter: Reporter,
-               env: dict[str, str]) -> MuslSysroot:
+def build_musl(settings: Settings, compiler: str, ctx: BuildContext) -> MuslSysroot:
     """musl for ``settings.mode``, from ``settings.musl``."""
+    cache, reporter, env = ctx.cache, ctx.reporter, ctx.env
     source = fetch_app_source(settings.musl, settings.origin("musl"), settings.project_dir,
                               cache, reporter)
     source.check_file(cache, "VERSION")  # the tree itself is checked before musl is built

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ukl_build.appbuild import AppBinary, build_app
-from ukl_build.artifacts import ImageSet, check_out_dir, remove_owned, write_image_set
+from ukl_build.artifacts import ImageInputs, ImageSet, check_out_dir, remove_owned, write_image_set
 from ukl_build.cache import Cache, check_root, eviction_summary
 from ukl_build.compilers import kernel_compiler
+from ukl_build.context import BuildContext
 from ukl_build.efi import Signer
 from ukl_build.errors import ConfigError, UklError
 from ukl_build.files import file_lock, parse_size
 from ukl_build.kbuild import KernelImages, build_kernel, payload_for, reproducible_env
-from ukl_build.kconfig import configure, generated_options, recipes_for
+from ukl_build.kconfig import ConfigRequest, configure
 from ukl_build.patches import PatchedTree, apply_patches
 from ukl_build.progress import Reporter
 from ukl_build.resources import patches_dir
@@ -129,14 +130,14 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
                    f"cache {cache.root}")
     if settings.shortcuts and not settings.uses_shortcuts:
         reporter.stage("config", "shortcuts = true has no effect in user mode")
+    ctx = BuildContext(cache, reporter, env)
     tree = prepare_tree(settings, cache, reporter)
-    config = configure(tree, recipes_for(settings), settings.kconfig_items(), settings.project_dir, cache,
-                       reporter, env, settings.origin, generated_options(settings))
-    app = build_app(settings, tree, bdir, cache, reporter, env)
-    kernel = build_kernel(tree, config, payload_for(app), cache, reporter, env,
+    config = configure(tree, ConfigRequest.of(settings), ctx)
+    app = build_app(settings, tree, bdir, ctx)
+    kernel = build_kernel(tree, config, payload_for(app),
                           kernel_compiler(settings, env, bdir, cache.root / "bin",
-                                          shared=shared_compilers))
-    images = write_image_set(settings, out_dir, tree, config, app, kernel, env, reporter,
+                                          shared=shared_compilers), ctx)
+    images = write_image_set(settings, out_dir, ImageInputs(tree, config, app, kernel), ctx,
                              signer_of(settings))
     for fmt, info in images.manifest["images"].items():
         reporter.stage("package", f"{fmt}: {out_dir / info['file']} ({info['size']} bytes)")
