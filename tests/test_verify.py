@@ -13,6 +13,7 @@ import pytest
 
 import ukl_build.verify as verify_mod
 from ukl_build.cache import Cache
+from ukl_build.pipeline import BuildOptions
 from ukl_build.progress import Reporter
 from ukl_build.verify import Output, compare, elf_section_at, first_difference
 
@@ -68,8 +69,9 @@ class _FakeBuilds:
         self.content, self.calls = content, []  # type: list[dict[str, object]]
 
     def build(self, project: Path, config_settings: object, *, cache: Cache, stream: object,
-              out_dir: Path, shared_compilers: bool) -> SimpleNamespace:
-        self.calls.append({"project": project, "cache": cache.root, "shared": shared_compilers})
+              out_dir: Path, options: BuildOptions) -> SimpleNamespace:
+        self.calls.append({"project": project, "cache": cache.root,
+                           "shared": options.shared_compilers})
         out_dir.mkdir(parents=True)
         for name in ("ukl_hello.bzImage", "manifest.json"):
             (out_dir / name).write_bytes(self.content.get(name, b"same"))

@@ -157,7 +157,7 @@ def build_kernel(tree: PatchedTree, config: KernelConfig, payload: Payload, comp
             return KernelImages(images / "bzImage", images / "vmlinux", image_key, False, build)
         tree.check(cache)
         _match_tree(build, cache.root / tree.kind / tree.key / RECORD, reporter)
-        stamp = _load_payload(build, config, payload, inputs, image_key, env, reporter)
+        stamp = _load_payload(build, config, payload, inputs, image_key, ctx)
         _make_bzimage(tree, build, compiler, reporter, lock_fd)
         verify_images(build / "vmlinux", build / "arch/x86/boot/bzImage", payload, env,
                       reporter)
@@ -173,11 +173,12 @@ def build_kernel(tree: PatchedTree, config: KernelConfig, payload: Payload, comp
 
 
 def _load_payload(build: Path, config: KernelConfig, payload: Payload, inputs: dict[str, str],
-                  image_key: str, env: dict[str, str], reporter: Reporter) -> Path:
+                  image_key: str, ctx: BuildContext) -> Path:
     """Put the .config and the app's files into the build dir (held under its lock);
     the outputs that depend on the app are removed unless the dir's stamp says they
     were verified against this very payload.  Returns the stamp's path, written once
     the new images are verified."""
+    env, reporter = ctx.env, ctx.reporter
     if not (build / ".config").is_file() or file_sha256(build / ".config") != config.key:
         shutil.copyfile(config.path, build / ".config")
     stamp = build / PAYLOAD_STAMP

@@ -44,6 +44,19 @@ class BuildResult:
         return self.kernel.built
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a caller other than a user's own build asks of it.
+
+    ``own_metadata=False``: another backend owns ``[project]`` (see load_settings).
+    ``shared_compilers=False``: no compiler cache and no distcc, whatever the
+    settings say: the kernel compiles here, every file (``verify``).
+    """
+
+    own_metadata: bool = True
+    shared_compilers: bool = True
+
+
 def build_dir_of(project_dir: Path) -> Path:
     return project_dir.resolve() / "build" / "ukl-build"
 
@@ -83,16 +96,10 @@ def build(
     cache: Cache | None = None,
     stream: TextIO | None = None,
     out_dir: Path | None = None,
-    own_metadata: bool = True,
-    shared_compilers: bool = True,
+    options: BuildOptions = BuildOptions(),
 ) -> BuildResult:
-    """Build the project's images into ``out_dir`` (default: build/ukl-build/image).
-
-    ``own_metadata=False``: another backend owns ``[project]`` (see load_settings).
-    ``shared_compilers=False``: no compiler cache and no distcc, whatever the
-    settings say: the kernel compiles here, every file (``verify``).
-    """
-    settings = load_settings(project_dir, config_settings, own_metadata)
+    """Build the project's images into ``out_dir`` (default: build/ukl-build/image)."""
+    settings = load_settings(project_dir, config_settings, options.own_metadata)
     cache = cache or Cache()
     check_root(cache.root)
     bdir = build_dir_of(settings.project_dir)
@@ -110,7 +117,7 @@ def build(
     with file_lock(bdir / ".lock", waiting), Reporter(bdir / "build.log", stream) as reporter, \
             cache.in_use(lambda damage: reporter.stage("cache", damage)) as held:
         try:
-            return _build(settings, held, bdir, out_dir, reporter, shared_compilers)
+            return _build(settings, held, bdir, out_dir, reporter, options.shared_compilers)
         except UklError as e:
             reporter.exception(e)
             remove_owned(out_dir)  # our stale image would not match the sources any more

@@ -19,6 +19,8 @@ from ukl_build.errors import BuildError, Terminated
 from ukl_build.launcher.process import die_with_parent, raise_on_termination
 from ukl_build.supervise import supervised
 
+ERROR_LINES = 25  # of a failed command's output, quoted in the error
+
 
 class Reporter:
     """Writes every line to the log file and a short account to stderr."""
@@ -93,7 +95,6 @@ class Reporter:
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
         on_line: Callable[[str], None] | None = None,
-        error_lines: int = 25,
         keep_fds: Sequence[int] = (),
     ) -> None:
         """Run a command, its output to the log; raise BuildError naming the step on failure.
@@ -137,7 +138,7 @@ class Reporter:
         if rc != 0:
             raise BuildError(
                 f"{step} failed (exit status {rc}): {args[0]}\n"
-                + _indent(first_errors(lines, error_lines)),
+                + _indent(first_errors(lines, ERROR_LINES)),
                 hint=f"full log: {self.log_path}" if self.log_path else None,
             )
 
@@ -172,7 +173,7 @@ class Reporter:
         if check and proc.returncode != 0:
             raise BuildError(
                 f"{step} failed (exit status {proc.returncode}): {args[0]}\n"
-                + _indent(first_errors(stderr.splitlines(), 25)),
+                + _indent(first_errors(stderr.splitlines(), ERROR_LINES)),
                 hint=f"full log: {self.log_path}" if self.log_path else None)
         return Captured(proc.returncode, proc.stdout, stderr)
 

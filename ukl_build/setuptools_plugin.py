@@ -38,7 +38,7 @@ class build_ukl(Command):  # type: ignore[misc]  # setuptools ships no types
         self.set_undefined_options("build_py", ("build_lib", "build_lib"))
 
     def run(self) -> None:
-        from ukl_build.pipeline import build
+        from ukl_build.pipeline import BuildOptions, build
         from ukl_build.settings import load_settings
         from ukl_build.wheel import launcher_package
 
@@ -50,7 +50,8 @@ class build_ukl(Command):  # type: ignore[misc]  # setuptools ships no types
             raise RuntimeError("ukl-build: the setuptools project has no package to hold the images")
         assert self.build_lib is not None
         target = Path(self.build_lib) / package
-        result = build(Path.cwd(), out_dir=target / "_image", own_metadata=False)
+        result = build(Path.cwd(), out_dir=target / "_image",
+                       options=BuildOptions(own_metadata=False))
         launcher = target / "_ukl_runner"
         launcher.mkdir(exist_ok=True)
         for name, data in launcher_package().items():

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from ukl_build.cache import Cache
 from ukl_build.errors import BuildError, UklError
 from ukl_build.files import file_sha256
-from ukl_build.pipeline import BuildResult, build, source_date_epoch
+from ukl_build.pipeline import BuildOptions, BuildResult, build, source_date_epoch
 from ukl_build.progress import Reporter
 from ukl_build.wheel import write_wheel
 
@@ -84,7 +84,7 @@ def _one_build(project: Path, config_settings: dict[str, Any] | None, root: Path
         print(f"[ukl-build] verify: build {which} in {root} (empty cache)", file=stream,
               flush=True)
     result = build(copy, config_settings, cache=Cache(root / "cache"), stream=stream,
-                   out_dir=root / "image", shared_compilers=False)
+                   out_dir=root / "image", options=BuildOptions(shared_compilers=False))
     (root / "wheel").mkdir()
     name = write_wheel(result.settings, result.images, root / "wheel", source_date_epoch())
     return outputs(result, root / "wheel" / name)
