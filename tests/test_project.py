@@ -131,6 +131,34 @@ def test_every_program_starts_through_the_runner() -> None:
     assert found == set(STARTS_PROGRAMS)  # no stale exception
 
 
+def test_the_package_keeps_its_limits() -> None:
+    """Every function of ukl_build at most cyclomatic complexity 12 (radon's count,
+    closures and methods included) and six parameters; every module at most 450 lines."""
+    from radon.complexity import cc_visit
+
+    package = Path(__file__).resolve().parent.parent / "ukl_build"
+    over = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text()
+        rel = path.relative_to(package).as_posix()
+        if text.count("\n") > 450:
+            over.append(f"{rel}: {text.count(chr(10))} lines")
+        blocks = list(cc_visit(text))
+        while blocks:
+            b = blocks.pop()
+            blocks += [*getattr(b, "methods", []), *getattr(b, "closures", [])]
+            if b.complexity > 12 and not hasattr(b, "methods"):  # a class sums its methods
+                over.append(f"{rel}: {b.name} has complexity {b.complexity}")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                count = len(names) + bool(a.vararg) + bool(a.kwarg) - (names[:1] in (["self"], ["cls"]))
+                if count > 6:
+                    over.append(f"{rel}:{node.lineno}: {node.name} takes {count} parameters")
+    assert not over, "\n".join(over)
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     ('version = "one"', r"\[project\] version: .*one"),
     ('version = "1"\nrequires-python = ">=3.x"', r"\[project\] requires-python:"),

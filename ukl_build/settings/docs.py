@@ -8,6 +8,14 @@ import typing
 from ukl_build.settings.model import TOP_LEVEL_ONLY, Settings, toml_key
 
 
+def _default(f: dataclasses.Field[object]) -> str:
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return repr(f.default_factory())
+    return "(required)"
+
+
 def settings_schema_markdown() -> str:
     """A reference page for ``[tool.ukl-build]``, generated from the model."""
     lines = ["# `[tool.ukl-build]` reference", "",
@@ -20,12 +28,7 @@ def settings_schema_markdown() -> str:
         for f in dataclasses.fields(cls):
             if cls is Settings and f.name in TOP_LEVEL_ONLY:
                 continue
-            if f.default is not dataclasses.MISSING:
-                default = repr(f.default)
-            elif f.default_factory is not dataclasses.MISSING:
-                default = repr(f.default_factory())
-            else:
-                default = "(required)"
+            default = _default(f)
             tp = hints[f.name]
             sub = [a for a in (tp, *typing.get_args(tp))
                    if isinstance(a, type) and dataclasses.is_dataclass(a)]
