@@ -119,7 +119,8 @@ def server_initramfs(kernel: StockKernel, netinit: Path, app: Path, gen_init_cpi
     our images have them (memcached's ``-u root`` looks the user up), /modules/NN-name.ko
     in load order."""
     lines = ["dir /dev 0755 0 0", "nod /dev/console 0600 0 0 c 5 1",
-             "nod /dev/null 0666 0 0 c 1 3", "dir /proc 0755 0 0", "dir /tmp 01777 0 0",
+             "nod /dev/null 0666 0 0 c 1 3", "nod /dev/zero 0666 0 0 c 1 5",
+             "dir /proc 0755 0 0", "dir /tmp 01777 0 0",
              "dir /etc 0755 0 0", "dir /modules 0755 0 0",
              *(f"file /etc/{name} {runtime_dir() / 'etc' / name} 0644 0 0" for name in ETC_FILES),
              f"file /init {netinit} 0755 0 0", f"file /app {app} 0755 0 0"]
