@@ -35,7 +35,7 @@ def test_least_recently_used_go_first_and_used_entries_stay(tmp_path: Path) -> N
     (tmp_path / "downloads").mkdir()
     (tmp_path / "downloads" / "x.tar.xz").write_bytes(b"k" * 4096)  # never evicted
     with cache.in_use() as held:
-        held.path("trees", "old")  # a build holds the oldest entry
+        held.hold("trees", "old")  # a build holds the oldest entry
         removed, left = cache.evict(2 << 20)
     assert [name for name, _ in removed] == ["kbuild/mid"]
     assert old.is_dir() and not mid.exists() and new.is_dir()
@@ -59,7 +59,7 @@ def test_use_marks_recency(tmp_path: Path) -> None:
     a = make_entry(cache, "sources", "a", 1 << 16, 500)
     make_entry(cache, "sources", "b", 1 << 16, 400)
     with cache.in_use() as held:
-        held.path("sources", "a")  # used just now: b is the least recently used
+        held.hold("sources", "a")  # used just now: b is the least recently used
     assert a.stat().st_mtime > time.time() - 60
     removed, _ = cache.evict(1 << 16)
     assert [name for name, _ in removed] == ["sources/b"]
@@ -70,7 +70,7 @@ def test_a_concurrent_clean_waits_out_no_build(tmp_path: Path) -> None:
     cache = Cache(tmp_path)
     kept = make_entry(cache, "trees", "held", 1 << 18, 100)
     with cache.in_use() as held:
-        held.path("trees", "held")
+        held.hold("trees", "held")
         proc = subprocess.run([sys.executable, "-m", "ukl_build", "clean", "--max-size", "0"],
                               env={**os.environ, "UKL_BUILD_CACHE": str(tmp_path)},
                               capture_output=True, text=True, timeout=60)
@@ -172,7 +172,7 @@ def test_clean_cache_removes_only_what_no_build_holds(tmp_path: Path) -> None:
     free_entry = make_entry(cache, "images", "free", 4096, 10)
     (cache.root / "ccache").mkdir()
     with cache.in_use() as build:
-        build.path("trees", "held")  # a running build holds it
+        build.hold("trees", "held")  # a running build holds it
         proc = _clean_cache(cache.root)
         assert proc.returncode == 1, proc.stderr
         assert "kept trees/held" in proc.stderr and "images/free" not in proc.stderr

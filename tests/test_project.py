@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -157,6 +158,16 @@ def test_the_package_keeps_its_limits() -> None:
                 if count > 6:
                     over.append(f"{rel}:{node.lineno}: {node.name} takes {count} parameters")
     assert not over, "\n".join(over)
+
+
+def test_the_design_doc_draws_the_import_graph_as_it_is() -> None:
+    """docs/design.md's import graph is what scripts/import-graph.py reads from the
+    sources now (which also refuses a cycle)."""
+    root = Path(__file__).resolve().parent.parent
+    graph = subprocess.run([sys.executable, str(root / "scripts" / "import-graph.py")],
+                           capture_output=True, text=True, check=True).stdout
+    assert graph.strip() in (root / "docs" / "design.md").read_text(), \
+        "docs/design.md: the import graph changed; paste python scripts/import-graph.py"
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -32,12 +32,13 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from ukl_build.errors import ConfigError, UklError
 from ukl_build.files import file_lock, mib, new_path, tree_size
 from ukl_build.records import RECORD, damage_at, entry_content, write_record
+from ukl_build.workdir import WorkDir, workdir_of
 
 
 def default_root() -> Path:
@@ -141,9 +142,25 @@ class Cache:
         except (OSError, UnicodeDecodeError):
             return False
 
-    def path(self, kind: str, key: str) -> Path:
+    def location(self, kind: str, key: str) -> Path:
+        """Where entry ``kind/key`` is (or would be); nothing is held or touched."""
+        return self.root / kind / key
+
+    def hold(self, kind: str, key: str) -> Path:
+        """Hold entry ``kind/key`` for this view's lifetime (an eviction passes over it)
+        and mark it used now; its path."""
         self._hold(kind, key)
         return self.root / kind / key
+
+    @contextlib.contextmanager
+    def workdir(self, kind: str, key: str, stamp: str,
+                outputs: Sequence[str]) -> Iterator[WorkDir]:
+        """A mutable work directory ``kind/key`` (see :mod:`ukl_build.workdir`), held and
+        exclusively locked for the block: ``stamp`` names the inputs its ``outputs``
+        (glob patterns) will be verified against."""
+        path = self.hold(kind, key)
+        with self.lock(kind, key) as fd:
+            yield workdir_of(path, fd, stamp, outputs)
 
     @contextlib.contextmanager
     def lock(self, kind: str, key: str) -> Iterator[int]:
@@ -210,7 +227,7 @@ class Cache:
         discarded and made again as :meth:`check_entry` does."""
         if (kind, key) in self._checked:
             return
-        entry = self.path(kind, key)
+        entry = self.hold(kind, key)
         try:
             want = json.loads((entry / RECORD).read_text())["files"][rel][3]
             sound = entry_content(str(entry / rel), os.lstat(entry / rel)) == want
@@ -227,7 +244,7 @@ class Cache:
         make lock (where another build may have made it again meanwhile), discarded;
         a missing one is then made with ``make`` (if given) and recorded.  Returns the
         entry's path and whether it was there and sound at first."""
-        final = self.path(kind, key)
+        final = self.hold(kind, key)
         if final.is_dir():
             why = damage_at(final, level)
             if why is None:

@@ -33,6 +33,7 @@ from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.records import RECORD
 from ukl_build.resources import runtime_dir
+from ukl_build.workdir import WorkDir
 
 INITRAMFS_LIST = "ukl-initramfs.list"  # matches CONFIG_INITRAMFS_SOURCE in recipes/base.config
 UKL_ARCHIVE = "ukl-app.a"  # matches CONFIG_UKL_ARCHIVE in recipes/ukl.config
@@ -42,7 +43,6 @@ USER_ETC = "ukl-root/etc"
 ETC_FILES = ("passwd", "group")
 # Written into a build dir after its images were verified to hold the payload
 # they were built for; removed before every make that may change them.
-PAYLOAD_STAMP = ".ukl-build-payload"
 TREE_MARK = ".ukl-build-tree"  # the record digest of the tree copy the objects come from
 # Everything in a build dir that depends on the app (linked from the archive,
 # or packed from the initramfs list).  Removed before make whenever the dir's
@@ -145,23 +145,27 @@ def build_kernel(tree: PatchedTree, config: KernelConfig, payload: Payload, comp
     dir_key = digest("kbuild", tree.key, config.key)
     inputs = {name: file_sha256(path) for name, path in sorted(payload.files.items())}
     image_key = digest("images", 4, dir_key, inputs, payload.initramfs)
-    images = cache.path("images", image_key)
-    build = cache.path("kbuild", dir_key)
+    images = cache.hold("images", image_key)
+    build = cache.location("kbuild", dir_key)
     if cache.reusable("images", image_key):
         reporter.stage("kbuild", "kernel unchanged: reusing cached images (no make run)")
         return KernelImages(images / "bzImage", images / "vmlinux", image_key, False, build)
 
-    with cache.lock("kbuild", dir_key) as lock_fd:
+    with cache.workdir("kbuild", dir_key, image_key, PAYLOAD_OUTPUTS) as work:
         if cache.reusable("images", image_key):  # made by a build that held the lock before us
             reporter.stage("kbuild", "kernel unchanged: reusing cached images (no make run)")
             return KernelImages(images / "bzImage", images / "vmlinux", image_key, False, build)
         tree.check(cache)
-        _match_tree(build, cache.root / tree.kind / tree.key / RECORD, reporter)
-        stamp = _load_payload(build, config, payload, inputs, image_key, ctx)
-        _make_bzimage(tree, build, compiler, reporter, lock_fd)
+        # make compares timestamps only: objects compiled from another copy of the tree
+        # (one found damaged and made again) could be linked as they are.
+        if work.restart_unless(TREE_MARK, file_sha256(cache.root / tree.kind / tree.key / RECORD)):
+            reporter.stage("kbuild", f"{build.name[:16]}: built from another copy of the tree; "
+                           "starting it afresh")
+        _load_payload(work, config, payload, inputs, ctx)
+        _make_bzimage(tree, work, compiler, reporter)
         verify_images(build / "vmlinux", build / "arch/x86/boot/bzImage", payload, env,
                       reporter)
-        atomic_write_text(stamp, image_key)
+        work.verified()
 
         def copy(tmp: Path) -> None:
             shutil.copyfile(build / "arch/x86/boot/bzImage", tmp / "bzImage")
@@ -172,21 +176,17 @@ def build_kernel(tree: PatchedTree, config: KernelConfig, payload: Payload, comp
     return KernelImages(images / "bzImage", images / "vmlinux", image_key, True, build)
 
 
-def _load_payload(build: Path, config: KernelConfig, payload: Payload, inputs: dict[str, str],
-                  image_key: str, ctx: BuildContext) -> Path:
-    """Put the .config and the app's files into the build dir (held under its lock);
-    the outputs that depend on the app are removed unless the dir's stamp says they
-    were verified against this very payload.  Returns the stamp's path, written once
-    the new images are verified."""
-    env, reporter = ctx.env, ctx.reporter
+def _load_payload(work: WorkDir, config: KernelConfig, payload: Payload, inputs: dict[str, str],
+                  ctx: BuildContext) -> None:
+    """Put the .config and the app's files into the build dir; the outputs that depend
+    on the app go first unless the dir's stamp says they were verified against this
+    very payload."""
+    env, reporter, build = ctx.env, ctx.reporter, work.path
     if not (build / ".config").is_file() or file_sha256(build / ".config") != config.key:
         shutil.copyfile(config.path, build / ".config")
-    stamp = build / PAYLOAD_STAMP
-    if not stamp.is_file() or stamp.read_text() != image_key:
-        stamp.unlink(missing_ok=True)
-        removed = remove_payload_outputs(build)
-        if removed:
-            reporter.log(f"kbuild: removed {removed} app-dependent outputs before relinking")
+    removed = work.remove_stale()
+    if removed:
+        reporter.log(f"kbuild: removed {removed} app-dependent outputs before relinking")
     mtime = int(env.get("SOURCE_DATE_EPOCH", "0"))
     for name, src in payload.files.items():
         dest = build / name
@@ -201,12 +201,12 @@ def _load_payload(build: Path, config: KernelConfig, payload: Payload, inputs: d
     list_path = build / INITRAMFS_LIST
     if not list_path.is_file() or list_path.read_text() != payload.initramfs:
         atomic_write_text(list_path, payload.initramfs)
-    return stamp
 
 
-def _make_bzimage(tree: PatchedTree, build: Path, compiler: Compiler, reporter: Reporter,
-                  lock_fd: int) -> None:
+def _make_bzimage(tree: PatchedTree, work: WorkDir, compiler: Compiler,
+                  reporter: Reporter) -> None:
     """make bzImage in the build dir, the lock's fd held by make until it exits."""
+    build = work.path
     # ccache hands the compiler the source's path relative to CCACHE_BASEDIR (the
     # cache), which the tree's own -fmacro-prefix-map=$(srctree)/= does not strip:
     # __FILE__ would record ../../trees/KEY/tree/mm/x.c with ccache and mm/x.c
@@ -223,37 +223,10 @@ def _make_bzimage(tree: PatchedTree, build: Path, compiler: Compiler, reporter: 
     compiler.reset_logs()
     counter = _Progress(reporter)
     reporter.run(argv, step="kernel build (make bzImage)", env=compiler.env,
-                 on_line=counter, keep_fds=(lock_fd,))
+                 on_line=counter, keep_fds=(work.lock_fd,))
     reporter.stage("kbuild", f"done: {counter.count} steps in {counter.elapsed():.0f} s")
     if line := stats_line(compiler):
         reporter.stage("kbuild", line)
-
-
-def _match_tree(build: Path, record: Path, reporter: Reporter) -> None:
-    """Start the build dir afresh when its objects may come from another copy of the
-    tree: one that was found damaged and made again.  make compares timestamps only,
-    so an object compiled from a changed (or since removed) source would otherwise
-    be linked as it is.  The copy is named by its record's digest."""
-    ident = file_sha256(record)
-    mark = build / TREE_MARK
-    if mark.is_file() and mark.read_text() == ident:
-        return
-    if build.is_dir() and any(build.iterdir()):
-        reporter.stage("kbuild", f"{build.name[:16]}: built from another copy of the tree; "
-                       "starting it afresh")
-        shutil.rmtree(build)
-    build.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(mark, ident)
-
-
-def remove_payload_outputs(build: Path) -> int:
-    removed = 0
-    for pattern in PAYLOAD_OUTPUTS:
-        for path in build.glob(pattern):
-            if path.is_file() or path.is_symlink():
-                path.unlink()
-                removed += 1
-    return removed
 
 
 def verify_images(vmlinux: Path, bzimage: Path, payload: Payload, env: dict[str, str],

@@ -202,7 +202,7 @@ class AppSource:
     def check_file(self, cache: Cache, name: str) -> None:
         """Before one file of the tree is read on its own: that file hashed."""
         if (key := self._key(cache)) is not None:
-            rel = (self.path / name).relative_to(cache.path("sources", key)).as_posix()
+            rel = (self.path / name).relative_to(cache.location("sources", key)).as_posix()
             cache.check_file("sources", key, rel)
 
 
