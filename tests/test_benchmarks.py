@@ -91,6 +91,9 @@ def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untype
     # Instruction counts (-icount) are exact: the shortcut runs fewer than the syscall path.
     assert 0 < getppid["shortcuts_instructions"] < getppid["ukl_instructions"] \
         < getppid["user_instructions"]
+    # Debian's cloud kernel beside them, running the user-mode program (benchmarks/stock.py)
+    assert res["syscall"]["debian_cloud_kernel"] == "measured"
+    assert getppid["debian-cloud_instructions"] > getppid["shortcuts_instructions"]
     assert "python -m ukl_build build benchmarks/apps/sysbench -C mode=ukl -C shortcuts=true" \
         in report["commands"]
     # --baseline app: user mode as -C mode=user builds it, on the app's own recipes
