@@ -12,6 +12,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ukl_build.cache import Cache
 from ukl_build.errors import SourceError
 from ukl_build.files import atomic_write_text, digest, file_sha256, hash_file, new_path
 from ukl_build.progress import Reporter
+from ukl_build.settings import TreeSource
 
 TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
 
@@ -191,6 +193,41 @@ def tree_from_git(
 
     entry = cache.entry("sources", key, make, check=False)
     return entry / "tree", {"kind": "git", "url": url, "rev": rev, "commit": commit}
+
+
+def fetch_tree(spec: TreeSource, where: str, project_dir: Path, cache: Cache, reporter: Reporter,
+               check_directory: Callable[[Path], None] = lambda path: None,
+               ) -> tuple[Path, dict[str, Any]]:
+    """The tree a url, path or git source names (``spec``; ``where`` names its table in
+    messages), verified and cached, and the record of where it came from (for the
+    manifest and the SBOM): an archive's extracted top, a directory's copy (after
+    ``check_directory``), or an exported commit.  The same rules for every source."""
+    if spec.url is not None:
+        assert spec.sha256 is not None  # settings require it
+        sha = spec.sha256.lower()
+        archive = download(spec.url, sha, cache, reporter, where)
+        return extract_tarball(archive, sha, cache, reporter), {"kind": "url", "url": spec.url,
+                                                                 "sha256": sha}
+    if spec.git is not None:
+        return tree_from_git(spec.git.url, spec.git.rev, project_dir, cache, reporter, where)
+    assert spec.path is not None
+    path = (project_dir / spec.path).resolve()
+    if path.is_dir():
+        check_directory(path)
+        reporter.stage("source", f"hashing directory {path}")
+        dig = directory_digest(path)
+        return copy_directory(path, dig, cache, reporter), {"kind": "path", "path": str(path),
+                                                            "tree_sha256": dig}
+    if not path.is_file():
+        raise SourceError(f"{where} path: {path} does not exist")
+    reporter.stage("source", f"hashing {path}")
+    sha = file_sha256(path)
+    if spec.sha256 and sha != spec.sha256.lower():
+        raise SourceError(f"{where} path: sha256 mismatch for {path}\n"
+                          f"    expected {spec.sha256.lower()}\n    got      {sha}",
+                          hint=f"{where} sha256 names the file you meant to build")
+    return extract_tarball(path, sha, cache, reporter), {"kind": "path", "path": str(path),
+                                                         "sha256": sha}
 
 
 def single_root(top: Path) -> Path:

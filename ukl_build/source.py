@@ -15,17 +15,13 @@ from typing import Any
 from ukl_build.cache import Cache
 from ukl_build.errors import SourceError
 from ukl_build.fetch import (
-    copy_directory,
     debian_source,
-    directory_digest,
-    download,
-    extract_tarball,
+    fetch_tree,
     single_root,
-    tree_from_git,
     tree_from_tarball,
     tree_root,
 )
-from ukl_build.files import digest, file_sha256, hash_file
+from ukl_build.files import digest, hash_file
 from ukl_build.progress import Reporter
 from ukl_build.settings import AppSourceSettings, KernelSettings
 
@@ -51,11 +47,12 @@ def fetch_source(
 ) -> SourceTree:
     """The kernel tree ``[tool.ukl-build.kernel]`` names, verified, extracted and cached;
     its release must be of the series ``version`` names."""
-    fetch = {"debian": _debian_kernel, "url": _url_kernel, "path": _path_kernel,
-             "git": _git_kernel}.get(kernel.kind)
-    if fetch is None:  # pragma: no cover - validated in settings
-        raise SourceError(f"unknown kernel source kind {kernel.kind!r}")
-    tree, origin = fetch(kernel, project_dir, cache, reporter)
+    if kernel.kind == "debian":
+        tree, origin = _debian_kernel(kernel, cache, reporter)
+    else:
+        top, origin = fetch_tree(kernel, "[tool.ukl-build.kernel]", project_dir, cache, reporter,
+                                 check_directory=_check_kernel_directory)
+        tree = tree_root(top)
     release = kernel_release(tree)
     if not release.startswith(kernel.version + ".") and release != kernel.version:
         raise SourceError(
@@ -67,8 +64,9 @@ def fetch_source(
     return SourceTree(path=tree, key=key, release=release, origin=origin)
 
 
-def _debian_kernel(kernel: KernelSettings, project_dir: Path, cache: Cache,
+def _debian_kernel(kernel: KernelSettings, cache: Cache,
                    reporter: Reporter) -> tuple[Path, dict[str, Any]]:
+    """Debian's linux-source-<version>, installed by dpkg and checked against its list."""
     tarball = debian_tarball(kernel.version)
     if not tarball.is_file():
         raise SourceError(
@@ -82,40 +80,15 @@ def _debian_kernel(kernel: KernelSettings, project_dir: Path, cache: Cache,
     return tree_from_tarball(tarball, sha, cache, reporter), origin
 
 
-def _url_kernel(kernel: KernelSettings, project_dir: Path, cache: Cache,
-                reporter: Reporter) -> tuple[Path, dict[str, Any]]:
-    assert kernel.url and kernel.sha256
-    archive = download(kernel.url, kernel.sha256.lower(), cache, reporter)
-    origin = {"kind": "url", "url": kernel.url, "sha256": kernel.sha256.lower()}
-    return tree_from_tarball(archive, kernel.sha256.lower(), cache, reporter), origin
-
-
-def _path_kernel(kernel: KernelSettings, project_dir: Path, cache: Cache,
-                 reporter: Reporter) -> tuple[Path, dict[str, Any]]:
-    assert kernel.path
-    path = (project_dir / kernel.path).resolve()
-    if path.is_dir():
-        return _tree_from_directory(path, cache, reporter)
-    if not path.is_file():
-        raise SourceError(f"[tool.ukl-build.kernel] path: {path} does not exist")
-    reporter.stage("source", f"hashing {path}")
-    sha = file_sha256(path)
-    if kernel.sha256 and sha != kernel.sha256.lower():
-        raise SourceError(
-            f"kernel source {path}: sha256 mismatch\n    expected {kernel.sha256.lower()}"
-            f"\n    got      {sha}",
-            hint="[tool.ukl-build.kernel] sha256 names the file you meant to build",
-        )
-    origin = {"kind": "path", "path": str(path), "sha256": sha}
-    return tree_from_tarball(path, sha, cache, reporter), origin
-
-
-def _git_kernel(kernel: KernelSettings, project_dir: Path, cache: Cache,
-                reporter: Reporter) -> tuple[Path, dict[str, Any]]:
-    assert kernel.git
-    top, origin = tree_from_git(kernel.git.url, kernel.git.rev, project_dir, cache, reporter,
-                                "[tool.ukl-build.kernel]")
-    return tree_root(top), origin
+def _check_kernel_directory(path: Path) -> None:
+    """A kernel tree given as a directory: a Linux tree, and clean (we build out of tree)."""
+    kernel_release(path)
+    for dirty in (".config", "include/config"):
+        if (path / dirty).exists():
+            raise SourceError(
+                f"[tool.ukl-build.kernel] path: {path} has {dirty}: the tree is not clean",
+                hint=f"run 'make -C {path} mrproper' (ukl-build builds out of tree)",
+            )
 
 
 def kernel_release(tree: Path) -> str:
@@ -216,44 +189,9 @@ def fetch_app_source(spec: AppSourceSettings, where: str, project_dir: Path, cac
 
 def _fetch_app_source(spec: AppSourceSettings, where: str, project_dir: Path, cache: Cache,
                       reporter: Reporter) -> AppSource:
-    if spec.url is not None:
-        assert spec.sha256 is not None  # settings require it
-        sha = spec.sha256.lower()
-        archive = download(spec.url, sha, cache, reporter, where)
-        return AppSource(single_root(extract_tarball(archive, sha, cache, reporter)),
-                         {"kind": "url", "url": spec.url, "sha256": sha})
-    if spec.git is not None:
-        top, origin = tree_from_git(spec.git.url, spec.git.rev, project_dir, cache, reporter, where)
-        return AppSource(top, origin)
     if spec.debian is not None:
         return AppSource(*debian_source(spec.debian, where, cache, reporter))
-    assert spec.path is not None
-    path = (project_dir / spec.path).resolve()
-    if path.is_file():
-        reporter.stage("app", f"hashing {path}")
-        sha = file_sha256(path)
-        if spec.sha256 and sha != spec.sha256.lower():
-            raise SourceError(f"{where} path: sha256 mismatch for {path}\n"
-                              f"    expected {spec.sha256.lower()}\n    got      {sha}")
-        return AppSource(single_root(extract_tarball(path, sha, cache, reporter)),
-                         {"kind": "path", "path": str(path), "sha256": sha})
-    if path.is_dir():
-        reporter.stage("app", f"hashing directory {path}")
-        dig = directory_digest(path)
-        return AppSource(copy_directory(path, dig, cache, reporter),
-                         {"kind": "path", "path": str(path), "tree_sha256": dig})
-    raise SourceError(f"{where} path: {path} does not exist")
-
-
-def _tree_from_directory(path: Path, cache: Cache, reporter: Reporter) -> tuple[Path, dict[str, Any]]:
-    kernel_release(path)
-    for dirty in (".config", "include/config"):
-        if (path / dirty).exists():
-            raise SourceError(
-                f"[tool.ukl-build.kernel] path: {path} has {dirty}: the tree is not clean",
-                hint=f"run 'make -C {path} mrproper' (ukl-build builds out of tree)",
-            )
-    reporter.stage("source", f"hashing directory {path}")
-    dig = directory_digest(path)
-    return copy_directory(path, dig, cache, reporter), {"kind": "path", "path": str(path),
-                                                        "tree_sha256": dig}
+    top, origin = fetch_tree(spec, where, project_dir, cache, reporter)
+    # An archive (its origin has its sha256) holds the tree in its one top directory
+    # (project-1.0/), if it has one.
+    return AppSource(single_root(top) if "sha256" in origin else top, origin)

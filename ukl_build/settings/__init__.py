@@ -28,6 +28,7 @@ from ukl_build.settings.model import (
     Settings,
     SignSettings,
     SourceKind,
+    TreeSource,
     deps_references,
     substitute_deps,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "FIRMWARE_FORMATS", "HARDENED_RECIPE", "MITIGATIONS_RECIPE", "AppSourceSettings",
     "CMakeSettings", "DepSettings", "Format", "GitSettings",
     "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins", "RunSettings", "Settings",
-    "SignSettings", "SourceKind", "deps_references", "load_settings", "settings_schema_markdown",
+    "SignSettings", "SourceKind", "TreeSource", "deps_references", "load_settings",
+    "settings_schema_markdown",
     "substitute_deps",
 ]

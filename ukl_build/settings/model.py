@@ -36,40 +36,45 @@ class GitSettings:
     rev: str = _doc("Commit, tag or branch to build; a full commit id pins it.")
 
 
+# The ways a tree is named that kernel and app sources share (TreeSource's fields).
+TREE_KINDS = ("url", "path", "git")
+
+
 @dataclass(frozen=True)
-class KernelSettings:
+class TreeSource:
+    """Where a source tree comes from, as the kernel's and an app's sources both name it
+    (one of url, path, git; ukl_build.fetch gets it, verified, and records its origin)."""
+
+    url: str | None = _doc("Archive URL (http, https or file); needs `sha256`.", default=None)
+    sha256: str | None = _doc(
+        "Expected sha256 of the archive: mandatory with `url`, checked for a `path` archive.",
+        default=None)
+    path: str | None = _doc("Local archive or directory, relative to the project.", default=None)
+    git: GitSettings | None = _doc("Git repository and revision.", default=None)
+
+    @property
+    def tree_kind(self) -> str | None:
+        """Which of url, path, git is set (validation allows one), or None."""
+        return next((n for n in TREE_KINDS if getattr(self, n) is not None), None)
+
+
+@dataclass(frozen=True)
+class KernelSettings(TreeSource):
     version: str = _doc("Kernel series (VERSION.PATCHLEVEL); picks the patch series.", default="6.1")
     source: SourceKind = _doc(
         'Where the tree comes from: "debian" (Debian\'s linux-source-<version> package, '
         'offline), "url", "path" or "git". Inferred from the key you set.',
         default="debian",
     )
-    url: str | None = _doc("Tarball URL (http, https or file); needs `sha256`.", default=None)
-    sha256: str | None = _doc(
-        "Expected sha256 of the tarball: mandatory with `url`, checked for `path`.", default=None
-    )
-    path: str | None = _doc(
-        "Local tarball or directory, relative to the project.", default=None
-    )
-    git: GitSettings | None = _doc("Git repository and revision.", default=None)
 
     @property
     def kind(self) -> str:
         """Which of the source kinds is in use."""
-        for name in ("url", "path", "git"):
-            if getattr(self, name) is not None:
-                return name
-        return self.source
+        return self.tree_kind or self.source
 
 
 @dataclass(frozen=True)
-class AppSourceSettings:
-    url: str | None = _doc("Source archive URL (http, https or file); needs `sha256`.", default=None)
-    sha256: str | None = _doc(
-        "Expected sha256 of the archive: mandatory with `url`, checked for a `path` tarball.",
-        default=None)
-    path: str | None = _doc("Local tarball or directory, relative to the project.", default=None)
-    git: GitSettings | None = _doc("Git repository and revision.", default=None)
+class AppSourceSettings(TreeSource):
     debian: str | None = _doc(
         "A Debian source package (e.g. \"redis\"): its upstream tarball, as apt verifies it "
         "against Debian's signed index; needs deb-src entries (scripts/setup.sh adds them).",

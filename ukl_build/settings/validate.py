@@ -20,10 +20,12 @@ from ukl_build.settings.model import (
     APP_SOURCE_KINDS,
     HARDENED_RECIPE,
     MITIGATIONS_RECIPE,
+    TREE_KINDS,
     AppSourceSettings,
     KernelSettings,
     Origins,
     Settings,
+    TreeSource,
     deps_references,
 )
 
@@ -155,27 +157,21 @@ def _validate_kconfig(s: Settings, origin: Origins) -> None:
 
 def _validate_kernel(k: KernelSettings, origin: Origins) -> None:
     _validate_kernel_kind(k, origin)
-    if k.sha256 is not None and not _SHA256.match(k.sha256.lower()):
-        raise ConfigError(f"{origin('kernel.sha256')}: expected 64 hex digits, got {k.sha256!r}")
-    if k.kind == "url" and not k.sha256:
-        raise ConfigError(f"{origin('kernel.sha256')}: required with url "
-                          "(a download is only used once verified)")
+    _validate_tree_source(k, "kernel", origin)
     if not re.match(r"^\d+\.\d+$", k.version):
         raise ConfigError(f"{origin('kernel.version')}: expected e.g. \"6.1\", got {k.version!r}")
-    if k.git is not None and not k.git.rev.strip():
-        raise ConfigError(f"{origin('kernel.git.rev')}: must name a commit, tag or branch")
 
 
 def _validate_kernel_kind(k: KernelSettings, origin: Origins) -> None:
     """One of url, path, git at most, and ``source`` (if given) naming the same kind."""
-    chosen = [n for n in ("url", "path", "git") if getattr(k, n) is not None]
+    chosen = [n for n in TREE_KINDS if getattr(k, n) is not None]
     if len(chosen) > 1:
         raise ConfigError(f"{origin('kernel.' + chosen[-1])}: set only one of url, path, git "
                           f"(got {', '.join(chosen)})")
     kind = k.kind
     if kind != k.source and k.source != "debian":
         raise ConfigError(f"{origin('kernel.source')}: {k.source!r} contradicts the {kind} key")
-    if kind in ("url", "path", "git") and not chosen:
+    if kind in TREE_KINDS and not chosen:
         raise ConfigError(f"{origin('kernel.source')}: {kind!r} needs the {kind} key")
 
 
@@ -184,6 +180,11 @@ def _validate_app_source(src: AppSourceSettings, key: str, origin: Origins) -> N
     if len(chosen) != 1:
         raise ConfigError(f"{origin(key)}: set exactly one of {', '.join(APP_SOURCE_KINDS)} "
                           f"(got {chosen or 'none'})")
+    _validate_tree_source(src, key, origin)
+
+
+def _validate_tree_source(src: TreeSource, key: str, origin: Origins) -> None:
+    """What every source tree's keys must hold, the kernel's and an app's alike."""
     if src.sha256 is not None and not _SHA256.match(src.sha256.lower()):
         raise ConfigError(f"{origin(key + '.sha256')}: expected 64 hex digits, got {src.sha256!r}")
     if src.url is not None and not src.sha256:
