@@ -327,3 +327,70 @@ def test_setuptools_project_with_the_plugin_ships_image_and_launcher(
                          capture_output=True, text=True, timeout=180)
     assert "Hello, setuptools, from a unikernel! (CPL 0)" in run.stdout, run.stderr
     assert run.returncode == 3
+
+
+SHIPPED_FILES = """\
+[tool.ukl-build.files."/etc/greeting"]
+path = "greeting"
+mode = "0600"
+[tool.ukl-build.files."/srv/www"]
+path = "site"
+"""
+CAT = r"""#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
+int main(void)
+{
+	static const char *const paths[] = { "/etc/greeting", "/srv/www/index.html" };
+	char buf[256];
+
+	for (int i = 0; i < 2; i++) {
+		int fd = open(paths[i], O_RDONLY, 0);
+		long n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+
+		if (n < 0) {
+			printf("cannot read %s\n", paths[i]);
+			return 1;
+		}
+		buf[n] = 0;
+		printf("%s: %s", paths[i], buf);
+	}
+	return 5;
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["ukl", "user"])
+def test_project_files_reach_the_image_in_both_modes(hello_build: BuildResult, cache,  # type: ignore[no-untyped-def]
+                                                      tmp_path: Path, mode: str) -> None:
+    """[tool.ukl-build.files]: a file and a directory of the project are in the
+    initramfs, byte for byte, read by the app in ring 0 and as /init; the manifest and
+    the SBOM name each file with its digest; a changed file rebuilds the image."""
+    project = tmp_path / "cat"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "cat.c").write_text(CAT)
+    (project / "greeting").write_text("hello from a shipped file\n")
+    (project / "site").mkdir()
+    (project / "site" / "index.html").write_text("<p>static</p>\n")
+    (project / "pyproject.toml").write_text(
+        f'[project]\nname = "cat"\nversion = "1.0"\n[tool.ukl-build]\nmode = "{mode}"\n'
+        f'sources = ["src/cat.c"]\n{EXAMPLE_RECIPES}\n{SHIPPED_FILES}')
+    result = build(project, cache=cache)
+    proc = run_cli("run", str(result.images.directory), "--timeout", "120", timeout=180)
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert "/etc/greeting: hello from a shipped file" in proc.stdout
+    assert "/srv/www/index.html: <p>static</p>" in proc.stdout
+    digest = hashlib.sha256(b"hello from a shipped file\n").hexdigest()
+    assert {"path": "/etc/greeting", "source": "greeting", "sha256": digest,
+            "mode": "0600"} in result.images.manifest["files"]
+    sbom = valid_cyclonedx((result.images.directory / "sbom.cdx.json").read_text())
+    (comp,) = [c for c in sbom["components"] if c["bom-ref"] == "image-file:/etc/greeting"]
+    assert comp["hashes"] == [{"alg": "SHA-256", "content": digest}]
+    assert "image-file:/srv/www/index.html" in sbom["dependencies"][0]["dependsOn"]
+    # The file is in the image's key: changed, the image is made again and holds it.
+    (project / "greeting").write_text("changed\n")
+    again = build(project, cache=cache)
+    assert again.kernel.key != result.kernel.key
+    proc = run_cli("run", str(again.images.directory), "--timeout", "120", timeout=180)
+    assert "/etc/greeting: changed" in proc.stdout, proc.stdout + proc.stderr

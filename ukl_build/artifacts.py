@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ukl_build.context import BuildContext
 from ukl_build.efi import Signer, make_disk, make_efi
 from ukl_build.errors import BuildError, ConfigError
 from ukl_build.files import file_sha256
+from ukl_build.imagefiles import ShippedFile
 from ukl_build.kbuild import KernelImages
 from ukl_build.kconfig import KernelConfig, read_config
 from ukl_build.launcher.cmdline import DEFAULT_INIT_ARG_LIMIT, builtin_cmdline
@@ -67,6 +69,7 @@ class ImageInputs:
     config: KernelConfig
     app: AppBinary
     kernel: KernelImages
+    files: Sequence[ShippedFile] = ()  # [tool.ukl-build.files], in the initramfs
 
 
 def write_image_set(settings: Settings, out_dir: Path, inputs: ImageInputs, ctx: BuildContext,
@@ -115,6 +118,9 @@ def write_image_set(settings: Settings, out_dir: Path, inputs: ImageInputs, ctx:
                 "image": settings.formats[0],
             },
         }
+        shipped = [f.record() for f in inputs.files if f.source is not None]
+        if shipped:
+            manifest["files"] = shipped
         if settings.firmware_boot:
             manifest["cmdline_builtin"] = builtin_cmdline(settings.cmdline, settings.args)
             manifest["signed"] = signer is not None
@@ -203,7 +209,18 @@ def sbom(manifest: Manifest) -> dict[str, Any]:
     doc["components"] += parts
     if parts:  # one entry per ref
         doc["dependencies"].append({"ref": app_ref, "dependsOn": [c["bom-ref"] for c in parts]})
+    shipped = [_shipped_file(f) for f in manifest.get("files", [])]
+    doc["components"] += shipped
+    doc["dependencies"][0]["dependsOn"] += [c["bom-ref"] for c in shipped]
     return doc
+
+
+def _shipped_file(f: dict[str, str]) -> dict[str, Any]:
+    """A project file in the image's initramfs ([tool.ukl-build.files])."""
+    return {"type": "file", "bom-ref": f"image-file:{f['path']}", "name": f["path"],
+            "hashes": [{"alg": "SHA-256", "content": f["sha256"]}],
+            "properties": [{"name": "ukl-build:source", "value": f["source"]},
+                           {"name": "ukl-build:mode", "value": f["mode"]}]}
 
 
 def _app_component(manifest: Manifest, ref: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import shutil
 import struct
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ukl_build.compilers import Compiler, stats_line
 from ukl_build.context import BuildContext
 from ukl_build.errors import BuildError
 from ukl_build.files import atomic_write_bytes, atomic_write_text, digest, file_sha256
+from ukl_build.imagefiles import ShippedFile, initramfs_entries
 from ukl_build.kconfig import KernelConfig
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
@@ -89,13 +91,17 @@ def initramfs_list(init_name: str | None, etc_dir: str = USER_ETC) -> str:
     return "\n".join(lines) + "\n"
 
 
-def payload_for(app: AppBinary) -> Payload:
+def payload_for(app: AppBinary, files: Sequence[ShippedFile] = ()) -> Payload:
     """UKL: the archive linked into vmlinux, the initramfs only gives it a console.
-    User mode: the app is /init in the built-in initramfs."""
+    User mode: the app is /init in the built-in initramfs.  ``files``: the project's
+    own files, in the initramfs in both modes."""
     etc = {f"{USER_ETC}/{name}": runtime_dir() / "etc" / name for name in ETC_FILES}
+    shipped, lines = initramfs_entries(list(files))
+    listing = "".join(line + "\n" for line in lines)
     if app.mode == "ukl":
-        return Payload({UKL_ARCHIVE: app.path, **etc}, initramfs_list(None), app.marker)
-    return Payload({USER_INIT: app.path, **etc}, initramfs_list(USER_INIT),
+        return Payload({UKL_ARCHIVE: app.path, **etc, **shipped},
+                       initramfs_list(None) + listing, app.marker)
+    return Payload({USER_INIT: app.path, **etc, **shipped}, initramfs_list(USER_INIT) + listing,
                    app.path.read_bytes())
 
 

@@ -20,6 +20,7 @@ from ukl_build.context import BuildContext
 from ukl_build.efi import Signer
 from ukl_build.errors import ConfigError, UklError
 from ukl_build.files import file_lock, parse_size
+from ukl_build.imagefiles import image_files
 from ukl_build.kbuild import KernelImages, build_kernel, payload_for, reproducible_env
 from ukl_build.kconfig import ConfigRequest, configure
 from ukl_build.patches import PatchedTree, apply_patches
@@ -141,11 +142,12 @@ def _build(settings: Settings, cache: Cache, bdir: Path, out_dir: Path,
     tree = prepare_tree(settings, cache, reporter)
     config = configure(tree, ConfigRequest.of(settings), ctx)
     app = build_app(settings, tree, bdir, ctx)
-    kernel = build_kernel(tree, config, payload_for(app),
+    files = image_files(settings)
+    kernel = build_kernel(tree, config, payload_for(app, files),
                           kernel_compiler(settings, env, bdir, cache.root / "bin",
                                           shared=shared_compilers), ctx)
-    images = write_image_set(settings, out_dir, ImageInputs(tree, config, app, kernel), ctx,
-                             signer_of(settings))
+    images = write_image_set(settings, out_dir, ImageInputs(tree, config, app, kernel, files),
+                             ctx, signer_of(settings))
     for fmt, info in images.manifest["images"].items():
         reporter.stage("package", f"{fmt}: {out_dir / info['file']} ({info['size']} bytes)")
     if settings.cache.max_size is not None:  # this build's entries are held: they stay

@@ -84,6 +84,7 @@ class Manifest(_Manifest, total=False):
     cmdline_builtin: str  # efi/disk builds: the whole command line, built into the kernel
     signed: bool  # efi/disk builds: the EFI image is signed for Secure Boot
     listen_notify: bool  # the kernel takes listen_notify= (patch 0020): see forward.py
+    files: list[dict[str, str]]  # [tool.ukl-build.files]: path, source, sha256, mode each
 
 
 def load_manifest(image_dir: Path) -> Manifest:

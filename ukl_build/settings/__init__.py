@@ -17,6 +17,7 @@ from ukl_build.settings.model import (
     AppSourceSettings,
     CMakeSettings,
     DepSettings,
+    FileSettings,
     Format,
     GitSettings,
     KernelSettings,
@@ -35,7 +36,7 @@ from ukl_build.settings.model import (
 
 __all__ = [
     "FIRMWARE_FORMATS", "HARDENED_RECIPE", "MITIGATIONS_RECIPE", "AppSourceSettings",
-    "CMakeSettings", "DepSettings", "Format", "GitSettings",
+    "CMakeSettings", "DepSettings", "FileSettings", "Format", "GitSettings",
     "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins", "RunSettings", "Settings",
     "SignSettings", "SourceKind", "TreeSource", "deps_references", "load_settings",
     "settings_schema_markdown",

@@ -122,6 +122,14 @@ class DepSettings:
 
 
 @dataclass(frozen=True)
+class FileSettings:
+    path: str = _doc("The file or directory in the project that goes there.")
+    mode: str | None = _doc(
+        "Octal permissions in the image (e.g. \"0600\"), for a file or every file of a "
+        "directory; default: the source's own (directories 0755).", default=None)
+
+
+@dataclass(frozen=True)
 class CMakeSettings:
     source_dir: str = _doc("CMake source directory, relative to the project (or `source`).",
                            default=".")
@@ -246,6 +254,12 @@ class Settings:
         "toolchain and libc (`[tool.ukl-build.deps.NAME]`, in the order given; autotools: "
         "configure, make, make install) and cached; the app's build gets -I and -L for "
         "each. Needs libc musl or glibc.",
+        default_factory=dict)
+    files: dict[str, FileSettings] = _doc(
+        "Files and directories of the project shipped in the image's built-in initramfs, "
+        "in both modes (`[tool.ukl-build.files.\"/etc/app.conf\"]` path = \"conf/app.conf\"): "
+        "an absolute image path each; not where ukl-build puts its own (/init, /dev, /proc, "
+        "/tmp, /etc/passwd, /etc/group). In the cache key, the manifest and the SBOM.",
         default_factory=dict)
     recipes: list[str] = _doc(
         "Kernel config fragments on top of `base`: names from ukl-build's recipes/ or "
