@@ -103,10 +103,11 @@ def _targets(ctx: Context, apps: set[str]) -> tuple[dict[tuple[str, str], Target
     targets: dict[tuple[str, str], Target] = {}
     origin = ""
     for app in sorted(apps):
-        for name, (mode, extra, baseline) in VARIANTS.items():
-            targets[(app, name)] = Target.of(ctx.build(app, mode, baseline=baseline, **extra))
-        user = ctx.build(app, "user")
-        cloud, origin = on_debian_cloud(ctx, user, app)
+        built = {name: ctx.build(app, mode, baseline=baseline, **extra)
+                 for name, (mode, extra, baseline) in VARIANTS.items()}
+        targets.update({(app, name): Target.of(b) for name, b in built.items()})
+        # Debian's kernel runs the user-mode build as a user makes it.
+        cloud, origin = on_debian_cloud(ctx, built["user"], app)
         if cloud is not None and cloud.symbols is not None:
             targets[(app, DEBIAN)] = Target(cloud.directory, cloud.symbols,
                                             tuple(cloud.run_args()),

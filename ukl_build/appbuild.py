@@ -109,13 +109,9 @@ class AppPlan:
     source: AppSource | None
     deps: tuple[Dep, ...]
     libraries: tuple[Path, ...]  # cache entries the compiles read: checked before them
+    root: Path  # the tree built: the fetched source's, else the project's
     app_dir: Path
     inputs_key: str
-
-    @property
-    def root(self) -> Path | None:
-        """The fetched source tree (None: the project itself)."""
-        return self.source.path if self.source is not None else None
 
 
 def build_app(settings: Settings, tree: PatchedTree, build_dir: Path, ctx: BuildContext) -> AppBinary:
@@ -139,8 +135,9 @@ def plan_app(settings: Settings, tree: PatchedTree, build_dir: Path, ctx: BuildC
     """The plan of the app's build (see :class:`AppPlan`)."""
     cache, reporter = ctx.cache, ctx.reporter
     sysroot = make_sysroot(tree, settings.mode, ctx) if settings.libc == "nolibc" else None
-    version = compiler_version(compiler(), reporter)
-    gcc_include = gcc_file(compiler(), "include", reporter)
+    cc = compiler()
+    version = compiler_version(cc, reporter)
+    gcc_include = gcc_file(cc, "include", reporter)
     musl = build_musl(settings, version, ctx) if settings.libc == "musl" else None
     # The C library entries are checked (every file hashed) only before something is
     # compiled against them: an unchanged app that reuses its output reads none of it.
@@ -179,7 +176,12 @@ def plan_app(settings: Settings, tree: PatchedTree, build_dir: Path, ctx: BuildC
     inputs_key = digest(config_key, directory_digest(settings.project_dir, _SKIP_DIRS),
                         source.origin if source is not None else None)
     return AppPlan(tc, probe, version, musl, source, tuple(deps), tuple(libraries),
-                   build_dir / "app" / config_key[:16], inputs_key)
+                   _root(settings, source), build_dir / "app" / config_key[:16], inputs_key)
+
+
+def _root(settings: Settings, source: AppSource | None) -> Path:
+    """The tree the app is built from: the fetched source's, else the project's."""
+    return source.path if source is not None else settings.project_dir
 
 
 def _check_libraries(libraries: list[Path], cache: Cache) -> None:
@@ -261,7 +263,7 @@ def _compile_sources(settings: Settings, tc: Toolchain, output: Path, ctx: Build
 def _build_make(settings: Settings, plan: AppPlan, output: Path, ctx: BuildContext) -> None:
     """``[tool.ukl-build.make]``: configure once, then make in a synced copy of the tree."""
     reporter, env = ctx.reporter, ctx.env
-    root = plan.root or settings.project_dir
+    root = plan.root
     tc, probe, deps, app_dir = plan.tc, plan.probe, list(plan.deps), plan.app_dir
     assert settings.make is not None
     configure = settings.make.configure
@@ -365,7 +367,7 @@ def _same_bytes(a: Path, b: Path) -> bool:
 
 def _build_cmake(settings: Settings, plan: AppPlan, output: Path, ctx: BuildContext) -> None:
     reporter, env = ctx.reporter, ctx.env
-    root, tc, app_dir = plan.root or settings.project_dir, plan.tc, plan.app_dir
+    root, tc, app_dir = plan.root, plan.tc, plan.app_dir
     cm = settings.cmake
     assert cm is not None
     cmake = shutil.which("cmake", path=env.get("PATH"))

@@ -161,7 +161,7 @@ def tree_from_git(
 ) -> tuple[Path, dict[str, Any]]:
     """The files of ``rev`` (tag, branch or full commit id) of a git repository, cached by commit."""
     if shutil.which("git") is None:
-        raise SourceError("kernel source: git is not installed", hint="apt-get install git")
+        raise SourceError(f"{where} git: git is not installed", hint="apt-get install git")
     if "://" not in url and not url.startswith("git@") and (project_dir / url).exists():
         url = str((project_dir / url).resolve())
     mirror = cache.root / "git" / digest("git", url)[:32]

@@ -104,15 +104,15 @@ def _source(project_dir: Path, spec: FileSettings, where: str) -> Path:
 
 def _file(project_dir: Path, source: Path, path: str, mode: int | None,
           where: str) -> ShippedFile:
-    st = os.lstat(source)
-    if not stat.S_ISREG(os.stat(source).st_mode):
+    st = os.stat(source)  # not a link: resolved, or refused by _expand
+    if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{where}: {source} is not a regular file or a directory")
     rel = source.relative_to(project_dir.resolve()).as_posix()
     if any(c.isspace() for c in rel):
         raise ConfigError(f"{where}: {rel} has white space in its name, which the "
                           "initramfs list cannot take")
     return ShippedFile(path, source, mode if mode is not None else st.st_mode & 0o777,
-                     file_sha256(source), rel)
+                       file_sha256(source), rel)
 
 
 def _expand(project_dir: Path, top: Path, path: str, mode: int | None,

@@ -43,8 +43,6 @@ USER_INIT = "ukl-root/init"
 USER_ETC = "ukl-root/etc"
 # root and nobody: a libc's user and group lookups (getpwnam: memcached -u) find them.
 ETC_FILES = ("passwd", "group")
-# Written into a build dir after its images were verified to hold the payload
-# they were built for; removed before every make that may change them.
 TREE_MARK = ".ukl-build-tree"  # the record digest of the tree copy the objects come from
 # Everything in a build dir that depends on the app (linked from the archive,
 # or packed from the initramfs list).  Removed before make whenever the dir's

@@ -102,8 +102,7 @@ class Reporter:
         On failure the message holds the first lines that look like errors (or the last lines),
         and the path of the full log.
         """
-        args = [os.fspath(a) for a in argv]
-        self.log(f"$ {subprocess.list2cmdline(args)}" + (f"   (in {cwd})" if cwd else ""))
+        args = self._logged(argv, cwd)
         lines: list[str] = []
         # Under a supervisor: the command and everything it forks dies with this
         # process (even on SIGKILL), and fds in keep_fds (a cache lock) stay held
@@ -136,11 +135,7 @@ class Reporter:
             raise
         self._end_live()
         if rc != 0:
-            raise BuildError(
-                f"{step} failed (exit status {rc}): {args[0]}\n"
-                + _indent(first_errors(lines, ERROR_LINES)),
-                hint=f"full log: {self.log_path}" if self.log_path else None,
-            )
+            raise self._failure(step, rc, args[0], lines)
 
     def capture(
         self,
@@ -158,8 +153,7 @@ class Reporter:
         non-zero exit raises BuildError naming the step and quoting the error output.
 
         The one way, with :meth:`run`, that ukl-build starts a program (a test checks)."""
-        args = [os.fspath(a) for a in argv]
-        self.log(f"$ {subprocess.list2cmdline(args)}" + (f"   (in {cwd})" if cwd else ""))
+        args = self._logged(argv, cwd)
         try:
             proc = subprocess.run(
                 args, cwd=cwd, env=dict(env) if env is not None else None, input=input,
@@ -171,11 +165,22 @@ class Reporter:
         if stderr.strip():
             self.log(stderr)
         if check and proc.returncode != 0:
-            raise BuildError(
-                f"{step} failed (exit status {proc.returncode}): {args[0]}\n"
-                + _indent(first_errors(stderr.splitlines(), ERROR_LINES)),
-                hint=f"full log: {self.log_path}" if self.log_path else None)
+            raise self._failure(step, proc.returncode, args[0], stderr.splitlines())
         return Captured(proc.returncode, proc.stdout, stderr)
+
+    def _logged(self, argv: Sequence[str | os.PathLike[str]], cwd: Path | None) -> list[str]:
+        """The command line as strings, written to the log (with where it runs)."""
+        args = [os.fspath(a) for a in argv]
+        self.log(f"$ {subprocess.list2cmdline(args)}" + (f"   (in {cwd})" if cwd else ""))
+        return args
+
+    def _failure(self, step: str, rc: int, program: str, output: list[str]) -> BuildError:
+        """The error of a failed command: the step, its status, the first lines of its
+        output that look like errors (or its last lines), and where the full log is."""
+        return BuildError(f"{step} failed (exit status {rc}): {program}\n"
+                          + _indent(first_errors(output, ERROR_LINES)),
+                          hint=f"full log: {self.log_path}" if self.log_path else None)
+
 
 @dataclass(frozen=True)
 class Captured:

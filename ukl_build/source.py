@@ -184,11 +184,6 @@ def fetch_app_source(spec: AppSourceSettings, where: str, project_dir: Path, cac
     """``[tool.ukl-build.make] source`` (or cmake): a URL + sha256, a local tarball or
     directory, a git revision or a Debian source package, with the kernel source's
     safety rules; checked against its record by what reads it (:class:`AppSource`)."""
-    return _fetch_app_source(spec, where, project_dir, cache, reporter)
-
-
-def _fetch_app_source(spec: AppSourceSettings, where: str, project_dir: Path, cache: Cache,
-                      reporter: Reporter) -> AppSource:
     if spec.debian is not None:
         return AppSource(*debian_source(spec.debian, where, cache, reporter))
     top, origin = fetch_tree(spec, where, project_dir, cache, reporter)
