@@ -104,6 +104,7 @@ STARTS_PROGRAMS = {
     "supervise.py": "the runner's supervisor, which forks the command it supervises",
     "launcher/run.py": "the wheel's launcher starts QEMU (standard library only, no Reporter)",
     "launcher/accel.py": "the wheel's launcher probes KVM with a short QEMU run",
+    "launcher/volumes.py": "the wheel's launcher formats a volume's new file with mkfs",
     "pytest_plugin.py": "a VM in the background of a test, through the launcher",
 }
 _PROCESS_CALLS = {("subprocess", n) for n in ("run", "Popen", "call", "check_call",

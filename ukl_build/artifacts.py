@@ -32,7 +32,7 @@ from ukl_build.launcher.options import RunError, RunOptions
 from ukl_build.launcher.qemu import qemu_argv
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
-from ukl_build.settings import Settings
+from ukl_build.settings import Settings, volume_records, volume_table
 
 MANIFEST = "manifest.json"
 SBOM = "sbom.cdx.json"
@@ -121,8 +121,11 @@ def write_image_set(settings: Settings, out_dir: Path, inputs: ImageInputs, ctx:
         shipped = [f.record() for f in inputs.files if f.source is not None]
         if shipped:
             manifest["files"] = shipped
+        if settings.volumes:
+            manifest["volumes"] = dict(volume_table(settings))
         if settings.firmware_boot:
-            manifest["cmdline_builtin"] = builtin_cmdline(settings.cmdline, settings.args)
+            manifest["cmdline_builtin"] = builtin_cmdline(settings.cmdline, settings.args,
+                                                          volumes=volume_records(settings))
             manifest["signed"] = signer is not None
         try:
             manifest["qemu"] = {fmt: qemu_example(manifest, fmt) for fmt in images}

@@ -53,6 +53,8 @@ PACKAGES: tuple[HostPackage, ...] = (
     HostPackage("faketime", ("faketime",),
                 why="signs at SOURCE_DATE_EPOCH: a signature records its signing time",
                 optional=True),
+    HostPackage("e2fsprogs", ("mkfs.ext4",),
+                why="run and the launcher format a volume's new file (ext4)", optional=True),
     HostPackage("ovmf", files=("/usr/share/OVMF/OVMF_CODE_4M.fd",
                                "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
                 why="UEFI firmware: run boots the efi and disk formats on q35", optional=True),

@@ -55,6 +55,9 @@ def image_files(settings: Settings) -> list[ShippedFile]:
             out += _expand(settings.project_dir, source, path, mode, where)
         else:
             out.append(_file(settings.project_dir, source, path, mode, where))
+    # The volumes' mount points: directories of the initramfs (the settings check that
+    # no file goes at or below one).
+    out += [ShippedFile(v.mount, None, 0o755) for _, v in sorted(settings.volumes.items())]
     return _with_parents(_checked(out))
 
 

@@ -21,7 +21,7 @@ from ukl_build.files import digest, file_sha256
 from ukl_build.launcher.cmdline import builtin_cmdline
 from ukl_build.patches import PatchedTree
 from ukl_build.resources import recipes_dir
-from ukl_build.settings import HARDENED_RECIPE, MITIGATIONS_RECIPE, Settings
+from ukl_build.settings import HARDENED_RECIPE, MITIGATIONS_RECIPE, Settings, volume_records
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# CONFIG_([A-Za-z0-9_]+) is not set$")
@@ -65,10 +65,11 @@ def parse_fragment(text: str, origin: str) -> tuple[list[Option], list[str]]:
 
 # Recipes a format needs on top of the app's (the pvh image is the ELF vmlinux).
 FORMAT_RECIPES = {"pvh": "pvh", "efi": "efi", "disk": "efi"}
+STORAGE_RECIPE = "storage"  # what [tool.ukl-build.volumes] need: virtio-blk, ext4, volume=
 
 
 def recipes_for(settings: Settings) -> list[str]:
-    """The app's recipes plus what its mode and image formats need (base comes first anyway;
+    """The app's recipes plus what its mode, volumes and image formats need (base comes first anyway;
     with ``hardened``, the hardened recipe next and then, where they apply, the
     mitigations, so the app's recipes and the mode's can take back what does not apply to
     them)."""
@@ -79,6 +80,8 @@ def recipes_for(settings: Settings) -> list[str]:
     recipes[:0] = first
     if settings.mode == "ukl" and "ukl" not in recipes:
         recipes.append("ukl")
+    if settings.volumes and STORAGE_RECIPE not in recipes:
+        recipes.append(STORAGE_RECIPE)
     for fmt in settings.formats:
         if fmt in FORMAT_RECIPES and FORMAT_RECIPES[fmt] not in recipes:
             recipes.append(FORMAT_RECIPES[fmt])
@@ -91,7 +94,7 @@ def generated_options(settings: Settings) -> list[Option]:
     if not settings.firmware_boot:
         return []
     where = f"{settings.origin('formats')} (efi/disk: the built-in command line)"
-    line = builtin_cmdline(settings.cmdline, settings.args)
+    line = builtin_cmdline(settings.cmdline, settings.args, volumes=volume_records(settings))
     return [Option("CMDLINE_BOOL", "y", where), Option("CMDLINE", quote_string(line), where),
             Option("CMDLINE_OVERRIDE", "n", where)]
 

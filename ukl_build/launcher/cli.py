@@ -68,6 +68,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: Mapping[str, An
     parser.add_argument("--forward-at-start", action="store_true",
                         help="open the forwards when QEMU starts instead (a client that "
                              "connects during the boot waits for TCP's retransmission)")
+    parser.add_argument("--volume", "-v", dest="volumes", action="append", default=[],
+                        metavar="NAME=PATH",
+                        help="the file backing the image's volume NAME (created and "
+                             "formatted if it does not exist; without it, a scratch file "
+                             "that ends with the VM)")
     parser.add_argument("--timeout", type=_timeout, default=None,
                         help="stop the VM after this many seconds, at least 1 "
                              "(exit status 124; default: none)")
@@ -108,7 +113,7 @@ def options_from_args(ns: argparse.Namespace, defaults: Mapping[str, Any]) -> Ru
 
     forward = ns.forward if ns.forward is not None else list(defaults["forward"])
     return RunOptions(accel=pick("accel"), machine=pick("machine"), memory=pick("memory"),
-                      smp=pick("smp"), forward=forward,
+                      smp=pick("smp"), forward=forward, volumes=list(ns.volumes),
                       forward_at_start=ns.forward_at_start, timeout=ns.timeout,
                       image=ns.image or defaults.get("image", RunOptions.image), qemu=ns.qemu,
                       extra_cmdline=ns.cmdline, kernel_log=ns.kernel_log,

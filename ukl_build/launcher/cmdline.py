@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .forward import LISTEN_NOTIFY_PORT
 from .options import RunError, RunOptions
+from .volumes import VolumeRecord, kernel_params
 
 # The kernel's command line as init sees it (lib/cmdline.c next_arg(),
 # init/main.c repair_env_string() and set_init_arg()).  x86's
@@ -181,6 +182,7 @@ class ImageLine:
     args: Sequence[str]
     network: bool = False  # a NIC that microvm must be told about
     init_arg_limit: int = DEFAULT_INIT_ARG_LIMIT
+    volumes: Sequence[VolumeRecord] = ()  # in the order they are attached
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,9 @@ class BootClock:
     tsc_khz: int | None = None
 
 
-def _platform_params(opts: RunOptions, network: bool, clock: BootClock) -> list[str]:
-    """Ours: the console, the reboot method that ends a VM, the clocks, microvm's NIC."""
+def _platform_params(opts: RunOptions, image: ImageLine, clock: BootClock) -> list[str]:
+    """Ours: the console, the reboot method that ends a VM, the clocks, microvm's NIC,
+    the volumes."""
     params = ["console=ttyS0", "reboot=t"]
     if clock.accel == "tcg":
         params += [TCG_CLOCK_PARAM, *TCG_BOOT_PARAMS]
@@ -203,9 +206,9 @@ def _platform_params(opts: RunOptions, network: bool, clock: BootClock) -> list[
             params.append(f"tsc_early_khz={clock.tsc_khz}")
     if clock.host_clock_ns is not None:
         params.append(f"hostclock={clock.host_clock_ns}")
-    if network and opts.machine == "microvm":
+    if image.network and opts.machine == "microvm":
         params.append(MICROVM_NIC_PARAM)
-    return params
+    return params + kernel_params(image.volumes, opts.machine)
 
 
 def _app_tail(args: Sequence[str], limit: int) -> list[str]:
@@ -227,7 +230,7 @@ def kernel_cmdline(image: ImageLine, opts: RunOptions, clock: BootClock = BootCl
     RunError if the kernel would not hand the app its arguments exactly, or
     would cut the line.
     """
-    cmdline = [*_platform_params(opts, image.network, clock), image.cmdline]
+    cmdline = [*_platform_params(opts, image, clock), image.cmdline]
     if listen_notify:
         cmdline.append(f"listen_notify={LISTEN_NOTIFY_PORT:#x}")
     if opts.kernel_log:
@@ -245,11 +248,14 @@ def kernel_cmdline(image: ImageLine, opts: RunOptions, clock: BootClock = BootCl
 
 
 def builtin_cmdline(image_cmdline: str, image_args: Sequence[str],
-                    init_arg_limit: int = DEFAULT_INIT_ARG_LIMIT) -> str:
+                    init_arg_limit: int = DEFAULT_INIT_ARG_LIMIT,
+                    volumes: Sequence[VolumeRecord] = ()) -> str:
     """The command line built into an efi/disk kernel: what firmware boots give it.
 
     Only what holds on any machine: the serial console, the reboot method
-    that ends a VM, the image's own parameters and the app's arguments.
+    that ends a VM, the image's own parameters, its volumes (q35's disks, in
+    order) and the app's arguments.
     """
-    return kernel_cmdline(ImageLine(image_cmdline, image_args, init_arg_limit=init_arg_limit),
+    return kernel_cmdline(ImageLine(image_cmdline, image_args, init_arg_limit=init_arg_limit,
+                                    volumes=volumes),
                           RunOptions(machine="q35"), BootClock(accel=""))

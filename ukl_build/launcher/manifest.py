@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from .options import Accel, Machine, RunError, RunOptions
+from .volumes import VolumeRecord
 
 # manifest.json, schema 1: written by ukl_build.artifacts, read here (and by the launcher
 # copy of this package in every wheel, which is why the shape is defined here: stdlib only).
@@ -85,6 +86,7 @@ class Manifest(_Manifest, total=False):
     signed: bool  # efi/disk builds: the EFI image is signed for Secure Boot
     listen_notify: bool  # the kernel takes listen_notify= (patch 0020): see forward.py
     files: list[dict[str, str]]  # [tool.ukl-build.files]: path, source, sha256, mode each
+    volumes: dict[str, VolumeRecord]  # [tool.ukl-build.volumes], by name
 
 
 def load_manifest(image_dir: Path) -> Manifest:

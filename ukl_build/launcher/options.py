@@ -21,6 +21,7 @@ class RunOptions:
     memory: str = "256M"
     smp: int = 1
     forward: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)  # NAME=PATH: the file backing each
     # Open the forwards when QEMU starts, not when the guest listens (for comparison:
     # a client connecting during the boot then waits for slirp's retransmission).
     forward_at_start: bool = False

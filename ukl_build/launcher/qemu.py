@@ -13,6 +13,7 @@ from .firmware import FirmwareFiles, firmware_args
 from .forward import LISTEN_NOTIFY_PORT, NETDEV_ID
 from .manifest import Manifest
 from .options import FIRMWARE_FORMATS, RunError, RunOptions
+from .volumes import Attached, attach, drive_args, in_order
 
 
 def _check_builtin(manifest: Manifest, opts: RunOptions) -> None:
@@ -66,6 +67,7 @@ class BootFiles:
     the efi and disk formats' firmware files (firmware_files())."""
 
     qmp: Path | None = None
+    scratch: Path | None = None  # where volumes without a --volume file get one
     host_clock_ns: int | None = None
     listen: Path | None = None
     firmware: FirmwareFiles | None = None
@@ -92,7 +94,8 @@ def _boot_args(manifest: Manifest, image: Path, opts: RunOptions, accel: str,
     if manifest.get("cmdline_builtin") is not None:
         return ["-kernel", str(image)]
     line = ImageLine(manifest["cmdline"], manifest["args"], bool(manifest["network"]),
-                     manifest["init_arg_limit"])
+                     manifest["init_arg_limit"],
+                     [v for _, v in in_order(manifest.get("volumes", {}))])
     clock = BootClock(accel, boot.host_clock_ns, host_tsc_khz() if accel == "tcg" else None)
     return ["-kernel", str(image), "-append",
             kernel_cmdline(line, opts, clock, listen_notify=boot.listen is not None)]
@@ -118,7 +121,18 @@ def qemu_argv(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
         argv += ["-qmp", f"unix:{boot.qmp},server=on,wait=off"]
     if manifest["network"]:
         argv += _network_args(forwards(opts.forward), nic, boot.listen)
+    argv += drive_args(_volumes(manifest, opts, boot, check_files), opts.machine)
     return argv + list(opts.qemu_args)
+
+
+def _volumes(manifest: Manifest, opts: RunOptions, boot: BootFiles,
+             check_files: bool) -> list[Attached]:
+    """The image's volumes with their files; the command line a manifest shows names
+    each NAME.img."""
+    volumes = manifest.get("volumes", {})
+    if not check_files and not opts.volumes:
+        return [Attached(name, v, Path(f"{name}.img")) for name, v in in_order(volumes)]
+    return attach(volumes, opts.volumes, boot.scratch)
 
 
 def _network_args(fwds: list[tuple[int, int]], nic: list[str], listen: Path | None) -> list[str]:

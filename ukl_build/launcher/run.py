@@ -25,6 +25,7 @@ from .options import EXIT_TIMEOUT, FIRMWARE_FORMATS, RunError, RunOptions
 from .process import die_with_parent, kill_after, raise_on_termination
 from .qemu import BootFiles, forwards, qemu_argv
 from .qmp import resume_at
+from .volumes import attach, prepare
 
 
 def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
@@ -38,6 +39,7 @@ def run_image(image_dir: Path, opts: RunOptions, out: TextIO | None = None,
     forwarder = None
     try:
         argv, boot = _command(manifest, image_dir, opts, accel, tmp)
+        prepare(attach(manifest.get("volumes", {}), opts.volumes, boot.scratch), err)
         if boot.listen is not None and boot.qmp is not None:
             fwds = forwards(opts.forward)
             check_host_ports(fwds)
@@ -60,7 +62,7 @@ def _command(manifest: Manifest, image_dir: Path, opts: RunOptions, accel: str,
     # Forwards open when the guest listens: kernels that say so, on our command line.
     listen = (ours and bool(opts.forward) and not opts.forward_at_start
               and bool(manifest.get("listen_notify")))
-    boot = BootFiles(qmp=tmp / "qmp.sock" if clock or listen else None,
+    boot = BootFiles(qmp=tmp / "qmp.sock" if clock or listen else None, scratch=tmp,
                      host_clock_ns=time.time_ns() + HOST_CLOCK_LEAD_NS if clock else None,
                      listen=tmp / "listen.sock" if listen else None,
                      firmware=firmware_files(manifest, image_dir, opts, tmp))

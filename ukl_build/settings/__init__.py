@@ -30,15 +30,18 @@ from ukl_build.settings.model import (
     SignSettings,
     SourceKind,
     TreeSource,
+    VolumeSettings,
     deps_references,
     substitute_deps,
+    volume_records,
+    volume_table,
 )
 
 __all__ = [
     "FIRMWARE_FORMATS", "HARDENED_RECIPE", "MITIGATIONS_RECIPE", "AppSourceSettings",
     "CMakeSettings", "DepSettings", "FileSettings", "Format", "GitSettings",
     "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins", "RunSettings", "Settings",
-    "SignSettings", "SourceKind", "TreeSource", "deps_references", "load_settings",
+    "SignSettings", "SourceKind", "TreeSource", "VolumeSettings", "deps_references", "load_settings",
     "settings_schema_markdown",
-    "substitute_deps",
+    "substitute_deps", "volume_records", "volume_table",
 ]

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ukl_build.files import parse_size
 from ukl_build.launcher.options import FIRMWARE_FORMATS as FIRMWARE_FORMATS
 from ukl_build.launcher.options import Accel, Machine, RunOptions
+from ukl_build.launcher.volumes import VolumeRecord
 from ukl_build.project import Project
 
 # Fixed choices are types: the loader checks membership, so validate.py
@@ -127,6 +129,19 @@ class FileSettings:
     mode: str | None = _doc(
         "Octal permissions in the image (e.g. \"0600\"), for a file or every file of a "
         "directory; default: the source's own (directories 0755).", default=None)
+
+
+@dataclass(frozen=True)
+class VolumeSettings:
+    mount: str = _doc("Where the app finds it: an absolute directory of the image, created "
+                      "there (e.g. \"/data\").")
+    size: str = _doc("Size of the file `run --volume NAME=PATH` creates and formats when PATH "
+                     "does not exist (K, M, G; at least 8M).", default="64M")
+    filesystem: Literal["ext4"] = _doc(
+        "The file system: \"ext4\" (journalled; the only one for now).", default="ext4")
+    read_only: bool = _doc(
+        "Mounted read-only (and attached read-only): its file must exist, `run` does not "
+        "create it.", default=False)
 
 
 @dataclass(frozen=True)
@@ -261,6 +276,13 @@ class Settings:
         "an absolute image path each; not where ukl-build puts its own (/init, /dev, /proc, "
         "/tmp, /etc/passwd, /etc/group). In the cache key, the manifest and the SBOM.",
         default_factory=dict)
+    volumes: dict[str, VolumeSettings] = _doc(
+        "Disks the kernel mounts before the app starts, in both modes "
+        "(`[tool.ukl-build.volumes.data]` mount = \"/data\"): each a virtio-blk disk backed "
+        "by a file that `run --volume NAME=PATH` (and the wheel's launcher) attach, creating "
+        "and formatting it on first use (without --volume: a scratch file that ends with "
+        "the VM). Adds the `storage` recipe.",
+        default_factory=dict)
     recipes: list[str] = _doc(
         "Kernel config fragments on top of `base`: names from ukl-build's recipes/ or "
         "paths (*.config) relative to the project.",
@@ -367,4 +389,16 @@ def substitute_deps(arg: str, prefixes: Mapping[str, Path]) -> str:
     """``arg`` with each ``{deps.NAME}`` replaced by that dependency's install prefix."""
     return _DEPS_REF.sub(lambda m: str(prefixes[m.group(1)]), arg)
 
+
+def volume_records(settings: Settings) -> list[VolumeRecord]:
+    """The volumes as the manifest and the kernel command line have them, in the order
+    the launcher attaches them (by name)."""
+    return [v for _, v in volume_table(settings)]
+
+
+def volume_table(settings: Settings) -> list[tuple[str, VolumeRecord]]:
+    """(name, record) of each volume, by name."""
+    return [(name, {"mount": v.mount, "size": parse_size(v.size), "filesystem": v.filesystem,
+                    "read_only": v.read_only})
+            for name, v in sorted(settings.volumes.items())]
 

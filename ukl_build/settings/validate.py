@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ukl_build.launcher.cmdline import (
 )
 from ukl_build.launcher.options import RunError, RunOptions
 from ukl_build.launcher.qemu import split_forward
+from ukl_build.launcher.volumes import MAX_VOLUMES, MIN_SIZE
 from ukl_build.settings.model import (
     APP_SOURCE_KINDS,
     HARDENED_RECIPE,
@@ -27,12 +29,16 @@ from ukl_build.settings.model import (
     Settings,
     TreeSource,
     deps_references,
+    volume_records,
 )
 
 _KCONFIG_NAME = re.compile(r"^[A-Z0-9_]+$")
 _MEMORY = re.compile(r"^[1-9][0-9]*[KMGT]?$", re.IGNORECASE)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_VOLUME_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# Where the initramfs has ukl-build's own: no volume is mounted over them.
+_RESERVED_MOUNTS = ("/dev", "/proc", "/tmp", "/etc", "/init")
 
 
 def _inside(project_dir: Path, rel: str, where: str, fetched: bool = False) -> None:
@@ -56,6 +62,7 @@ def validate(s: Settings, origin: Origins) -> None:
         raise ConfigError(f"{origin('formats')}: name at least one format")
     _validate_build_kind(s, origin)
     _validate_deps(s, origin)
+    _validate_volumes(s, origin)
     _validate_recipes(s, origin)
     _validate_kconfig(s, origin)
     _validate_kernel(s.kernel, origin)
@@ -194,6 +201,53 @@ def _validate_tree_source(src: TreeSource, key: str, origin: Origins) -> None:
         raise ConfigError(f"{origin(key + '.git.rev')}: must name a commit, tag or branch")
 
 
+def _validate_volumes(s: Settings, origin: Origins) -> None:
+    if len(s.volumes) > MAX_VOLUMES:
+        raise ConfigError(f"{origin('volumes')}: {len(s.volumes)} volumes; at most "
+                          f"{MAX_VOLUMES} (the virtio transports microvm has for them)")
+    mounts: dict[str, str] = {}
+    for name, v in sorted(s.volumes.items()):
+        if not _VOLUME_NAME.match(name):
+            raise ConfigError(f"{origin(f'volumes.{name}')}: {name!r} is not a usable volume "
+                              "name (lower-case letters, digits, '_', '-'; up to 32)")
+        where = origin(f"volumes.{name}.mount")
+        _check_mount(v.mount, where)
+        for other, mount in mounts.items():
+            if _under(v.mount, mount) or _under(mount, v.mount):
+                raise ConfigError(f"{where}: {v.mount} and volume {other}'s {mount} nest; "
+                                  "mount each volume on a directory of its own")
+        mounts[name] = v.mount
+        for target in s.files:
+            if _under(target.rstrip("/"), v.mount):
+                raise ConfigError(f"{where}: the volume would hide {target} of "
+                                  "[tool.ukl-build.files]; ship it elsewhere or drop it")
+        try:
+            size = parse_size(v.size)
+        except ValueError as e:
+            raise ConfigError(f"{origin(f'volumes.{name}.size')}: {e}") from None
+        if size < MIN_SIZE:
+            raise ConfigError(f"{origin(f'volumes.{name}.size')}: {v.size} is below the "
+                              f"{MIN_SIZE >> 20}M an ext4 file system with a journal needs")
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _check_mount(mount: str, where: str) -> None:
+    """An absolute, plain directory of the image that the kernel command line can carry,
+    not one of ukl-build's own."""
+    if not mount.startswith("/") or any(c.isspace() or c in ":," for c in mount):
+        raise ConfigError(f"{where}: {mount!r}: expected an absolute directory without white "
+                          "space, ':' or ','")
+    if posixpath.normpath(mount) != mount or mount == "/" or ".." in mount.split("/"):
+        raise ConfigError(f"{where}: {mount!r} is not a plain absolute directory (no '.', "
+                          "'..', '//', trailing '/' or the root itself)")
+    if any(_under(mount, r) for r in _RESERVED_MOUNTS):
+        raise ConfigError(f"{where}: {mount} is where ukl-build puts its own "
+                          f"({', '.join(_RESERVED_MOUNTS)})")
+
+
 def _validate_deps(s: Settings, origin: Origins) -> None:
     configure = s.make.configure if s.make is not None else None
     if (s.deps or configure is not None) and s.libc not in ("musl", "glibc"):
@@ -247,7 +301,7 @@ def _validate_run(s: Settings, origin: Origins) -> None:
         raise ConfigError(f"{origin('run.machine')}: the efi and disk formats boot through UEFI "
                           "firmware, which QEMU's microvm does not have", hint='machine = "q35"')
     try:  # the longest line a boot of this image can have (microvm adds its NIC)
-        kernel_cmdline(ImageLine(s.cmdline, s.args, network=True),
+        kernel_cmdline(ImageLine(s.cmdline, s.args, network=True, volumes=volume_records(s)),
                        RunOptions(machine=s.run_machine),
                        BootClock(host_clock_ns=HOST_CLOCK_PLACEHOLDER))
     except RunError as e:
