@@ -38,7 +38,7 @@ EXAMPLES = REPO / "example_apps"
 TEST_APPS = REPO / "tests" / "apps"
 # What every example's pyproject.toml names (hello's included): one kernel per mode.  A
 # project a test writes names them too, or it would be a kernel configuration of its own.
-EXAMPLE_RECIPES = 'recipes = ["server", "net", "virtio-net", "microvm"]'
+EXAMPLE_RECIPES = 'recipes = ["server", "net", "virtio-net", "storage", "microvm"]'
 
 
 # make test runs the suite on two workers (-n 2 --dist loadgroup --no-loadscope-reorder):

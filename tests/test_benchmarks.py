@@ -61,10 +61,10 @@ def test_baseline_decides_the_user_mode_kernel(tmp_path: Path,
         ctx.build("hello", "user")
         ctx.build("hello", "ukl")
         ctx.build("sysbench", "user")
-    assert seen[0]["recipes"] == "server;net;virtio-net;microvm"
+    assert seen[0]["recipes"] == "server;net;virtio-net;storage;microvm"
     assert seen[0]["mitigations"] == "false"
     assert seen[1] == {"mode": "ukl"}
-    assert seen[2]["recipes"] == "server;net;virtio-net;microvm"  # server named once
+    assert seen[2]["recipes"] == "server;net;virtio-net;storage;microvm"  # server named once
     assert seen[3:] == [{"mode": "user"}, {"mode": "ukl"}, {"mode": "user"}]
 
 

@@ -279,7 +279,7 @@ def test_every_example_and_test_app_names_one_kernel_configuration() -> None:
     from conftest import EXAMPLE_RECIPES, EXAMPLES, REPO, TEST_APPS
 
     recipes = tomllib.loads(EXAMPLE_RECIPES)["recipes"]  # what the tests' own projects name
-    assert recipes == ["server", "net", "virtio-net", "microvm"]
+    assert recipes == ["server", "net", "virtio-net", "storage", "microvm"]
     apps = [*EXAMPLES.glob("*/pyproject.toml"), *TEST_APPS.glob("*/pyproject.toml"),
             *REPO.glob("benchmarks/apps/*/pyproject.toml")]
     assert len(apps) >= 9

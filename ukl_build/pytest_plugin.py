@@ -115,6 +115,14 @@ class UklVm:
         self._reader.join(5)
         return status
 
+    def kill(self) -> None:
+        """SIGKILL to the runner and QEMU at once (their session): the VM ends as a
+        crash of its host process would end it, with nothing flushed on the way out."""
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        self._reader.join(5)
+
     def stop(self) -> None:
         """Stop the VM (SIGTERM to the runner, which kills QEMU; SIGKILL if it lingers)."""
         if self._proc.poll() is None:
