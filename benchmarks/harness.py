@@ -36,6 +36,7 @@ APPS = {
     "httpd": REPO / "example_apps" / "httpd",
     "redis": REPO / "example_apps" / "redis",
     "memcached": REPO / "example_apps" / "memcached",
+    "nginx": REPO / "example_apps" / "nginx",
     "netinit": REPO / "benchmarks" / "apps" / "netinit",
 }
 

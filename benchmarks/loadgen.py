@@ -50,15 +50,17 @@ def memcached(port: int, requests: int, size: int, op: str) -> None:
                     raise RuntimeError(f"memcached answered {answer!r}")
 
 
-def http_get(port: int, requests: int, size: int) -> None:
+def http_get(port: int, requests: int, size: int, path: str | None = None) -> None:
+    """GET /bytes/SIZE (httpd) ``requests`` times on one connection; with ``path``, that
+    path (any server), whatever its size."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         for _ in range(requests):
-            conn.request("GET", f"/bytes/{size}")
+            conn.request("GET", path or f"/bytes/{size}")
             r = conn.getresponse()
             body = r.read()
-            if r.status != 200 or len(body) != size:
-                raise RuntimeError(f"httpd answered {r.status} with {len(body)} bytes")
+            if r.status != 200 or (path is None and len(body) != size):
+                raise RuntimeError(f"the server answered {r.status} with {len(body)} bytes")
     finally:
         conn.close()
 
@@ -70,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("-n", "--requests", type=int, default=1)
     p.add_argument("--size", type=int, default=64, help="value or body bytes (default 64)")
+    p.add_argument("--path", default=None, help="http: GET this path instead of /bytes/SIZE")
     ns = p.parse_args(argv)
     try:
         if ns.kind == "http":
-            http_get(ns.port, ns.requests, ns.size)
+            http_get(ns.port, ns.requests, ns.size, ns.path)
         else:
             memcached(ns.port, ns.requests, ns.size, ns.kind.split("-")[1])
     except (OSError, RuntimeError, http.client.HTTPException) as e:

@@ -61,6 +61,8 @@ LOADS: dict[str, Load] = {
                           LOADGEN + " memcached-set --port {port} -n {requests}"),
     "httpd-64": Load("httpd", 8080, LOADGEN + " http --port {port}",
                        LOADGEN + " http --port {port} -n {requests}"),
+    "nginx-index": Load("nginx", 8080, LOADGEN + " http --port {port} --path /",
+                        LOADGEN + " http --port {port} --path / -n {requests}"),
 }
 CLASSES = ("syscall", "sysret", "swapgs", "iret", "cr3_write", "wrmsr", "lfence", "mfence",
            "verw", "serialising", "zero_idiom")

@@ -49,6 +49,7 @@ EXAMPLE_RECIPES = 'recipes = ["server", "net", "virtio-net", "storage", "microvm
 # set up again on another.  A test can join a group with @pytest.mark.xdist_group(name).
 MODULE_GROUPS = {"test_redis.py": ("redis", "redis_port"),
                  "test_memcached.py": ("memcached", "memcached_port"),
+                 "test_nginx.py": ("nginx", "nginx"),
                  "test_uefi.py": ("uefi", None), "test_farm.py": ("farm", None)}
 # Handed out first, in this order (the rest follow in file order): the long tests and
 # groups, so that the run does not end with one of them alone on a worker while the
@@ -64,6 +65,7 @@ FIRST = (
     "test_uefi.py",
     "test_redis.py",
     "test_memcached.py",
+    "test_nginx.py",
     "test_robustness.py",
     "test_plugin.py",
 )

@@ -65,6 +65,7 @@ PACKAGES: tuple[HostPackage, ...] = (
     HostPackage("openssl", ("openssl",), why="tests make a Secure Boot key pair", tests_only=True),
     HostPackage("redis-tools", ("redis-cli", "redis-benchmark"), why="tests talk to Redis",
                 tests_only=True),
+    HostPackage("wrk", ("wrk",), why="tests load nginx for 10 s", tests_only=True),
     HostPackage("qemu-user", ("qemu-x86_64",),
                 why="tests: the cost counter's plugin on a program of known instructions",
                 tests_only=True),
