@@ -23,7 +23,7 @@ from benchmarks import first_reply, per_request, protections, suites, weights
 from benchmarks.harness import Context
 from ukl_build.cache import Cache
 
-SUITES = ("syscall", "boot", "size", "formats", "memory", "httpd", "redis", "build", "farm",
+SUITES = ("syscall", "boot", "size", "formats", "memory", "httpd", "nginx", "redis", "build", "farm",
           "hardening", "protections", "per-request", "first-reply",
           "class-cycles")
 
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             suites.memory(ctx)
         elif name == "httpd":
             suites.httpd(ctx, duration, ns.connections, sizes)
+        elif name == "nginx":
+            suites.nginx(ctx, duration, ns.connections)
         elif name == "redis":
             suites.redis(ctx, ns.requests or (500 if ns.quick else 20000))
         elif name == "build":

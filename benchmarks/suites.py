@@ -315,12 +315,30 @@ def _load(port: int, path: str, connections: int, duration: float) -> dict[str, 
 
 def httpd(ctx: Context, duration: float, connections: int, sizes: list[int]) -> None:
     """Keep-alive requests/s and latency through the forwarded port: UKL, shortcuts, user mode."""
-    results = _variant_builds(ctx, "httpd")
+    table = _http_rates(ctx, "httpd", {f"{size}B": f"/bytes/{size}" for size in sizes},
+                        duration, connections)
+    ctx.results["httpd"] = {"connections": connections, "duration_s": duration,
+                            "rounds": ctx.rounds, "bodies": table}
+
+
+def nginx(ctx: Context, duration: float, connections: int) -> None:
+    """example_apps/nginx's static site, as httpd's: requests/s and latency, UKL, shortcuts,
+    user mode (its instructions per request: per-request --load nginx-index)."""
+    table = _http_rates(ctx, "nginx", {"index.html": "/", "site.css": "/css/site.css"},
+                        duration, connections)
+    ctx.results["nginx"] = {"connections": connections, "duration_s": duration,
+                            "rounds": ctx.rounds, "paths": table}
+
+
+def _http_rates(ctx: Context, app: str, paths: dict[str, str], duration: float,
+                connections: int) -> dict[str, Any]:
+    """Each of ``paths`` loaded on each variant of ``app``, alternating, by label."""
+    results = _variant_builds(ctx, app)
     ports = {m: free_port() for m in VARIANTS}
     threads = {}
     for m in VARIANTS:  # all VMs up at once; the load alternates between them
         # The load visits each VM in turn: each lives through every variant's samples (x2 margin).
-        busy = duration * len(VARIANTS) * len(sizes) * ctx.rounds
+        busy = duration * len(VARIANTS) * len(paths) * ctx.rounds
         opts = ctx.options(forward=[f"{ports[m]}:8080"], timeout=2 * busy + 120)
         threads[m] = threading.Thread(target=run_capture, args=(results[m].images.directory, opts),
                                       daemon=True)
@@ -329,8 +347,8 @@ def httpd(ctx: Context, duration: float, connections: int, sizes: list[int]) -> 
         for m in VARIANTS:
             _wait_http(ports[m])
         table: dict[str, Any] = {}
-        for size in sizes:
-            samples = alternate({m: (lambda m=m, size=size: _load(ports[m], f"/bytes/{size}",
+        for label, path in paths.items():
+            samples = alternate({m: (lambda m=m, path=path: _load(ports[m], path,
                                                                   connections, duration))
                                  for m in VARIANTS}, ctx.rounds)
             row = {}
@@ -340,9 +358,8 @@ def httpd(ctx: Context, duration: float, connections: int, sizes: list[int]) -> 
             for m in ("ukl", "shortcuts"):
                 row[f"ratio_req_per_s_{m}_over_user"] = round(row[f"{m}_req_per_s"]
                                                               / row["user_req_per_s"], 3)
-            table[f"{size}B"] = row
-        ctx.results["httpd"] = {"connections": connections, "duration_s": duration,
-                                "rounds": ctx.rounds, "bodies": table}
+            table[label] = row
+        return table
     finally:
         for m in VARIANTS:
             stop_vms(ports[m])
