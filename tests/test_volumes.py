@@ -176,3 +176,15 @@ def test_the_manifest_example_names_the_disk(tmp_path: Path) -> None:
     argv = qemu_argv(manifest, tmp_path, RunOptions(), "tcg",  # type: ignore[arg-type]
                      check_files=False)
     assert "file=data.img,if=none,id=vol-data,format=raw,cache=writeback" in argv
+
+
+def test_run_and_the_wheels_launcher_take_volume_options() -> None:
+    import argparse
+
+    from ukl_build.launcher.cli import add_run_arguments, options_from_args
+    from ukl_build.launcher.manifest import default_run
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser, default_run())
+    ns = parser.parse_args(["--volume", "data=a.img", "-v", "logs=b.img"])
+    assert options_from_args(ns, default_run()).volumes == ["data=a.img", "logs=b.img"]

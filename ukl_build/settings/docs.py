@@ -16,6 +16,45 @@ def _default(f: dataclasses.Field[object]) -> str:
     return "(required)"
 
 
+_GUIDE = [
+    "## Files, volumes and persistence",
+    "",
+    "```toml",
+    '[tool.ukl-build.files."/etc/nginx/nginx.conf"]',
+    'path = "conf/nginx.conf"        # a file of the project',
+    '[tool.ukl-build.files."/srv/www"]',
+    'path = "site"                   # a directory, whole',
+    "[tool.ukl-build.volumes.data]",
+    'mount = "/data"                 # a disk, mounted there before main()',
+    'size = "64M"',
+    "```",
+    "",
+    "`files` are part of the image: packed into its built-in initramfs (in both modes), "
+    "in its cache key, listed with their digests in the manifest and the SBOM. They are "
+    "read-only in spirit: the initramfs lives in RAM, and what the app writes there is "
+    "gone at the next boot.",
+    "",
+    "`volumes` are where data outlives the VM: each is a virtio-blk disk with an ext4 file "
+    "system that the kernel mounts on its directory before the app starts (kernel patch "
+    "0025; a disk that cannot be mounted ends the boot with the reason, non-zero). "
+    "`python -m ukl_build run IMAGE --volume data=data.img` (or the wheel's launcher, "
+    "`python -m APP --volume data=data.img`) backs it with `data.img`, created sparse at "
+    "`size` and formatted with the host's `mkfs.ext4` (e2fsprogs) when it does not exist; "
+    "without `--volume`, a scratch file that is deleted when the VM ends. The mount "
+    "options are `data=ordered,barrier=1,errors=remount-ro`: after a crash of the VM the "
+    "journal is replayed at the next mount, and what the app `fsync()`ed is there; what it "
+    "did not sync may be lost, as after a power cut, and nothing is synced for it at its "
+    "exit. QEMU attaches the file with `cache=writeback`, which passes the guest's cache "
+    "flushes on as `fdatasync()`, and locks it, so two VMs cannot mount one volume.",
+    "",
+    "An app keeps data by syncing what it must not lose: `example_apps/redis` writes its "
+    "append-only file to `/data` (`--appendfsync everysec`: at most the last second lost; "
+    "`always`: nothing acknowledged), without the background rewrites and snapshots that "
+    "fork (docs/ukl.md, \"Persistence without fork\").",
+    "",
+]
+
+
 def settings_schema_markdown() -> str:
     """A reference page for ``[tool.ukl-build]``, generated from the model."""
     lines = ["# `[tool.ukl-build]` reference", "",
@@ -43,6 +82,7 @@ def settings_schema_markdown() -> str:
             table(c, n)
 
     table(Settings, "tool.ukl-build")
+    lines.extend(_GUIDE)
     lines.extend([
         "## Overrides",
         "",
