@@ -24,7 +24,7 @@ from ukl_build.cache import Cache
 from ukl_build.pipeline import build
 from ukl_build.pytest_plugin import UklVm
 
-from conftest import SERVER_VARIANTS, Builds, booted, run_image, server_variant
+from conftest import SERVER_VARIANTS, Builds, booted, run_cli, run_image, server_variant
 
 pytestmark = pytest.mark.kernel
 
@@ -229,6 +229,8 @@ def test_acknowledged_writes_survive_a_killed_vm(builds: Builds, mode: str,
     within the last 2 s before the kill (Redis's documented bound for everysec: a second,
     two when an fsync is slow)."""
     image = builds("redis", mode).images.directory
+    assert "volume   data on /data: ext4, 64 MiB when created, read-write" in \
+        run_cli("inspect", str(image)).stdout
     volume = ("--volume", f"data={tmp_path / 'data.img'}")
     with booted(image, *volume, "--", *_with_fsync(image, "always"), forward=[6379],
                 timeout=600) as vm:

@@ -140,6 +140,10 @@ def cmd_inspect(ns: argparse.Namespace) -> int:
     print(f"  cmdline  {manifest['cmdline']}{args}")
     for fmt, img in manifest["images"].items():
         print(f"  {fmt:8} {img['file']}  {img['size']} bytes  sha256 {img['sha256']}")
+    for name, v in sorted(manifest.get("volumes", {}).items()):
+        access = "read-only" if v["read_only"] else "read-write"
+        print(f"  volume   {name} on {v['mount']}: {v['filesystem']}, {v['size'] >> 20} MiB "
+              f"when created, {access} (run --volume {name}=FILE)")
     return 0
 
 
