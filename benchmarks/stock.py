@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from elftools.elf.elffile import ELFFile
 
+from ukl_build.imagefiles import ShippedFile
 from ukl_build.kbuild import ETC_FILES
 from ukl_build.resources import runtime_dir
 
@@ -114,10 +116,11 @@ def module_load_order(modules: Path, roots: tuple[str, ...] = NET_MODULES) -> li
 
 
 def server_initramfs(kernel: StockKernel, netinit: Path, app: Path, gen_init_cpio: Path,
-                     dest: Path) -> Path:
+                     dest: Path, files: Sequence[ShippedFile] = ()) -> Path:
     """A cpio: /init = netinit, /app = the static server, /etc's user and group files as
     our images have them (memcached's ``-u root`` looks the user up), /modules/NN-name.ko
-    in load order."""
+    in load order, and the project's ``files`` and volume directories as our images have
+    them (a volume's directory stays in the initramfs: Debian's kernel has no volume=)."""
     lines = ["dir /dev 0755 0 0", "nod /dev/console 0600 0 0 c 5 1",
              "nod /dev/null 0666 0 0 c 1 3", "nod /dev/zero 0666 0 0 c 1 5",
              "dir /proc 0755 0 0", "dir /tmp 01777 0 0",
@@ -126,6 +129,8 @@ def server_initramfs(kernel: StockKernel, netinit: Path, app: Path, gen_init_cpi
              f"file /init {netinit} 0755 0 0", f"file /app {app} 0755 0 0"]
     for i, ko in enumerate(module_load_order(kernel.modules)):
         lines.append(f"file /modules/{i:02d}-{ko.name} {ko} 0644 0 0")
+    lines += [f"dir {f.path} {f.mode:04o} 0 0" if f.source is None
+              else f"file {f.path} {f.source} {f.mode:04o} 0 0" for f in files]
     listing = dest.with_suffix(".list")
     listing.write_text("\n".join(lines) + "\n")
     with open(dest, "wb") as out:
@@ -144,5 +149,8 @@ def stock_image_dir(user_image: Path, kernel: StockKernel, dest: Path) -> Path:
     # Debian's kernel has none of our patches: no listen notices (kernel patch 0020), so
     # the forwards must open when QEMU starts.
     manifest.pop("listen_notify", None)
+    # Nor volume=: the app's volume directories are in its initramfs (server_initramfs),
+    # in RAM, and no disk is attached.
+    manifest.pop("volumes", None)
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return dest

@@ -33,6 +33,7 @@ from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_
 from ukl_build.cache import Cache
 from ukl_build.errors import UklError
 from ukl_build.files import tree_size
+from ukl_build.imagefiles import image_files
 from ukl_build.kbuild import bzimage_kernel, initramfs_list
 from ukl_build.launcher.manifest import load_manifest
 from ukl_build.pipeline import build
@@ -515,7 +516,7 @@ def on_debian_cloud(ctx: Context, user: Any, app: str) -> tuple[Bootable | None,
     dest.mkdir(parents=True, exist_ok=True)
     cpio = server_initramfs(kernel, netinit.app.path, user.app.path,
                             user.kernel.build_dir / "usr" / "gen_init_cpio",
-                            dest / "initramfs.cpio")
+                            dest / "initramfs.cpio", image_files(user.settings))
     image = stock_image_dir(user.images.directory, kernel, dest / "image")
     ctx.note(f"qemu-system-x86_64 -M q35 -kernel {kernel.vmlinuz} -initrd <netinit + "
              f"{app} (user mode) + virtio modules> -append 'rdinit=/init ...' "
