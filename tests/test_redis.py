@@ -37,13 +37,7 @@ def redis_port(builds: Builds, request: pytest.FixtureRequest) -> Iterator[int]:
     assert result.images.manifest["app"]["shortcuts"] is bool(settings)
     assert result.images.manifest["app"]["source"]["package"] == "redis"
     with booted(result.images.directory, forward=[6379], timeout=600) as vm:
-        vm.wait_for("Ready to accept connections", timeout=120)
-        port = vm.port(6379)
-        deadline = time.monotonic() + 60
-        while cli(port, "PING").stdout.strip() != "PONG":
-            assert time.monotonic() < deadline, "no PONG through the forward"
-            time.sleep(0.5)
-        yield port
+        yield ready(vm)
 
 
 def cli(port: int, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -201,7 +195,8 @@ def _replies(sock: socket.socket, count: int, buf: bytearray) -> list[bytes]:
     return out
 
 
-def _ready(vm: UklVm) -> int:
+def ready(vm: UklVm) -> int:
+    """The host port of a booted Redis, once it answers PING."""
     vm.wait_for("Ready to accept connections", timeout=240)
     port = vm.port(6379)
     deadline = time.monotonic() + 60
@@ -234,7 +229,7 @@ def test_acknowledged_writes_survive_a_killed_vm(builds: Builds, mode: str,
     volume = ("--volume", f"data={tmp_path / 'data.img'}")
     with booted(image, *volume, "--", *_with_fsync(image, "always"), forward=[6379],
                 timeout=600) as vm:
-        with socket.create_connection(("127.0.0.1", _ready(vm)), timeout=60) as sock:
+        with socket.create_connection(("127.0.0.1", ready(vm)), timeout=60) as sock:
             buf = bytearray()
             for start in range(0, 10_000, 1000):
                 sock.sendall(b"".join(_set(f"k{i}", f"v{i}") for i in range(start, start + 1000)))
@@ -243,7 +238,7 @@ def test_acknowledged_writes_survive_a_killed_vm(builds: Builds, mode: str,
     acked: list[tuple[str, float]] = []
     with booted(image, *volume, "--", *_with_fsync(image, "everysec"), forward=[6379],
                 timeout=600) as vm:
-        port = _ready(vm)
+        port = ready(vm)
         assert cli(port, "DBSIZE").stdout.strip() == "10000"
         assert not _missing(port, [f"k{i}" for i in range(10_000)])
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
@@ -257,7 +252,7 @@ def test_acknowledged_writes_survive_a_killed_vm(builds: Builds, mode: str,
         killed = time.monotonic()
         vm.kill()
     with booted(image, *volume, forward=[6379], timeout=600) as vm:
-        gone = _missing(_ready(vm), [k for k, _ in acked])
+        gone = _missing(ready(vm), [k for k, _ in acked])
     lost = [t for k, t in acked if k in gone]
     window = killed - min(lost) if lost else 0.0
     print(f"everysec, {mode}: {len(acked)} SETs acknowledged in 3 s, {len(lost)} lost, "
