@@ -160,6 +160,20 @@ def test_a_failed_format_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_volume_made_meanwhile_by_another_run_is_kept(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs creating one volume at once: the second never swaps the first's file
+    (which its VM may have open) for its own."""
+    img = tmp_path / "data.img"
+    racer = tmp_path / "mkfs"
+    racer.write_text(f"#!/bin/sh\necho theirs > {img}\n")
+    racer.chmod(0o755)
+    monkeypatch.setattr(launcher_volumes, "mkfs_command", lambda fs: str(racer))
+    prepare(attach({"data": record()}, [f"data={img}"], None), io.StringIO())
+    assert img.read_text() == "theirs\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.img", "mkfs"]
+
+
 def test_what_is_not_a_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="is not a regular file"):
         prepare(attach({"data": record()}, [f"data={tmp_path}"], None), io.StringIO())

@@ -150,8 +150,10 @@ def mkfs_command(filesystem: str) -> str:
 
 
 def _create(a: Attached, err: TextIO) -> None:
-    """A new file system in a sparse file, made beside the target and renamed into place:
-    an interrupted run leaves no half-formatted volume behind."""
+    """A new file system in a sparse file, made beside the target and linked into place:
+    an interrupted run leaves no half-formatted volume behind, and of two runs that
+    create one volume at once, the second uses the first's (a link never replaces a
+    file, where a rename would swap it under a VM that has it open)."""
     if not a.file.parent.is_dir():
         raise RunError(f"volume {a.name}: {a.file.parent} is not a directory")
     mkfs = mkfs_command(a.record["filesystem"])
@@ -168,7 +170,12 @@ def _create(a: Attached, err: TextIO) -> None:
         if result.returncode != 0:
             raise RunError(f"volume {a.name}: {mkfs} failed (exit status "
                            f"{result.returncode}): {result.stderr.strip()[-500:]}")
-        os.replace(tmp, a.file)
+        try:
+            os.link(tmp, a.file)
+        except FileExistsError:
+            return
+        except OSError as e:
+            raise RunError(f"volume {a.name}: cannot create {a.file}: {e.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)
     if not a.scratch:
