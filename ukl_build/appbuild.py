@@ -26,11 +26,12 @@ from ukl_build.deps import Dep, DepToolchain, Flags, build_deps, dep_flags, pref
 from ukl_build.errors import BuildError
 from ukl_build.fetch import directory_digest
 from ukl_build.files import atomic_write_text, digest, file_sha256
+from ukl_build.generate import Generated, generate, generated_dirs, generated_key
 from ukl_build.libc import MuslSysroot, build_musl, gcc_file
 from ukl_build.patches import PatchedTree
 from ukl_build.progress import Reporter
 from ukl_build.resources import runtime_dir
-from ukl_build.settings import Settings, substitute_deps
+from ukl_build.settings import Settings, substitute_deps, substitute_generated
 from ukl_build.source import AppSource, fetch_app_source
 from ukl_build.toolchain import CACHE_PREFIX, Toolchain, compiler, compiler_version, prefix_map, toolchain
 from ukl_build.ukl_object import check_static_elf, ukl_archive
@@ -112,6 +113,7 @@ class AppPlan:
     root: Path  # the tree built: the fetched source's, else the project's
     app_dir: Path
     inputs_key: str
+    generated: tuple[Generated, ...] = ()  # [tool.ukl-build.generate], already run
 
 
 def build_app(settings: Settings, tree: PatchedTree, build_dir: Path, ctx: BuildContext) -> AppBinary:
@@ -162,6 +164,7 @@ def plan_app(settings: Settings, tree: PatchedTree, build_dir: Path, ctx: BuildC
         tc = Toolchain(tc.cc, (*tc.cflags, *include), (*tc.ldflags, *lib), tc.ldlibs)
         probe = probe.using(deps)
     source = _fetched_source(settings, cache, reporter)
+    generated, tc = _generated(settings, build_dir, ctx, tc)
 
     # Without the cache's or the project's path: the work directory's name (which make and
     # CMake builds record) is then the same wherever the cache and the project are.
@@ -174,9 +177,20 @@ def plan_app(settings: Settings, tree: PatchedTree, build_dir: Path, ctx: BuildC
                         directory_digest(runtime_dir()), portable(probe),
                         [portable(d.key) for d in deps])
     inputs_key = digest(config_key, directory_digest(settings.project_dir, _SKIP_DIRS),
-                        source.origin if source is not None else None)
+                        source.origin if source is not None else None,
+                        generated_key(generated))
     return AppPlan(tc, probe, version, musl, source, tuple(deps), tuple(libraries),
-                   _root(settings, source), build_dir / "app" / config_key[:16], inputs_key)
+                   _root(settings, source), build_dir / "app" / config_key[:16], inputs_key,
+                   generated)
+
+
+def _generated(settings: Settings, build_dir: Path, ctx: BuildContext,
+               tc: Toolchain) -> tuple[tuple[Generated, ...], Toolchain]:
+    """The generators run (or reused), and the toolchain with their directories on its
+    include path."""
+    generated = tuple(generate(settings, build_dir, ctx))
+    includes = tuple(f"-I{g.directory}" for g in generated)
+    return generated, Toolchain(tc.cc, (*tc.cflags, *includes), tc.ldflags, tc.ldlibs)
 
 
 def _root(settings: Settings, source: AppSource | None) -> Path:
@@ -215,7 +229,7 @@ def _execute(plan: AppPlan, settings: Settings, ctx: BuildContext) -> AppBinary:
         plan.source.check(cache)
 
     if settings.sources:
-        _compile_sources(settings, plan.tc, output, ctx)
+        _compile_sources(settings, plan, output, ctx)
     elif settings.make is not None:
         _build_make(settings, plan, output, ctx)
     else:
@@ -240,9 +254,10 @@ def _binary(plan: AppPlan, settings: Settings, output: Path, sha256: str,
                      _libc_source(plan.musl), tuple(d.record() for d in plan.deps))
 
 
-def _compile_sources(settings: Settings, tc: Toolchain, output: Path, ctx: BuildContext) -> None:
-    """``sources = [...]``: one compiler run."""
-    reporter, env = ctx.reporter, ctx.env
+def _compile_sources(settings: Settings, plan: AppPlan, output: Path,
+                     ctx: BuildContext) -> None:
+    """``sources = [...]`` and the generators' .c outputs: one compiler run."""
+    reporter, env, tc = ctx.reporter, ctx.env, plan.tc
     srcs = []
     for s in settings.sources:
         p = (settings.project_dir / s).resolve()
@@ -252,6 +267,7 @@ def _compile_sources(settings: Settings, tc: Toolchain, output: Path, ctx: Build
         if not p.is_file():
             raise BuildError(f"{settings.origin('sources')}: {s} does not exist ({p})")
         srcs.append(p)
+    srcs += [p for g in plan.generated for p in g.sources]
     what = f"{', '.join(settings.sources)} ({settings.libc}, {settings.mode} mode)"
     reporter.stage("app", f"compiling {what}")
     reporter.run(
@@ -275,10 +291,10 @@ def _build_make(settings: Settings, plan: AppPlan, output: Path, ctx: BuildConte
     known = prefixes(deps)
     if configure is not None and not (app_dir / "configured").is_file():
         reporter.stage("app", f"configure in {settings.make.dir}")
-        reporter.run(["./configure", *(substitute_deps(a, known) for a in configure)],
+        reporter.run(["./configure", *(_substitute(a, known, plan) for a in configure)],
                      step="app configure", cwd=mdir, env=dict(env, **probe.env()))
         (app_dir / "configured").write_text("")
-    margs = [substitute_deps(a, known) for a in settings.make.args]
+    margs = [_substitute(a, known, plan) for a in settings.make.args]
     if configure is not None:  # make's command line beats what configure recorded
         menv, margs = env, [*tc.flags().make_vars(), *margs]
     else:  # plain Makefiles take them from the environment (Redis adds its own)
@@ -294,6 +310,11 @@ def _build_make(settings: Settings, plan: AppPlan, output: Path, ctx: BuildConte
                          f"{settings.make.output}")
     shutil.copyfile(produced, output)
     shutil.copymode(produced, output)
+
+
+def _substitute(arg: str, deps: dict[str, Path], plan: AppPlan) -> str:
+    """``{deps.NAME}`` and ``{generated.NAME}`` in a make or configure argument."""
+    return substitute_generated(substitute_deps(arg, deps), generated_dirs(plan.generated))
 
 
 def _libc_source(musl: MuslSysroot | None) -> dict[str, Any] | None:
@@ -392,7 +413,8 @@ def _build_cmake(settings: Settings, plan: AppPlan, output: Path, ctx: BuildCont
     reporter.stage("app", f"cmake + ninja, target {cm.target} ({settings.libc}, {settings.mode} mode)")
     reporter.run([cmake, "-S", src, "-B", bdir, "-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}",
                   f"-DCMAKE_TOOLCHAIN_FILE={toolchain_file}", "-DCMAKE_BUILD_TYPE=MinSizeRel",
-                  *cm.args], step="app configure (cmake)", env=env)
+                  *(substitute_generated(a, generated_dirs(plan.generated)) for a in cm.args)],
+                 step="app configure (cmake)", env=env)
     reporter.run([cmake, "--build", bdir, "--target", cm.target], step="app build (cmake)", env=env)
     candidates = [p for p in bdir.rglob(cm.target) if p.is_file() and os.access(p, os.X_OK)]
     if not candidates:

@@ -19,6 +19,7 @@ from ukl_build.settings.model import (
     DepSettings,
     FileSettings,
     Format,
+    GenerateSettings,
     GitSettings,
     KernelSettings,
     Libc,
@@ -32,16 +33,18 @@ from ukl_build.settings.model import (
     TreeSource,
     VolumeSettings,
     deps_references,
+    generated_references,
     substitute_deps,
+    substitute_generated,
     volume_records,
     volume_table,
 )
 
 __all__ = [
     "FIRMWARE_FORMATS", "HARDENED_RECIPE", "MITIGATIONS_RECIPE", "AppSourceSettings",
-    "CMakeSettings", "DepSettings", "FileSettings", "Format", "GitSettings",
-    "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins", "RunSettings", "Settings",
-    "SignSettings", "SourceKind", "TreeSource", "VolumeSettings", "deps_references", "load_settings",
-    "settings_schema_markdown",
-    "substitute_deps", "volume_records", "volume_table",
+    "CMakeSettings", "DepSettings", "FileSettings", "Format", "GenerateSettings",
+    "GitSettings", "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins",
+    "RunSettings", "Settings", "SignSettings", "SourceKind", "TreeSource", "VolumeSettings",
+    "deps_references", "generated_references", "load_settings", "settings_schema_markdown",
+    "substitute_deps", "substitute_generated", "volume_records", "volume_table",
 ]

@@ -17,6 +17,26 @@ def _default(f: dataclasses.Field[object]) -> str:
 
 
 _GUIDE = [
+    "## Generated code",
+    "",
+    "```toml",
+    "[tool.ukl-build.generate.hex]",
+    'command = ["{python}", "gen/hex_pairs.py", "{out}"]   # or entry-point = "gen.rules:emit"',
+    'inputs = ["rules/firewall.rules"]',
+    'outputs = ["hex_pairs.c", "hex_pairs.h"]',
+    "```",
+    "",
+    "A generator runs before the app is compiled, in the project directory, and writes "
+    "its `outputs` into `build/ukl-build/generated/NAME/` (`{out}`), never into the "
+    "project. It runs again only when its key changes: its settings, the contents of its "
+    "`inputs` and of its own files (a command's arguments that are project files, an entry "
+    "point's module wherever Python finds it, the project first) and, for an entry point, "
+    "the Python version. `sources` builds compile its `.c` outputs with the app; every "
+    "build has `{out}` on its include path, and make and CMake arguments can name it as "
+    "`{generated.NAME}`. A generator that fails, or does not make every output, stops the "
+    "build with an error naming its table, and leaves no output directory behind. "
+    "`tests/apps/argv` generates the hex table it prints with.",
+    "",
     "## Files, volumes and persistence",
     "",
     "```toml",

@@ -132,6 +132,25 @@ class FileSettings:
 
 
 @dataclass(frozen=True)
+class GenerateSettings:
+    command: list[str] | None = _doc(
+        "The generator as a command, run in the project directory: `{out}` is the directory "
+        "its outputs go to, `{python}` the Python running ukl-build, and an argument that is "
+        "exactly `{inputs}` becomes the input paths.", default=None)
+    entry_point: str | None = _doc(
+        "Or a Python function, `\"module:function\"` importable from the project directory, "
+        "called as `function(out_dir, inputs)` with `pathlib.Path`s.", default=None)
+    inputs: list[str] = _doc(
+        "Project files and directories it reads; with its own files (a command's arguments "
+        "that are project files, an entry point's module), they decide whether it runs "
+        "again.", default_factory=list)
+    outputs: list[str] = _doc(
+        "What it makes, relative to `{out}`; each must exist afterwards. `.c` outputs are "
+        "compiled with the app's `sources`; `{out}` is on every build's include path, and "
+        "make and CMake arguments name it as `{generated.NAME}`.", default_factory=list)
+
+
+@dataclass(frozen=True)
 class VolumeSettings:
     mount: str = _doc("Where the app finds it: an absolute directory of the image, created "
                       "there (e.g. \"/data\").")
@@ -270,6 +289,12 @@ class Settings:
         "configure, make, make install) and cached; the app's build gets -I and -L for "
         "each. Needs libc musl or glibc.",
         default_factory=dict)
+    generate: dict[str, GenerateSettings] = _doc(
+        "Build-time code generators, run before the app is compiled "
+        "(`[tool.ukl-build.generate.NAME]`): a command or a Python entry point, its inputs "
+        "and its outputs, which go to the build directory (never the project) and are "
+        "reused while the inputs and the generator are unchanged.",
+        default_factory=dict)
     files: dict[str, FileSettings] = _doc(
         "Files and directories of the project shipped in the image's built-in initramfs, "
         "in both modes (`[tool.ukl-build.files.\"/etc/app.conf\"]` path = \"conf/app.conf\"): "
@@ -378,6 +403,7 @@ def toml_key(name: str) -> str:
 
 # ``{deps.NAME}`` in a make or configure argument.
 _DEPS_REF = re.compile(r"\{deps\.([^{}]*)\}")
+_GENERATED_REF = re.compile(r"\{generated\.([^{}]*)\}")
 
 
 def deps_references(arg: str) -> list[str]:
@@ -388,6 +414,16 @@ def deps_references(arg: str) -> list[str]:
 def substitute_deps(arg: str, prefixes: Mapping[str, Path]) -> str:
     """``arg`` with each ``{deps.NAME}`` replaced by that dependency's install prefix."""
     return _DEPS_REF.sub(lambda m: str(prefixes[m.group(1)]), arg)
+
+
+def generated_references(arg: str) -> list[str]:
+    """The generator names an argument refers to as ``{generated.NAME}``."""
+    return _GENERATED_REF.findall(arg)
+
+
+def substitute_generated(arg: str, dirs: Mapping[str, Path]) -> str:
+    """``arg`` with each ``{generated.NAME}`` replaced by that generator's output directory."""
+    return _GENERATED_REF.sub(lambda m: str(dirs[m.group(1)]), arg)
 
 
 def volume_records(settings: Settings) -> list[VolumeRecord]:

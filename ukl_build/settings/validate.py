@@ -24,11 +24,13 @@ from ukl_build.settings.model import (
     MITIGATIONS_RECIPE,
     TREE_KINDS,
     AppSourceSettings,
+    GenerateSettings,
     KernelSettings,
     Origins,
     Settings,
     TreeSource,
     deps_references,
+    generated_references,
     volume_records,
 )
 
@@ -37,6 +39,7 @@ _MEMORY = re.compile(r"^[1-9][0-9]*[KMGT]?$", re.IGNORECASE)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _VOLUME_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # Where the initramfs has ukl-build's own: no volume is mounted over them.
 _RESERVED_MOUNTS = ("/dev", "/proc", "/tmp", "/etc", "/init")
 
@@ -63,6 +66,7 @@ def validate(s: Settings, origin: Origins) -> None:
     _validate_build_kind(s, origin)
     _validate_deps(s, origin)
     _validate_volumes(s, origin)
+    _validate_generate(s, origin)
     _validate_recipes(s, origin)
     _validate_kconfig(s, origin)
     _validate_kernel(s.kernel, origin)
@@ -228,6 +232,51 @@ def _validate_volumes(s: Settings, origin: Origins) -> None:
         if size < MIN_SIZE:
             raise ConfigError(f"{origin(f'volumes.{name}.size')}: {v.size} is below the "
                               f"{MIN_SIZE >> 20}M an ext4 file system with a journal needs")
+
+
+def _validate_generate(s: Settings, origin: Origins) -> None:
+    for name, g in s.generate.items():
+        _validate_generator(name, g, s.project_dir, origin)
+    lists = [("make.args", s.make.args if s.make else []),
+             ("make.configure", (s.make.configure or []) if s.make else []),
+             ("cmake.args", s.cmake.args if s.cmake else [])]
+    for key, args in lists:
+        for arg in args:
+            unknown = [r for r in generated_references(arg) if r not in s.generate]
+            if unknown:
+                raise ConfigError(f"{origin(key)}: {arg!r} names {{generated.{unknown[0]}}}, "
+                                  "which is not a [tool.ukl-build.generate] entry")
+
+
+def _validate_generator(name: str, g: GenerateSettings, project_dir: Path,
+                        origin: Origins) -> None:
+    where = origin(f"generate.{name}")
+    if not _VOLUME_NAME.match(name):
+        raise ConfigError(f"{where}: {name!r} is not a usable generator name (lower-case "
+                          "letters, digits, '_', '-'; up to 32)")
+    if (g.command is None) == (g.entry_point is None):
+        raise ConfigError(f"{where}: set exactly one of command, entry-point")
+    if g.command is not None and not g.command:
+        raise ConfigError(f"{origin(f'generate.{name}.command')}: an empty command")
+    if g.entry_point is not None and not _ENTRY_POINT.match(g.entry_point):
+        raise ConfigError(f"{origin(f'generate.{name}.entry-point')}: expected "
+                          f"\"module:function\", got {g.entry_point!r}")
+    _check_generator_paths(name, g, project_dir, origin)
+
+
+def _check_generator_paths(name: str, g: GenerateSettings, project_dir: Path,
+                           origin: Origins) -> None:
+    """Outputs inside the output directory, inputs inside the project."""
+    if not g.outputs:
+        raise ConfigError(f"{origin(f'generate.{name}.outputs')}: name what it makes")
+    for out in g.outputs:
+        if out.startswith("/") or posixpath.normpath(out) != out or out.startswith(".."):
+            raise ConfigError(f"{origin(f'generate.{name}.outputs')}: {out!r} is not a "
+                              "plain path inside the output directory")
+    for rel in g.inputs:
+        _inside(project_dir, rel, origin(f"generate.{name}.inputs"))
+        if not (project_dir / rel).exists():
+            raise ConfigError(f"{origin(f'generate.{name}.inputs')}: {rel} does not exist")
 
 
 def _under(path: str, top: str) -> bool:
