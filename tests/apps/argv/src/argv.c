@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "hex_pairs.h"	/* generated at build time: gen/hex_pairs.py */
+
 int main(int argc, char **argv)
 {
 	int i;
@@ -14,8 +16,8 @@ int main(int argc, char **argv)
 		for (j = 0; j < strlen(argv[i]); j++) {	/* nolibc's printf has no %02x */
 			unsigned char c = argv[i][j];
 
-			putchar("0123456789abcdef"[c >> 4]);
-			putchar("0123456789abcdef"[c & 15]);
+			putchar(hex_pairs[c][0]);
+			putchar(hex_pairs[c][1]);
 		}
 		printf(".\n");
 	}
