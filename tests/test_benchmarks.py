@@ -17,6 +17,7 @@ from benchmarks.harness import APPS, Context, alternate, boot_to_line, median, p
 from benchmarks.protections import VARIANTS
 from benchmarks.stock import debian_cloud_kernel, server_initramfs, stock_image_dir
 from ukl_build.cache import Cache
+from ukl_build.imagefiles import image_files
 from ukl_build.kconfig import parse_fragment
 from ukl_build.launcher.options import RunOptions
 from ukl_build.pipeline import build
@@ -188,7 +189,7 @@ def test_redis_on_debian_cloud_kernel(builds: Builds, cache: Cache, tmp_path: Pa
     assert netinit.kernel.build_dir == redis.kernel.build_dir  # no kernel of its own
     cpio = server_initramfs(kernel, netinit.app.path, redis.app.path,
                             redis.kernel.build_dir / "usr" / "gen_init_cpio",
-                            tmp_path / "initramfs.cpio")
+                            tmp_path / "initramfs.cpio", image_files(redis.settings))
     image = stock_image_dir(redis.images.directory, kernel, tmp_path / "image")
     with booted(image, "--machine", "q35", "--qemu-arg=-initrd", f"--qemu-arg={cpio}",
                 "--cmdline", "rdinit=/init", forward=[6379], timeout=300) as vm:
@@ -211,6 +212,10 @@ def test_redis_on_debian_cloud_kernel(builds: Builds, cache: Cache, tmp_path: Pa
                                timeout=300)
         assert bench.returncode == 0 and '"GET"' in bench.stdout, bench.stdout + bench.stderr
         assert "netinit:" not in vm.console, vm.console  # every module loaded, eth0 configured
+        # the append-only file in /data, a directory of the initramfs here (no volume=)
+        persistence = subprocess.run(["redis-cli", "-p", str(port), "INFO", "persistence"],
+                                     capture_output=True, text=True, timeout=30).stdout
+        assert "aof_enabled:1" in persistence, persistence
 
 
 def test_protection_variants_are_valid_ukl_builds() -> None:
