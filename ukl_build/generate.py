@@ -4,9 +4,9 @@ Each generator, a command or a Python entry point, writes its outputs into its o
 directory under the build directory (never the project), before the app is compiled.
 It runs again only when its key changes: its settings, the contents of its inputs and
 of its own files (a command's arguments that are project files, an entry point's
-module), and for an entry point the Python it runs on.  The key is written last, so a
-generator that failed or was interrupted runs again; a lock keeps two builds of one
-project from generating into the same directory at once.
+module), and the Python it runs on (an entry point, a ``{python}`` command).  The key
+is written last, so a generator that failed or was interrupted runs again; a lock
+keeps two builds of one project from generating into the same directory at once.
 """
 
 from __future__ import annotations
@@ -117,7 +117,8 @@ def _key(name: str, spec: GenerateSettings, settings: Settings, ctx: BuildContex
     own = _own_files(spec, settings, ctx, where)
     contents = [(rel, _digest_path(project / rel)) for rel in spec.inputs]
     contents += [(str(p), _digest_path(p)) for p in own]
-    python = sys.version if spec.entry_point is not None else None
+    runs_python = spec.entry_point is not None or any("{python}" in a for a in spec.command or [])
+    python = sys.version if runs_python else None
     return digest("generate", GENERATE_FORMAT, name, spec.command, spec.entry_point,
                   spec.inputs, spec.outputs, contents, python)
 
