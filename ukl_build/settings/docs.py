@@ -31,8 +31,9 @@ _GUIDE = [
     "project. It runs again only when its key changes: its settings, the contents of its "
     "`inputs` and of its own files (a command's arguments that are project files, an entry "
     "point's module wherever Python finds it, the project first) and, for an entry point "
-    "or a `{python}` command, the Python version. `sources` builds compile its `.c` outputs with the app; every "
-    "build has `{out}` on its include path, and make and CMake arguments can name it as "
+    "or a `{python}` command, the Python version. `sources` builds compile its `.c` "
+    "outputs with the app; every build has `{out}` on its include path, and make and CMake "
+    "arguments can name it as "
     "`{generated.NAME}`. A generator that fails, or does not make every output, stops the "
     "build with an error naming its table, and leaves no output directory behind. "
     "`tests/apps/argv` generates the hex table it prints with.",
