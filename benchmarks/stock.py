@@ -21,7 +21,7 @@ from typing import Any
 
 from elftools.elf.elffile import ELFFile
 
-from ukl_build.imagefiles import ShippedFile
+from ukl_build.imagefiles import ShippedFile, cpio_line
 from ukl_build.kbuild import ETC_FILES
 from ukl_build.resources import runtime_dir
 
@@ -129,8 +129,7 @@ def server_initramfs(kernel: StockKernel, netinit: Path, app: Path, gen_init_cpi
              f"file /init {netinit} 0755 0 0", f"file /app {app} 0755 0 0"]
     for i, ko in enumerate(module_load_order(kernel.modules)):
         lines.append(f"file /modules/{i:02d}-{ko.name} {ko} 0644 0 0")
-    lines += [f"dir {f.path} {f.mode:04o} 0 0" if f.source is None
-              else f"file {f.path} {f.source} {f.mode:04o} 0 0" for f in files]
+    lines += [cpio_line(f, None if f.source is None else str(f.source)) for f in files]
     listing = dest.with_suffix(".list")
     listing.write_text("\n".join(lines) + "\n")
     with open(dest, "wb") as out:

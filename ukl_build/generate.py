@@ -26,9 +26,10 @@ from ukl_build.settings import GenerateSettings, Settings
 
 GENERATE_FORMAT = 1  # bump when a generator's run changes for the same inputs
 KEY_FILE = ".ukl-generate-key"
-# What an entry point is called through: (out_dir, inputs) as pathlib.Paths.
+# Where the entry point's module is, as the generator's Python will import it.
 _FIND = ("import importlib.util, sys; s = importlib.util.find_spec(sys.argv[1]); "
          "print(s.origin if s is not None and s.origin else '')")
+# What an entry point is called through: (out_dir, inputs) as pathlib.Paths.
 _CALL = ("import importlib, pathlib, sys; m, f = sys.argv[1].split(':'); "
          "getattr(importlib.import_module(m), f)(pathlib.Path(sys.argv[2]), "
          "[pathlib.Path(p) for p in sys.argv[3:]])")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ukl_build.errors import ConfigError
 from ukl_build.files import file_sha256
-from ukl_build.settings import FileSettings, Settings
+from ukl_build.settings import FileSettings, Settings, path_under
 
 # What ukl-build itself puts into the initramfs (kbuild.initramfs_list): a file may not
 # take these places, nor go below the trees.
@@ -66,13 +66,19 @@ def initramfs_entries(files: list[ShippedFile]) -> tuple[dict[str, Path], list[s
     payload: dict[str, Path] = {}
     lines = []
     for i, f in enumerate(files):
-        if f.source is None:
-            lines.append(f"dir {f.path} {f.mode:04o} 0 0")
-        else:
+        name = None
+        if f.source is not None:
             name = f"{PAYLOAD_DIR}/{i}"
             payload[name] = f.source
-            lines.append(f"file {f.path} {name} {f.mode:04o} 0 0")
+        lines.append(cpio_line(f, name))
     return payload, lines
+
+
+def cpio_line(f: ShippedFile, name: str | None) -> str:
+    """``f``'s gen_init_cpio line; a file's content comes from ``name``."""
+    if name is None:
+        return f"dir {f.path} {f.mode:04o} 0 0"
+    return f"file {f.path} {name} {f.mode:04o} 0 0"
 
 
 def _where(settings: Settings, target: str) -> str:
@@ -143,8 +149,7 @@ def _expand(project_dir: Path, top: Path, path: str, mode: int | None,
 def _checked(files: list[ShippedFile]) -> list[ShippedFile]:
     seen: set[str] = set()
     for f in files:
-        if f.path in RESERVED_FILES or any(f.path == t or f.path.startswith(t + "/")
-                                           for t in RESERVED_TREES):
+        if f.path in RESERVED_FILES or any(path_under(f.path, t) for t in RESERVED_TREES):
             raise ConfigError(f"[tool.ukl-build] files: {f.path} is where ukl-build puts its "
                               "own (/init, /dev, /proc, /tmp, /etc/passwd, /etc/group)")
         if f.path in seen:

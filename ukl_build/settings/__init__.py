@@ -34,6 +34,7 @@ from ukl_build.settings.model import (
     VolumeSettings,
     deps_references,
     generated_references,
+    path_under,
     substitute_deps,
     substitute_generated,
     volume_records,
@@ -45,6 +46,7 @@ __all__ = [
     "CMakeSettings", "DepSettings", "FileSettings", "Format", "GenerateSettings",
     "GitSettings", "KernelSettings", "Libc", "MakeSettings", "Mode", "Origins",
     "RunSettings", "Settings", "SignSettings", "SourceKind", "TreeSource", "VolumeSettings",
-    "deps_references", "generated_references", "load_settings", "settings_schema_markdown",
-    "substitute_deps", "substitute_generated", "volume_records", "volume_table",
+    "deps_references", "generated_references", "load_settings", "path_under",
+    "settings_schema_markdown", "substitute_deps", "substitute_generated", "volume_records",
+    "volume_table",
 ]

@@ -426,6 +426,11 @@ def substitute_generated(arg: str, dirs: Mapping[str, Path]) -> str:
     return _GENERATED_REF.sub(lambda m: str(dirs[m.group(1)]), arg)
 
 
+def path_under(path: str, top: str) -> bool:
+    """Whether the image path ``path`` is ``top`` or lies below it."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
 def volume_records(settings: Settings) -> list[VolumeRecord]:
     """The volumes as the manifest and the kernel command line have them, in the order
     the launcher attaches them (by name)."""

@@ -31,6 +31,7 @@ from ukl_build.settings.model import (
     TreeSource,
     deps_references,
     generated_references,
+    path_under,
     volume_records,
 )
 
@@ -38,7 +39,8 @@ _KCONFIG_NAME = re.compile(r"^[A-Z0-9_]+$")
 _MEMORY = re.compile(r"^[1-9][0-9]*[KMGT]?$", re.IGNORECASE)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-_VOLUME_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# A volume's or a generator's name: a TOML key, a QEMU id and a directory name.
+_TABLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _ENTRY_POINT = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 # Where the initramfs has ukl-build's own: no volume is mounted over them.
 _RESERVED_MOUNTS = ("/dev", "/proc", "/tmp", "/etc", "/init")
@@ -211,18 +213,18 @@ def _validate_volumes(s: Settings, origin: Origins) -> None:
                           f"{MAX_VOLUMES} (the virtio transports microvm has for them)")
     mounts: dict[str, str] = {}
     for name, v in sorted(s.volumes.items()):
-        if not _VOLUME_NAME.match(name):
+        if not _TABLE_NAME.match(name):
             raise ConfigError(f"{origin(f'volumes.{name}')}: {name!r} is not a usable volume "
                               "name (lower-case letters, digits, '_', '-'; up to 32)")
         where = origin(f"volumes.{name}.mount")
         _check_mount(v.mount, where)
         for other, mount in mounts.items():
-            if _under(v.mount, mount) or _under(mount, v.mount):
+            if path_under(v.mount, mount) or path_under(mount, v.mount):
                 raise ConfigError(f"{where}: {v.mount} and volume {other}'s {mount} nest; "
                                   "mount each volume on a directory of its own")
         mounts[name] = v.mount
         for target in s.files:
-            if _under(target.rstrip("/"), v.mount):
+            if path_under(target.rstrip("/"), v.mount):
                 raise ConfigError(f"{where}: the volume would hide {target} of "
                                   "[tool.ukl-build.files]; ship it elsewhere or drop it")
         try:
@@ -241,17 +243,13 @@ def _validate_generate(s: Settings, origin: Origins) -> None:
              ("make.configure", (s.make.configure or []) if s.make else []),
              ("cmake.args", s.cmake.args if s.cmake else [])]
     for key, args in lists:
-        for arg in args:
-            unknown = [r for r in generated_references(arg) if r not in s.generate]
-            if unknown:
-                raise ConfigError(f"{origin(key)}: {arg!r} names {{generated.{unknown[0]}}}, "
-                                  "which is not a [tool.ukl-build.generate] entry")
+        _check_references(args, set(s.generate), origin(key), "generated")
 
 
 def _validate_generator(name: str, g: GenerateSettings, project_dir: Path,
                         origin: Origins) -> None:
     where = origin(f"generate.{name}")
-    if not _VOLUME_NAME.match(name):
+    if not _TABLE_NAME.match(name):
         raise ConfigError(f"{where}: {name!r} is not a usable generator name (lower-case "
                           "letters, digits, '_', '-'; up to 32)")
     if (g.command is None) == (g.entry_point is None):
@@ -279,10 +277,6 @@ def _check_generator_paths(name: str, g: GenerateSettings, project_dir: Path,
             raise ConfigError(f"{origin(f'generate.{name}.inputs')}: {rel} does not exist")
 
 
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
 def _check_mount(mount: str, where: str) -> None:
     """An absolute, plain directory of the image that the kernel command line can carry,
     not one of ukl-build's own."""
@@ -292,7 +286,7 @@ def _check_mount(mount: str, where: str) -> None:
     if posixpath.normpath(mount) != mount or mount == "/" or ".." in mount.split("/"):
         raise ConfigError(f"{where}: {mount!r} is not a plain absolute directory (no '.', "
                           "'..', '//', trailing '/' or the root itself)")
-    if any(_under(mount, r) for r in _RESERVED_MOUNTS):
+    if any(path_under(mount, r) for r in _RESERVED_MOUNTS):
         raise ConfigError(f"{where}: {mount} is where ukl-build puts its own "
                           f"({', '.join(_RESERVED_MOUNTS)})")
 
@@ -320,13 +314,21 @@ def _validate_deps(s: Settings, origin: Origins) -> None:
         _check_references(args, known, origin(key))
 
 
-def _check_references(args: list[str], known: set[str], where: str) -> None:
-    """Each ``{deps.NAME}`` in ``args`` names a dependency built before them."""
+# What ``{KIND.NAME}`` in an argument refers to: how to find the names, what they must be.
+_REFERENCES = {"deps": (deps_references, "a dependency built before it"),
+               "generated": (generated_references, "a [tool.ukl-build.generate] entry")}
+
+
+def _check_references(args: list[str], known: set[str], where: str,
+                      kind: str = "deps") -> None:
+    """Each ``{KIND.NAME}`` in ``args`` names one of ``known``: a dependency built before
+    them, or a generator."""
+    references, what = _REFERENCES[kind]
     for arg in args:
-        for ref in deps_references(arg):
+        for ref in references(arg):
             if ref not in known:
-                raise ConfigError(f"{where}: {arg!r} names {{deps.{ref}}}, which is not "
-                                  "a dependency built before it",
+                raise ConfigError(f"{where}: {arg!r} names {{{kind}.{ref}}}, which is not "
+                                  f"{what}",
                                   hint=f"known here: {', '.join(sorted(known)) or 'none'}")
 
 
