@@ -105,6 +105,10 @@ def test_cli_override_errors_name_the_config_setting(tmp_path: Path) -> None:
         load_settings(project(tmp_path), {"run.smp": "two"})
     with pytest.raises(ConfigError, match=r"^config setting -C colour: unknown key 'colour'"):
         load_settings(project(tmp_path), {"colour": "blue"})
+    # a kernel option keeps its spelling (-C keys become TOML keys, HZ_100 -> HZ-100)
+    s = load_settings(project(tmp_path), {"kconfig.HZ_100": "y"})
+    assert s.origin("kconfig.HZ_100") == "config setting -C kconfig.HZ_100"
+    assert s.origin("kconfig.HZ_250").endswith("pyproject.toml: [tool.ukl-build.kconfig] HZ_250")
     # the same mistake in the file names the file and the table
     with pytest.raises(ConfigError, match=r"pyproject.toml: \[tool.ukl-build\] mode: must be one of"):
         load_settings(project(tmp_path, "mode = 'kernel'\n"))

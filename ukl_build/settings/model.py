@@ -237,7 +237,7 @@ class Origins:
     def __call__(self, key: str) -> str:
         parts = key.split(".")
         for n in range(len(parts), 0, -1):
-            if ".".join(parts[:n]) in self.overridden:
+            if toml_key(".".join(parts[:n])) in self.overridden:  # kconfig.HZ_100 too
                 return f"config setting -C {'.'.join(parts[:n])}"
         table = ".".join(["tool.ukl-build", *parts[:-1]])
         return f"{self.pyproject}: [{table}] {parts[-1]}"
