@@ -14,6 +14,8 @@ from ukl_build.progress import Reporter
 UKL_BRIDGE = {"__ukl_syscall": "ukl_syscall", "__ukl_clone_thread": "ukl_clone_thread",
               # musl's clock_gettime() (libc patch 0006; kernel patch 0018)
               "__ukl_clock_gettime": "ukl_clock_gettime",
+              # an app's IPv4 packet filter (kernel patch 0026, CONFIG_NETFILTER)
+              "__ukl_filter_ipv4": "ukl_filter_ipv4",
               # shortcuts (kernel patches 0012 and 0023; musl patches 0005 and 0007)
               **{f"__ukl_sc_{c}": f"ukl_sc_{c}" for c in (
                   "getppid", "read", "write", "sendto", "recvfrom", "accept4", "sendmsg",
