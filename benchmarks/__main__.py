@@ -1,5 +1,5 @@
 """python -m benchmarks [all|syscall|boot|size|formats|memory|httpd|redis|build|farm|hardening|
-                        protections|per-request|first-reply|class-cycles]
+                        protections|per-request|first-reply|class-cycles|firewall]
    [--quick] [--baseline ukl|app] [--json FILE]
 
 Builds what it needs through ukl-build, runs every comparison side by side in
@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import first_reply, per_request, protections, suites, weights
+from benchmarks import firewall, first_reply, per_request, protections, suites, weights
 from benchmarks.harness import Context
 from ukl_build.cache import Cache
 
 SUITES = ("syscall", "boot", "size", "formats", "memory", "httpd", "nginx", "redis", "build", "farm",
           "hardening", "protections", "per-request", "first-reply",
-          "class-cycles")
+          "class-cycles", "firewall")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +40,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, help="redis-benchmark requests per test (default 20000)")
     p.add_argument("--load", dest="loads", action="append", choices=list(per_request.LOADS),
                    help="per-request: only this load (repeatable; default all)")
+    p.add_argument("--rules", help="firewall: rule counts, comma-separated "
+                                   "(default 10,100,1000,10000)")
+    p.add_argument("--packets", type=int, default=3000,
+                   help="firewall: packets in the smaller window of each class (default 3000)")
     p.add_argument("--cold", action="store_true", help="also time a build from an empty cache")
     p.add_argument("--baseline", choices=["ukl", "app"], default="ukl",
                    help="the user-mode kernel: the UKL configuration minus CONFIG_UKL (ukl, "
@@ -103,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             per_request.per_request(ctx, ns.requests or (200 if ns.quick else 5000), ns.loads)
         elif name == "first-reply":
             first_reply.first_reply(ctx)
+        elif name == "firewall":
+            counts = tuple(int(c) for c in ns.rules.split(",")) if ns.rules else (
+                (10, 100) if ns.quick else firewall.COUNTS)
+            firewall.firewall(ctx, counts, 300 if ns.quick else ns.packets)
         elif name == "class-cycles":
             ctx.results["class_cycles"] = weights.measure_host(work)
         print(f"[bench] {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)

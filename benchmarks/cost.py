@@ -108,10 +108,12 @@ def address_ranges(symbols: Path, functions: Sequence[str] = ()) -> list[tuple[s
 
 def parse_snapshots(text: str) -> dict[str, Counts]:
     """The plugin's output: ``snap LABEL``, lines ``REGION CLASS COUNT``, ``end``; the
-    snapshots that are complete."""
+    snapshots that are complete (whole lines, up to their ``end``)."""
     snaps: dict[str, Counts] = {}
     label, counts = None, Counter[tuple[str, str]]()
-    for line in text.splitlines():
+    # The plugin may be writing while this reads: the text after the last newline is
+    # half a line, and a snapshot counts only once its "end" is there.
+    for line in text[:text.rfind("\n") + 1].splitlines():
         if line.startswith("snap "):
             label, counts = line[5:], Counter()
         elif line == "end" and label is not None:
@@ -136,7 +138,7 @@ def per_request(before: Counts, after: Counts, requests: int) -> dict[str, dict[
     return {r: {k: round(v, 2) for k, v in row.items()} for r, row in sorted(table.items())}
 
 
-def _snapshot(ctl: Path, out: Path, label: str, timeout: float = 30) -> Counts:
+def snapshot(ctl: Path, out: Path, label: str, timeout: float = 30) -> Counts:
     with open(ctl, "w") as f:  # the plugin's thread reads one line per open
         f.write(label + "\n")
     deadline = time.monotonic() + timeout
@@ -148,7 +150,7 @@ def _snapshot(ctl: Path, out: Path, label: str, timeout: float = 30) -> Counts:
     raise RuntimeError(f"the counting plugin wrote no snapshot {label!r} into {out}")
 
 
-def _until(cmd: list[str], timeout: float) -> None:
+def until(cmd: list[str], timeout: float) -> None:
     """Run ``cmd`` until it succeeds; a try that hangs (a client whose first connection
     went to a forward opened before the guest listened) is killed and tried again."""
     deadline = time.monotonic() + timeout
@@ -189,12 +191,12 @@ def measure(image_dir: Path, vmlinux: Path, forward: str, ready: str, load: str,
              f"--qemu-arg={plugin},out={out},ctl={ctl},ranges={ranges}"],
             stdout=subprocess.DEVNULL, stderr=log)
         try:
-            _until(command(ready), 180)
-            before = _snapshot(ctl, out, "before")
+            until(command(ready), 180)
+            before = snapshot(ctl, out, "before")
             t0 = time.monotonic()
             subprocess.run(command(load), check=True, capture_output=True, timeout=timeout)
             seconds = time.monotonic() - t0
-            after = _snapshot(ctl, out, "after")
+            after = snapshot(ctl, out, "after")
         finally:
             vm.terminate()
             vm.wait(timeout=60)
