@@ -36,7 +36,9 @@ _GUIDE = [
     "arguments can name it as "
     "`{generated.NAME}`. A generator that fails, or does not make every output, stops the "
     "build with an error naming its table, and leaves no output directory behind. "
-    "`tests/apps/argv` generates the hex table it prints with.",
+    "`tests/apps/argv` generates the hex table it prints with; `example_apps/firewall` "
+    "compiles a rule file in iptables-save's format into C (`gen/fwc.py`), the filter it "
+    "puts on the kernel's receive path.",
     "",
     "## Files, volumes and persistence",
     "",
