@@ -262,6 +262,60 @@ def test_a_bad_rule_file_stops_the_build_naming_the_generator_and_line(tmp_path:
     assert not (tmp_path / "build" / "generated" / "rules").exists()
 
 
+# --- the nftables baseline ----------------------------------------------------------
+
+LOADER = r"""
+#include <stdio.h>
+int fw_load_nftables(char *why, unsigned long size);
+int main(void)
+{
+	char why[200] = "";
+
+	if (fw_load_nftables(why, sizeof(why))) {
+		puts(why);
+		return 1;
+	}
+	return 0;
+}
+"""
+
+# Each rule as nft (Debian 12's, 1.0.6) prints what the loader sent for it.
+AS_NFT = [
+    ("-A INPUT -p tcp -m tcp --dport 8081 -j DROP", "tcp dport 8081 drop"),
+    ("-A INPUT -s 10.0.2.0/24 -p tcp -m tcp --dport 8080:8081 -j ACCEPT",
+     "ip saddr 10.0.2.0/24 tcp dport 8080-8081 accept"),
+    ("-A INPUT -p icmp -j ACCEPT", "ip protocol icmp accept"),
+    ("-A INPUT -s 10.1.0.0/23 -d 10.0.2.15 -j DROP", "ip saddr 10.1.0.0/23 ip daddr 10.0.2.15 drop"),
+    ("-A INPUT -p udp --sport 1000:2000 --dport 53 -j ACCEPT",
+     "udp sport 1000-2000 udp dport 53 accept"),
+    ("-A INPUT -p tcp -j ACCEPT", "ip protocol tcp accept"),
+    ("-A INPUT -s 0.0.0.0/0 -j DROP", "drop"),
+]
+
+
+def test_the_nftables_baseline_loads_the_same_rules(tmp_path: Path) -> None:
+    """The benchmark's third engine sends the rules to nf_tables itself (netlink, no nft
+    in the image): loaded here in a network namespace of its own on the host's kernel,
+    nft reads back each rule as the rule file means it, with the file's policy."""
+    text = "\n".join(["*filter", ":INPUT DROP [0:0]", *(r for r, _ in AS_NFT), "COMMIT"]) + "\n"
+    h, c = fwc.generate(fwc.parse(text), "test.rules")
+    (tmp_path / "fw_rules.h").write_text(h)
+    (tmp_path / "fw_rules.c").write_text(c)
+    (tmp_path / "loader.c").write_text(LOADER)
+    exe = tmp_path / "loader"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-I", tmp_path, "-o", exe,
+                    tmp_path / "loader.c", tmp_path / "fw_rules.c",
+                    FIREWALL / "src" / "nftables.c"], check=True)
+    nft = shutil.which("nft") or "/usr/sbin/nft"
+    out = subprocess.run(["unshare", "--net", "sh", "-c", f"{exe} && {nft} list ruleset"],
+                         capture_output=True, text=True, check=True).stdout
+    lines = [" ".join(line.replace("counter packets 0 bytes 0 ", "").split())
+             for line in out.splitlines()]
+    assert "type filter hook prerouting priority raw; policy drop;" in lines
+    rules = lines[lines.index("type filter hook prerouting priority raw; policy drop;") + 1:]
+    assert rules[:len(AS_NFT)] == [want for _, want in AS_NFT]
+
+
 # --- end to end, in ring 0 ---------------------------------------------------------
 
 def _exchange(port: int, data: bytes = b"", wait: float = 5.0) -> bytes:

@@ -348,6 +348,7 @@ struct fw_rule {{
 extern const unsigned char fw_verdict[FW_RULES + 1]; /* 1: accept, 0: drop; [FW_RULES]: policy */
 extern const unsigned fw_line[FW_RULES + 1]; /* the rule's line in the rule file; 0: policy */
 extern const char *const fw_text[FW_RULES + 1];
+extern const struct fw_rule fw_table[]; /* the interpreter's table, FW_RULES rules */
 /* Both evaluators take the fields as arguments (in registers, nothing on the stack)
  * and return the index of the first rule that matches, FW_RULES for none. */
 #define FW_FIELDS unsigned proto __attribute__((unused)), unsigned src __attribute__((unused)), \
@@ -427,7 +428,7 @@ def generate(rs: RuleSet, source: str) -> tuple[str, str]:
             f"const unsigned fw_line[FW_RULES + 1] = {{{', '.join(map(str, lines))}}};",
             "const char *const fw_text[FW_RULES + 1] = {",
             *(f"\t{_c_string(t)}," for t in texts), "};", "",
-            f"static const struct fw_rule fw_table[{max(n, 1)}] = {{",
+            f"const struct fw_rule fw_table[{max(n, 1)}] = {{",
             *(f"\t{{{row}}}," for row in table), "};", "", INTERPRETER,
             Compiler(rs.rules).emit()]
     return header, "\n".join(body)
