@@ -121,7 +121,7 @@ def parse_snapshots(text: str) -> dict[str, Counts]:
             label = None
         elif label is not None:
             region, cls, count = line.split()
-            counts[(region, cls)] = int(count)
+            counts[(region, cls)] += int(count)  # ranges that share a name add up
     return snaps
 
 

@@ -1,13 +1,16 @@
 """Instructions per packet of example_apps/firewall's filter: its rules compiled into code
-against the same rules scanned one after the other (issue 26).
+against the same rules scanned one after the other, and against the same rules loaded
+into the kernel's own nf_tables (issue 26).
 
 For each rule count (10, 100, 1,000, 10,000 by default) a rule set is made (seeded, so
 every run filters the same rules): rule 0 drops UDP to port 7000, the last rule UDP to
 port 7001, the policy drops the rest, rule 1 lets TCP to the app's counters port in, and
 the rules between are source blocks, ports and both (none of which the packets below
-match).  The app is built twice on one kernel
-configuration (the examples' plus CONFIG_NET_PKTGEN and CONFIG_PROC_FS): compiled, and
-with ``-C cflags=-DFW_INTERPRET``.  Each build boots once under the counting plugin
+match).  The app is built three times on one kernel
+configuration (the examples' plus CONFIG_NET_PKTGEN, CONFIG_PROC_FS and nf_tables):
+compiled, with ``-C cflags=-DFW_INTERPRET``, and with ``-C cflags=-DFW_NFTABLES`` (the
+app registers no filter and loads the rules into nf_tables through netlink, as nft
+would: src/nftables.c).  Each build boots once under the counting plugin
 (benchmarks/costcount), one vCPU, and the app has pktgen inject UDP packets from
 10.9.0.1 into the receive path (``netif_receive`` mode: no host, no NIC, no wall clock in
 the count).  Every class of packet is counted in two windows, COUNT and 2 x COUNT
@@ -15,10 +18,11 @@ packets, and the difference of the two divided by COUNT is the cost of one packe
 one injection costs besides its packets (the request to the app, pktgen's set-up) cancels
 out.  The classes: "mix" (ports 7000, 7001, 7002 in turn: the first rule, the last
 rule, no rule), and each of those alone.  The app's counters must have moved by exactly
-what was sent, on the right rules.
+what was sent, on the right rules (nf_tables keeps its own).
 
 "filter" is the app's code (the hook's function and the rules; the app's other code does
-not run while packets are injected), "total" every instruction but the idle loop's: the
+not run while packets are injected), or for nf_tables its chain walk and expressions
+(NFT_FUNCTIONS), "total" every instruction but the idle loop's: the
 receive path from pktgen through netfilter's hook to the drop.  Beside them, the time
 per packet of the larger window by the guest's clock as pktgen reports it (under TCG
 and the counting plugin: a figure of the emulation, not of a CPU).
@@ -36,6 +40,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +52,18 @@ from ukl_build.progress import Reporter
 
 APP = REPO / "example_apps" / "firewall"
 COUNTS = (10, 100, 1000, 10000)
-ENGINES = {"compiled": {}, "interpreted": {"cflags": "-DFW_INTERPRET"}}
-KERNEL = {"kconfig.NET_PKTGEN": "y", "kconfig.PROC_FS": "y"}
+ENGINES = {"compiled": {}, "interpreted": {"cflags": "-DFW_INTERPRET"},
+           "nftables": {"cflags": "-DFW_NFTABLES"}}
+# pktgen and /proc for the load; nf_tables for the third engine (in every engine's kernel:
+# one configuration, and nf_tables costs nothing where no table is loaded).
+KERNEL = {"kconfig.NET_PKTGEN": "y", "kconfig.PROC_FS": "y", "kconfig.NF_TABLES": "y",
+          "kconfig.NF_TABLES_IPV4": "y"}
+# nf_tables' own code on a packet's path (its chain walk and the expressions the rules
+# use), counted as one region, "nftables": the counterpart of the app's filter.
+NFT_FUNCTIONS = ("nft_do_chain", "nft_do_chain_ipv4", "nft_payload_eval", "nft_cmp_eval",
+                 "nft_meta_get_eval", "nft_counter_eval", "nft_bitwise_eval",
+                 "nft_immediate_eval", "nft_range_eval", "nft_update_chain_stats",
+                 "nft_counter_do_eval", "nft_trace_packet")
 CLASSES = {"mix": (7000, 3), "first": (7000, 1), "last": (7001, 1), "none": (7002, 1)}
 STATS_PORT = 9100
 CONTROL = 1  # the rule that lets the benchmark talk to the app (its counters move too)
@@ -122,15 +137,19 @@ def expected(n: int, cls: str, count: int) -> dict[int, int]:
     return {{"first": first, "last": last, "none": policy}[cls]: count}
 
 
-def measure(result: BuildResult, n: int, count: int, work: Path, cache: Cache
+def measure(result: BuildResult, n: int, engine: str, count: int, work: Path, cache: Cache
             ) -> dict[str, Any]:
     """One boot under the counting plugin; per class, per packet: the filter's
-    instructions, the total (without the idle loop), and the wall clock."""
+    instructions (nf_tables' for that engine), the total (without the idle loop), and
+    the time by the guest's clock."""
     with Reporter(work / "cost.log") as reporter:
         plugin = cost.build_plugin(work, cache, reporter)
     ranges, out, ctl = work / "ranges.txt", work / "counts.txt", work / "ctl"
-    ranges.write_text("".join(f"{name} {lo:x} {hi:x}\n" for name, lo, hi
-                              in cost.address_ranges(result.kernel.vmlinux)))
+    present = {name for name, _, _ in cost.text_symbols(result.kernel.vmlinux)}
+    nft = [f for f in NFT_FUNCTIONS if f in present]
+    ranges.write_text("".join(f"{'nftables' if name in nft else name} {lo:x} {hi:x}\n"
+                              for name, lo, hi
+                              in cost.address_ranges(result.kernel.vmlinux, nft)))
     ctl.unlink(missing_ok=True)
     os.mkfifo(ctl)
     port = free_port()
@@ -146,29 +165,42 @@ def measure(result: BuildResult, n: int, count: int, work: Path, cache: Cache
             cost.until([sys.executable, "-c", f"import socket; socket.create_connection("
                         f"('127.0.0.1', {port}), timeout=5).recv(1) or exit(1)"], 300)
             for cls, (first_port, span) in CLASSES.items():
-                rows[cls] = _class(ctl, out, port, n, cls, f"{first_port} {span}", count)
+                rows[cls] = _class(Window(ctl, out, port, n, engine), cls,
+                                   f"{first_port} {span}", count)
         finally:
             vm.terminate()
             vm.wait(timeout=60)
     return rows
 
 
-def _class(ctl: Path, out: Path, port: int, n: int, cls: str, ports: str,
-           count: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class Window:
+    """What a counted window needs: the plugin's control and output, the app's port, the
+    rule count and the engine."""
+    ctl: Path
+    out: Path
+    port: int
+    n: int
+    engine: str
+
+
+def _class(w: Window, cls: str, ports: str, count: int) -> dict[str, float]:
     """Windows of ``count`` and 2 x ``count`` packets; their difference per packet."""
     windows = []
+    port, n = w.port, w.n
     for k in (count, 2 * count):
         before_hits = hits(port)
-        before = cost.snapshot(ctl, out, f"{cls}-{k}-before")
+        before = cost.snapshot(w.ctl, w.out, f"{cls}-{k}-before")
         answer = _ask(port, f"inject {k} {ports}")
-        after = cost.snapshot(ctl, out, f"{cls}-{k}-after")
+        after = cost.snapshot(w.ctl, w.out, f"{cls}-{k}-after")
         said = re.fullmatch(rf"injected {k} in (\d+) us\n", answer)
         if not said:
             raise RuntimeError(f"the firewall app, asked to inject {k} {ports}: {answer!r}")
         seconds = int(said.group(1)) / 1e6  # pktgen's own time: first packet to last
         moved = {i: a - b for i, (a, b) in enumerate(zip(hits(port), before_hits, strict=True))
                  if a != b and i != CONTROL}
-        if moved != expected(n, cls, k):
+        # nf_tables judges the packets itself: the app's counters do not see them
+        if moved != (expected(n, cls, k) if w.engine != "nftables" else {}):
             raise RuntimeError(f"{n} rules, {cls} x {k}: counters moved {moved}, "
                                f"expected {expected(n, cls, k)}")
         windows.append((cost.per_request(before, after, 1), seconds))
@@ -178,7 +210,8 @@ def _class(ctl: Path, out: Path, port: int, n: int, cls: str, ports: str,
         return round((large.get(region, {}).get("instructions", 0.0)
                       - small.get(region, {}).get("instructions", 0.0)) / count, 1)
 
-    return {"filter": per_packet("app"), "total": per_packet("total"),
+    return {"filter": per_packet("nftables" if w.engine == "nftables" else "app"),
+            "total": per_packet("total"),
             "guest_ns": round(t_large / (2 * count) * 1e9)}
 
 
@@ -193,11 +226,14 @@ def firewall(ctx: Context, counts: tuple[int, ...] = COUNTS, packets: int = 3000
             work = ctx.work / f"firewall-{n}-{engine}-count"  # its vm.log stays
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
-            row[engine] = measure(result, n, packets, work, ctx.cache)
+            row[engine] = measure(result, n, engine, packets, work, ctx.cache)
             print(f"[bench] firewall {n} rules {engine}: {json.dumps(row[engine])}",
                   file=sys.stderr, flush=True)
-        row["interpreted_over_compiled_filter_mix"] = round(
-            row["interpreted"]["mix"]["filter"] / row["compiled"]["mix"]["filter"], 1)
+        for other in ("interpreted", "nftables"):
+            row[f"{other}_over_compiled_filter_mix"] = round(
+                row[other]["mix"]["filter"] / row["compiled"]["mix"]["filter"], 1)
+            row[f"{other}_over_compiled_total_mix"] = round(
+                row[other]["mix"]["total"] / row["compiled"]["mix"]["total"], 2)
         table[str(n)] = row
     base = table[str(counts[0])]["compiled"]["mix"]["filter"]
     for n in counts:
