@@ -91,3 +91,11 @@ def test_a_directory_may_not_shadow_a_file_entry(tmp_path: Path) -> None:
                            '[tool.ukl-build.files."/srv/x"]\npath = "x"\n')
     with pytest.raises(ConfigError, match="/srv/x is named twice"):
         image_files(s)
+
+
+def test_an_entry_given_with_c_is_named_as_given(tmp_path: Path) -> None:
+    # -C keys are compared in TOML spelling, but a file's path keeps its underscores
+    s = settings(tmp_path, "", **{"files./etc/my_app.path": "missing"})
+    with pytest.raises(ConfigError, match=r"^config setting -C files\./etc/my_app\.path path: "
+                                          r".*missing does not exist"):
+        image_files(s)

@@ -82,7 +82,7 @@ def cpio_line(f: ShippedFile, name: str | None) -> str:
 
 
 def _where(settings: Settings, target: str) -> str:
-    given = sorted(k for k in settings.origin.overridden if k.startswith(f"files.{target}"))
+    given = settings.origin.given(f"files.{target}")
     if given:
         return f"config setting -C {given[0]}"
     return f'{settings.origin.pyproject}: [tool.ukl-build.files."{target}"]'

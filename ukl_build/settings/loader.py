@@ -47,8 +47,7 @@ def load_settings(
     if not isinstance(raw, dict):
         raise ConfigError(f"{pyproject}: [tool.ukl-build] must be a table")
     overrides = dict(config_settings or {})
-    origin = Origins(str(pyproject), frozenset(
-        toml_key(k) for k in overrides if not _frontend_key(k)))
+    origin = Origins(str(pyproject), frozenset(k for k in overrides if not _frontend_key(k)))
     raw = _apply_overrides(raw, overrides)
 
     values = _convert_table(raw, Settings, origin, "", skip=TOP_LEVEL_ONLY)

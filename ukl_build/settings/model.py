@@ -232,13 +232,19 @@ class Origins:
     """Where a settings key came from, for error messages: pyproject.toml or ``-C``."""
 
     pyproject: str
-    overridden: frozenset[str]  # dotted keys given with -C
+    overridden: frozenset[str]  # dotted keys given with -C, as given
+
+    def given(self, key: str) -> list[str]:
+        """The -C keys (as given) at or below ``key``, compared in TOML spelling."""
+        want = toml_key(key)
+        return sorted(k for k in self.overridden
+                      if toml_key(k) == want or toml_key(k).startswith(want + "."))
 
     def __call__(self, key: str) -> str:
         parts = key.split(".")
         for n in range(len(parts), 0, -1):
-            if toml_key(".".join(parts[:n])) in self.overridden:  # kconfig.HZ_100 too
-                return f"config setting -C {'.'.join(parts[:n])}"
+            if toml_key(head := ".".join(parts[:n])) in map(toml_key, self.overridden):
+                return f"config setting -C {head}"
         table = ".".join(["tool.ukl-build", *parts[:-1]])
         return f"{self.pyproject}: [{table}] {parts[-1]}"
 
@@ -248,7 +254,7 @@ class Origins:
         if where.startswith("config setting"):
             return f"{where}:"
         table = key.rsplit(".", 1)[0] if "." in key else ""
-        given = sorted(k for k in self.overridden if table and k.startswith(table + "."))
+        given = self.given(table) if table else []
         if given:  # the table was made by -C keys beside this one
             return f"config setting -C {given[0]}: [tool.ukl-build.{table}]"
         return where.rsplit(" ", 1)[0]
@@ -390,7 +396,6 @@ class Settings:
 
     def kconfig_items(self) -> list[tuple[str, str]]:
         return sorted(self.kconfig.items())
-
 
 
 # Settings fields that are not keys of [tool.ukl-build].
