@@ -33,7 +33,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -164,42 +166,66 @@ def until(cmd: list[str], timeout: float) -> None:
     raise RuntimeError(f"not ready after {timeout:.0f} s: {shlex.join(cmd)}")
 
 
+@dataclass(frozen=True)
+class CountedVM:
+    """A guest booted under the counting plugin: ``snapshot(label)`` takes its counts."""
+
+    ctl: Path
+    out: Path
+
+    def snapshot(self, label: str) -> Counts:
+        return snapshot(self.ctl, self.out, label)
+
+
+@contextmanager
+def counted_vm(image_dir: Path, ranges: Sequence[tuple[str, int, int]], forward: str,
+               work: Path, timeout: float = 600, cmdline: str = "",
+               run_args: Sequence[str] = ()) -> Iterator[CountedVM]:
+    """``ukl_build run image_dir`` under the plugin (TCG, one vCPU, ``nokaslr`` and
+    ``cmdline``), its counts attributed to ``ranges`` (name, low, high; ranges that
+    share a name add up); stopped on leaving.  ``run_args`` go to ``ukl_build run`` as
+    they are (e.g. a machine, an -initrd).  The plugin's files and the VM's log stay
+    in ``work``."""
+    with Reporter(work / "cost.log") as reporter:
+        plugin = build_plugin(work, Cache(), reporter)
+    listing = work / "ranges.txt"
+    listing.write_text("".join(f"{n} {lo:x} {hi:x}\n" for n, lo, hi in ranges))
+    out, ctl = work / "counts.txt", work / "ctl"
+    ctl.unlink(missing_ok=True)
+    os.mkfifo(ctl)
+    with open(work / "vm.log", "w") as log:
+        vm = subprocess.Popen(
+            [sys.executable, "-m", "ukl_build", "run", str(image_dir), "--accel", "tcg",
+             "--smp", "1", "--cmdline", " ".join(["nokaslr", *cmdline.split()]),
+             "--forward", forward, "--timeout", str(timeout), *run_args, "--qemu-arg=-plugin",
+             f"--qemu-arg={plugin},out={out},ctl={ctl},ranges={listing}"],
+            stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            yield CountedVM(ctl, out)
+        finally:
+            vm.terminate()
+            vm.wait(timeout=60)
+
+
 def measure(image_dir: Path, vmlinux: Path, forward: str, ready: str, load: str, requests: int,
             work: Path, functions: Sequence[str] = (), timeout: float = 600,
             extra_cmdline: str = "", run_args: Sequence[str] = ()) -> dict[str, Any]:
     """Boot ``image_dir`` under the plugin (``vmlinux``: its kernel's symbols, a vmlinux or
     a System.map), wait for ``ready``, count ``load``'s ``requests``.  ``run_args`` go to
     ``ukl_build run`` as they are (e.g. a machine, an -initrd)."""
-    cache = Cache()
-    with Reporter(work / "cost.log") as reporter:
-        plugin = build_plugin(work, cache, reporter)
-    ranges = work / "ranges.txt"
-    ranges.write_text("".join(f"{n} {lo:x} {hi:x}\n" for n, lo, hi in address_ranges(vmlinux, functions)))
-    out, ctl = work / "counts.txt", work / "ctl"
-    ctl.unlink(missing_ok=True)
-    os.mkfifo(ctl)
     port = forward.split(":")[0]
 
     def command(template: str) -> list[str]:
         return shlex.split(template.format(port=port, requests=requests))
 
-    with open(work / "vm.log", "w") as log:
-        vm = subprocess.Popen(
-            [sys.executable, "-m", "ukl_build", "run", str(image_dir), "--accel", "tcg",
-             "--smp", "1", "--cmdline", " ".join(["nokaslr", *extra_cmdline.split()]),
-             "--forward", forward, "--timeout", str(timeout), *run_args, "--qemu-arg=-plugin",
-             f"--qemu-arg={plugin},out={out},ctl={ctl},ranges={ranges}"],
-            stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            until(command(ready), 180)
-            before = snapshot(ctl, out, "before")
-            t0 = time.monotonic()
-            subprocess.run(command(load), check=True, capture_output=True, timeout=timeout)
-            seconds = time.monotonic() - t0
-            after = snapshot(ctl, out, "after")
-        finally:
-            vm.terminate()
-            vm.wait(timeout=60)
+    with counted_vm(image_dir, address_ranges(vmlinux, functions), forward, work, timeout,
+                    extra_cmdline, run_args) as vm:
+        until(command(ready), 180)
+        before = vm.snapshot("before")
+        t0 = time.monotonic()
+        subprocess.run(command(load), check=True, capture_output=True, timeout=timeout)
+        seconds = time.monotonic() - t0
+        after = vm.snapshot("after")
     return {"requests": requests, "load": shlex.join(command(load)),
             "wall_seconds": round(seconds, 3), "per_request": per_request(before, after, requests)}
 

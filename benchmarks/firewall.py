@@ -32,13 +32,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import re
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +44,7 @@ from typing import Any
 
 from benchmarks import cost
 from benchmarks.harness import REPO, Context, free_port
-from ukl_build.cache import Cache
 from ukl_build.pipeline import BuildResult, build
-from ukl_build.progress import Reporter
 
 APP = REPO / "example_apps" / "firewall"
 COUNTS = (10, 100, 1000, 10000)
@@ -137,48 +133,29 @@ def expected(n: int, cls: str, count: int) -> dict[int, int]:
     return {{"first": first, "last": last, "none": policy}[cls]: count}
 
 
-def measure(result: BuildResult, n: int, engine: str, count: int, work: Path, cache: Cache
+def measure(result: BuildResult, n: int, engine: str, count: int, work: Path
             ) -> dict[str, Any]:
     """One boot under the counting plugin; per class, per packet: the filter's
     instructions (nf_tables' for that engine), the total (without the idle loop), and
     the time by the guest's clock."""
-    with Reporter(work / "cost.log") as reporter:
-        plugin = cost.build_plugin(work, cache, reporter)
-    ranges, out, ctl = work / "ranges.txt", work / "counts.txt", work / "ctl"
     present = {name for name, _, _ in cost.text_symbols(result.kernel.vmlinux)}
     nft = [f for f in NFT_FUNCTIONS if f in present]
-    ranges.write_text("".join(f"{'nftables' if name in nft else name} {lo:x} {hi:x}\n"
-                              for name, lo, hi
-                              in cost.address_ranges(result.kernel.vmlinux, nft)))
-    ctl.unlink(missing_ok=True)
-    os.mkfifo(ctl)
+    ranges = [("nftables" if name in nft else name, lo, hi)
+              for name, lo, hi in cost.address_ranges(result.kernel.vmlinux, nft)]
     port = free_port()
-    rows: dict[str, Any] = {}
-    with open(work / "vm.log", "w") as log:
-        vm = subprocess.Popen(
-            [sys.executable, "-m", "ukl_build", "run", str(result.images.directory),
-             "--accel", "tcg", "--smp", "1", "--cmdline", "nokaslr", "--forward",
-             f"{port}:{STATS_PORT}", "--timeout", "3600", "--qemu-arg=-plugin",
-             f"--qemu-arg={plugin},out={out},ctl={ctl},ranges={ranges}"],
-            stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            cost.until([sys.executable, "-c", f"import socket; socket.create_connection("
-                        f"('127.0.0.1', {port}), timeout=5).recv(1) or exit(1)"], 300)
-            for cls, (first_port, span) in CLASSES.items():
-                rows[cls] = _class(Window(ctl, out, port, n, engine), cls,
-                                   f"{first_port} {span}", count)
-        finally:
-            vm.terminate()
-            vm.wait(timeout=60)
-    return rows
+    with cost.counted_vm(result.images.directory, ranges, f"{port}:{STATS_PORT}", work,
+                         timeout=3600) as vm:
+        cost.until([sys.executable, "-c", f"import socket; socket.create_connection("
+                    f"('127.0.0.1', {port}), timeout=5).recv(1) or exit(1)"], 300)
+        return {cls: _class(Window(vm, port, n, engine), cls, f"{first_port} {span}", count)
+                for cls, (first_port, span) in CLASSES.items()}
 
 
 @dataclass(frozen=True)
 class Window:
-    """What a counted window needs: the plugin's control and output, the app's port, the
-    rule count and the engine."""
-    ctl: Path
-    out: Path
+    """What a counted window needs: the counted VM, the app's port, the rule count and
+    the engine."""
+    vm: cost.CountedVM
     port: int
     n: int
     engine: str
@@ -190,9 +167,9 @@ def _class(w: Window, cls: str, ports: str, count: int) -> dict[str, float]:
     port, n = w.port, w.n
     for k in (count, 2 * count):
         before_hits = hits(port)
-        before = cost.snapshot(w.ctl, w.out, f"{cls}-{k}-before")
+        before = w.vm.snapshot(f"{cls}-{k}-before")
         answer = _ask(port, f"inject {k} {ports}")
-        after = cost.snapshot(w.ctl, w.out, f"{cls}-{k}-after")
+        after = w.vm.snapshot(f"{cls}-{k}-after")
         said = re.fullmatch(rf"injected {k} in (\d+) us\n", answer)
         if not said:
             raise RuntimeError(f"the firewall app, asked to inject {k} {ports}: {answer!r}")
@@ -226,7 +203,7 @@ def firewall(ctx: Context, counts: tuple[int, ...] = COUNTS, packets: int = 3000
             work = ctx.work / f"firewall-{n}-{engine}-count"  # its vm.log stays
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
-            row[engine] = measure(result, n, engine, packets, work, ctx.cache)
+            row[engine] = measure(result, n, engine, packets, work)
             print(f"[bench] firewall {n} rules {engine}: {json.dumps(row[engine])}",
                   file=sys.stderr, flush=True)
         for other in ("interpreted", "nftables"):
