@@ -13,7 +13,8 @@ git -C "$tree" format-patch -q --no-signature --zero-commit -o "$out" "$base..HE
 } > "$out/series"
 status=0
 for p in "$out"/*.patch; do
-    result=$(perl "$tree/scripts/checkpatch.pl" --no-tree "$p" | grep '^total:' || true)
+    # On standard input: given a path that git tracks, checkpatch takes the file for source.
+    result=$(perl "$tree/scripts/checkpatch.pl" --no-tree - < "$p" | grep "^total:" || true)
     echo "$(basename "$p"): $result"
     case "$result" in "total: 0 errors"*) ;; *) status=1 ;; esac
 done
