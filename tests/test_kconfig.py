@@ -36,6 +36,23 @@ def test_recipes_order_and_requires(tmp_path: Path) -> None:
     assert names == ["base", "net", "virtio-net", "pvh", "microvm"]
 
 
+def test_series_overlay_follows_its_recipe(tmp_path: Path) -> None:
+    """recipes/linux-6.12/hardened.config comes right after hardened on 6.12, and wins."""
+    on_612 = resolve_recipes(["hardened", "microvm"], tmp_path, series="6.12")
+    assert [n for n, _ in on_612] == ["base", "hardened", "linux-6.12/hardened", "pvh", "microvm"]
+    got = {o.name: o for o in requested_options(on_612, [])}
+    assert got["SLUB_TINY"].value == "n" and got["SLUB_TINY"].origin == "recipe linux-6.12/hardened"
+    assert got["DEBUG_CREDENTIALS"].value == "n"
+    on_61 = [n for n, _ in resolve_recipes(["hardened"], tmp_path, series="6.1")]
+    assert on_61 == ["base", "hardened"]
+
+
+def test_project_recipe_file_has_no_overlay(tmp_path: Path) -> None:
+    (tmp_path / "hardened.config").write_text("CONFIG_HZ_100=y\n")
+    names = [n for n, _ in resolve_recipes(["hardened.config"], tmp_path, series="6.12")]
+    assert names == ["base", "hardened.config"]
+
+
 def test_unknown_recipe_lists_known(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown recipe 'nett'") as e:
         resolve_recipes(["nett"], tmp_path)

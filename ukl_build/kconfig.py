@@ -104,10 +104,22 @@ def quote_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def resolve_recipes(names: list[str], project_dir: Path) -> list[tuple[str, Path]]:
-    """``base`` first, then each recipe after the recipes it requires, each once."""
+def resolve_recipes(names: list[str], project_dir: Path,
+                    series: str | None = None) -> list[tuple[str, Path]]:
+    """``base`` first, then each recipe after the recipes it requires, each once.
+
+    One of our recipes that a kernel series needs changed has an overlay,
+    ``recipes/linux-<series>/<name>.config``: it comes right after the recipe (its
+    options win) and is listed as ``linux-<series>/<name>``."""
     ordered: list[tuple[str, Path]] = []
     seen: set[str] = set()
+
+    def overlay(name: str, path: Path) -> None:
+        if series is None or path.parent != recipes_dir():
+            return
+        o = recipes_dir() / f"linux-{series}" / f"{name}.config"
+        if o.is_file():
+            ordered.append((f"linux-{series}/{name}", o))
 
     def locate(name: str, where: str) -> Path:
         if name.endswith(".config"):
@@ -132,6 +144,7 @@ def resolve_recipes(names: list[str], project_dir: Path) -> list[tuple[str, Path
             visit(dep, str(path), (*stack, name))
         seen.add(name)
         ordered.append((name, path))
+        overlay(name, path)
 
     for name in ["base", *names]:
         visit(name, "[tool.ukl-build] recipes", ())
@@ -290,17 +303,18 @@ class ConfigRequest:
     project_dir: Path
     origin: Callable[[str], str] | None = None
     generated: Sequence[Option] = ()
+    series: str | None = None  # the kernel series, for the recipes' per-series overlays
 
     @classmethod
     def of(cls, settings: Settings) -> ConfigRequest:
         return cls(recipes_for(settings), settings.kconfig_items(), settings.project_dir,
-                   settings.origin, generated_options(settings))
+                   settings.origin, generated_options(settings), settings.kernel.version)
 
 
 def configure(tree: PatchedTree, request: ConfigRequest, ctx: BuildContext) -> KernelConfig:
     """The resolved .config: recipes, then the app's options, then the generated ones."""
     cache, reporter, make_env = ctx.cache, ctx.reporter, ctx.env
-    recipes = resolve_recipes(request.recipes, request.project_dir)
+    recipes = resolve_recipes(request.recipes, request.project_dir, request.series)
     options = requested_options(recipes, request.extra, request.origin)
     names = {o.name for o in request.generated}
     options = [o for o in options if o.name not in names] + list(request.generated)
