@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,8 @@ from ukl_build.source import AppSource, fetch_app_source
 from ukl_build.toolchain import CACHE_PREFIX, Toolchain, compiler, compiler_version, prefix_map, toolchain
 from ukl_build.ukl_object import check_static_elf, ukl_archive
 
-NOLIBC_FILES = ("ctype.h", "errno.h", "nolibc.h", "signal.h", "std.h", "stdio.h", "stdlib.h",
-                "string.h", "sys.h", "time.h", "types.h", "unistd.h")
 _SKIP_DIRS = frozenset({"build", "dist", ".git", "__pycache__", ".venv"})
+SYSROOT_FORMAT = 2  # bump when make_sysroot copies other files from the same tree
 APP_FORMAT = 3  # bump when the app build changes what it makes from the same inputs
 APP_RECORD = "record.json"
 
@@ -56,6 +56,23 @@ class AppBinary:
     deps: tuple[dict[str, Any], ...] = ()  # libraries built from source (deps.Dep.record)
 
 
+# What newer nolibc defines itself and runtime/include adds for older ones (6.1's has
+# neither, 6.12's both): the runtime's header skips its own definition where the tree's
+# nolibc has one.
+NOLIBC_PROVIDES = {"UNAME": re.compile(r"^int uname\(", re.M),
+                   "SYSCALL": re.compile(r"^#define syscall\(", re.M)}
+
+
+def nolibc_features(nolibc: Path) -> str:
+    """ukl_nolibc_has.h: a ``UKL_NOLIBC_HAS_<NAME>`` for each of NOLIBC_PROVIDES that the
+    tree's nolibc headers define."""
+    text = "\n".join(h.read_text(errors="replace") for h in sorted(nolibc.glob("*.h")))
+    lines = ["/* Written by ukl-build: what this tree's nolibc defines itself. */"]
+    lines += [f"#define UKL_NOLIBC_HAS_{name} 1" for name, pattern in NOLIBC_PROVIDES.items()
+              if pattern.search(text)]
+    return "\n".join(lines) + "\n"
+
+
 def make_sysroot(tree: PatchedTree, mode: str, ctx: BuildContext) -> Path:
     """nolibc headers + the tree's UAPI headers: what ``headers_standalone`` makes, out of tree.
 
@@ -64,15 +81,20 @@ def make_sysroot(tree: PatchedTree, mode: str, ctx: BuildContext) -> Path:
     """
     cache, reporter, env = ctx.cache, ctx.reporter, ctx.env
     ukl_arch = runtime_dir() / "ukl" / "arch.h"
-    key = digest("sysroot", tree.key, mode, file_sha256(ukl_arch) if mode == "ukl" else None)
+    key = digest("sysroot", SYSROOT_FORMAT, tree.key, mode,
+                 file_sha256(ukl_arch) if mode == "ukl" else None)
 
     def make(tmp: Path) -> None:
         reporter.stage("app", f"preparing the nolibc sysroot ({mode} mode) from the kernel tree")
         include = tmp / "include"
         include.mkdir()
         src = tree.path / "tools/include/nolibc"
-        for name in NOLIBC_FILES:
-            shutil.copy2(src / name, include / name)
+        # Every header but the other architectures' (the set grows: 6.12 added crt.h,
+        # compiler.h, stdint.h and more); arch.h is replaced below.
+        for header in sorted(src.glob("*.h")):
+            if not header.name.startswith("arch"):
+                shutil.copy2(header, include / header.name)
+        (include / "ukl_nolibc_has.h").write_text(nolibc_features(src))
         if mode == "ukl":
             shutil.copy2(src / "arch-x86_64.h", include / "arch-x86_64.h")
             shutil.copy2(ukl_arch, include / "arch.h")

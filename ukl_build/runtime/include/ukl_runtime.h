@@ -10,6 +10,7 @@
 #define _UKL_RUNTIME_H
 
 #include <nolibc.h>
+#include <ukl_nolibc_has.h>	/* written into the sysroot by ukl-build */
 
 /* File flags nolibc's arch.h leaves out (values from asm-generic/fcntl.h). */
 #ifndef O_CLOEXEC

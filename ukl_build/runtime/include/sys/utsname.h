@@ -3,6 +3,8 @@
 #define _UKL_SYS_UTSNAME_H
 #include <ukl_runtime.h>
 
+/* Newer nolibc (6.12's) has its own */
+#ifndef UKL_NOLIBC_HAS_UNAME
 struct utsname {
 	char sysname[65];
 	char nodename[65];
@@ -17,4 +19,5 @@ int uname(struct utsname *u)
 {
 	return __ukl_ret(int, my_syscall1(__NR_uname, u));
 }
+#endif
 #endif
