@@ -223,7 +223,8 @@ def fake_manifest(**extra: object) -> dict[str, object]:
     """A complete schema-1 manifest.json for an image directory of fake files."""
     return {"schema": 1, "name": "app", "version": "0.1", "module": "app", "mode": "ukl",
             "arch": "x86_64", "ukl_build": "0", "source_date_epoch": 0,
-            "kernel": {"release": "6.1.0", "source": {}, "patches": [], "recipes": [],
+            "kernel": {"release": "6.1.0", "source": {}, "series": "linux-6.1", "patches": [],
+                       "recipes": [],
                        "config": {"file": "app.config", "sha256": "0" * 64}},
             "app": {"libc": "nolibc", "compiler": "gcc", "sha256": "0" * 64, "shortcuts": False},
             "cmdline": "", "args": [], "init_arg_limit": 32, "network": False,

@@ -98,6 +98,7 @@ def write_image_set(settings: Settings, out_dir: Path, inputs: ImageInputs, ctx:
             "kernel": {
                 "release": tree.release,
                 "source": tree.source.origin,
+                "series": f"linux-{settings.kernel.version}",
                 "patches": [{"name": p.name, "sha256": p.sha256} for p in tree.patches],
                 "recipes": list(config.recipes),
                 "config": {"file": f"{name}.config", "sha256": config.key},
@@ -259,6 +260,7 @@ def _kernel_component(manifest: Manifest, ref: str) -> dict[str, Any]:
                                   "resolves": []} for p in kernel["patches"]]},
         "properties": [{"name": "ukl-build:config-sha256", "value": kernel["config"]["sha256"]},
                        {"name": "ukl-build:recipes", "value": ",".join(kernel["recipes"])},
+                       {"name": "ukl-build:patch-series", "value": kernel["series"]},
                        *({"name": f"ukl-build:patch-sha256:{p['name']}", "value": p["sha256"]}
                          for p in kernel["patches"])]}
 

@@ -40,6 +40,8 @@ PACKAGES: tuple[HostPackage, ...] = (
     HostPackage("qemu-system-x86", ("qemu-system-x86_64",), why="run, the launcher, tests"),
     HostPackage("linux-source-6.1", files=("/usr/src/linux-source-6.1.tar.xz",),
                 why="the offline default kernel source", optional=True),
+    HostPackage("linux-source-6.12", files=("/usr/src/linux-source-6.12.tar.xz",),
+                why="the kernel source of kernel.version = \"6.12\"", optional=True),
     HostPackage("ccache", ("ccache",), why="compiler cache for kernel builds", optional=True),
     HostPackage("git", ("git",), why="kernel sources from git", optional=True),
     HostPackage("distcc", ("distcc", "distccd"), why="distcc.hosts: kernel compiles on a build farm",

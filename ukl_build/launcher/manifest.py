@@ -28,6 +28,7 @@ class KernelConfigFile(TypedDict):
 class KernelRecord(TypedDict):
     release: str  # e.g. 6.1.192
     source: dict[str, Any]  # where the tree came from, with its digest
+    series: str  # the patch series applied, e.g. linux-6.12 (kernel_patches/<series>)
     patches: list[dict[str, str]]  # name, sha256, in order
     recipes: list[str]
     config: KernelConfigFile
