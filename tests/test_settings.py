@@ -186,6 +186,14 @@ def test_schema_documents_kernel_version() -> None:
     assert "| `version` | `'6.1'` |" in settings_schema_markdown()
 
 
+def test_kernel_version_needs_a_patch_series(tmp_path: Path) -> None:
+    assert load_settings(project(tmp_path), {"kernel.version": "6.12"}).kernel.version == "6.12"
+    with pytest.raises(ConfigError, match=r"-C kernel.version: no UKL patch series for Linux 6.6") \
+            as e:
+        load_settings(project(tmp_path), {"kernel.version": "6.6"})
+    assert "6.1, 6.12" in str(e.value.hint)
+
+
 def test_app_source_needs_exactly_one_kind_and_a_digest_for_urls(tmp_path: Path) -> None:
     base = BASE.replace('sources = ["main.c"]', "[tool.ukl-build.make]\nsource = {}")
     with pytest.raises(ConfigError, match=r"make\] source: set exactly one of url, path, git, debian"):

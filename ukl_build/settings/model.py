@@ -62,7 +62,8 @@ class TreeSource:
 
 @dataclass(frozen=True)
 class KernelSettings(TreeSource):
-    version: str = _doc("Kernel series (VERSION.PATCHLEVEL); picks the patch series.", default="6.1")
+    version: str = _doc('Kernel series, "6.1" or "6.12": picks kernel_patches/linux-<version>/, the '
+                        "recipes' overlays and (debian) the package.", default="6.1")
     source: SourceKind = _doc(
         'Where the tree comes from: "debian" (Debian\'s linux-source-<version> package, '
         'offline), "url", "path" or "git". Inferred from the key you set.',
@@ -165,8 +166,7 @@ class VolumeSettings:
 
 @dataclass(frozen=True)
 class CMakeSettings:
-    source_dir: str = _doc("CMake source directory, relative to the project (or `source`).",
-                           default=".")
+    source_dir: str = _doc("CMake source directory, relative to the project (or `source`).", default=".")
     target: str = _doc("The executable target to build.", default="app")
     args: list[str] = _doc("Extra `-D...` arguments for configure.", default_factory=list)
     source: AppSourceSettings | None = _doc(_SOURCE_DOC, default=None)

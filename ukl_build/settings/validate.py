@@ -18,6 +18,7 @@ from ukl_build.launcher.cmdline import (
 from ukl_build.launcher.options import RunError, RunOptions
 from ukl_build.launcher.qemu import split_forward
 from ukl_build.launcher.volumes import MAX_VOLUMES, MIN_SIZE
+from ukl_build.resources import patches_dir
 from ukl_build.settings.model import (
     APP_SOURCE_KINDS,
     HARDENED_RECIPE,
@@ -173,6 +174,11 @@ def _validate_kernel(k: KernelSettings, origin: Origins) -> None:
     _validate_tree_source(k, "kernel", origin)
     if not re.match(r"^\d+\.\d+$", k.version):
         raise ConfigError(f"{origin('kernel.version')}: expected e.g. \"6.1\", got {k.version!r}")
+    series = sorted((p.name.removeprefix("linux-") for p in patches_dir().glob("linux-*")
+                     if (p / "series").is_file()), key=lambda v: tuple(map(int, v.split("."))))
+    if k.version not in series:
+        raise ConfigError(f"{origin('kernel.version')}: no UKL patch series for Linux "
+                          f"{k.version}", hint=f"series in kernel_patches/: {', '.join(series)}")
 
 
 def _validate_kernel_kind(k: KernelSettings, origin: Origins) -> None:
