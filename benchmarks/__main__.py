@@ -48,6 +48,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline", choices=["ukl", "app"], default="ukl",
                    help="the user-mode kernel: the UKL configuration minus CONFIG_UKL (ukl, "
                         "the default), or the app's own recipes as -C mode=user builds it (app)")
+    p.add_argument("--series", help="kernel series, comma-separated (e.g. 6.1,6.12): every suite "
+                   "runs on each, one after the other in this run, and the results go under "
+                   "linux-<series> (the apps the suites build through ukl-build; the build, "
+                   "farm and firewall suites stay on the default)")
     p.add_argument("--work", help="where the benchmark projects are built (default: a temp dir)")
     p.add_argument("--json", help="write the results here as JSON")
     return p.parse_args(argv)
@@ -64,17 +68,9 @@ def print_table(results: dict[str, Any], out: Any) -> None:
     rows("", results)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ns = parse(argv)
-    chosen = list(SUITES) if "all" in ns.suites else ns.suites
-    rounds = ns.rounds or (1 if ns.quick else 5)
-    iterations = ns.iterations or (2000 if ns.quick else 200000)
-    duration = ns.duration or (1.0 if ns.quick else 10.0)
-    sizes = [64] if ns.quick else [64, 4096, 65536]
-    work = Path(ns.work) if ns.work else Path(tempfile.mkdtemp(prefix="ukl-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    ctx = Context(work=work, cache=Cache(), accel=ns.accel, rounds=rounds, baseline=ns.baseline)
-    started = time.monotonic()
+def run_suites(ctx: Context, chosen: list[str], ns: argparse.Namespace, iterations: int,
+               duration: float, sizes: list[int]) -> None:
+    """Each chosen suite in turn, its results into ``ctx.results``."""
     for name in chosen:
         t0 = time.monotonic()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -112,22 +108,46 @@ def main(argv: list[str] | None = None) -> int:
                 (10, 100) if ns.quick else firewall.COUNTS)
             firewall.firewall(ctx, counts, 300 if ns.quick else ns.packets)
         elif name == "class-cycles":
-            ctx.results["class_cycles"] = weights.measure_host(work)
+            ctx.results["class_cycles"] = weights.measure_host(ctx.work)
         print(f"[bench] {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse(argv)
+    chosen = list(SUITES) if "all" in ns.suites else ns.suites
+    rounds = ns.rounds or (1 if ns.quick else 5)
+    iterations = ns.iterations or (2000 if ns.quick else 200000)
+    duration = ns.duration or (1.0 if ns.quick else 10.0)
+    sizes = [64] if ns.quick else [64, 4096, 65536]
+    work = Path(ns.work) if ns.work else Path(tempfile.mkdtemp(prefix="ukl-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    commands: list[str] = []
+    for series in (ns.series.split(",") if ns.series else [None]):
+        ctx = Context(work=work / f"linux-{series}" if series else work, cache=Cache(),
+                      accel=ns.accel, rounds=rounds, baseline=ns.baseline, kernel_version=series)
+        ctx.work.mkdir(parents=True, exist_ok=True)
+        run_suites(ctx, chosen, ns, iterations, duration, sizes)
+        if series:
+            results[f"linux-{series}"] = ctx.results
+        else:
+            results = ctx.results
+        commands += [c for c in ctx.commands if c not in commands]
     report = {
         "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release(), "accel": ns.accel},
         "rounds": rounds,
         "baseline": ns.baseline,
-        "results": ctx.results,
-        "commands": ctx.commands,
+        "results": results,
+        "commands": commands,
         "seconds": round(time.monotonic() - started, 1),
     }
     print(f"# {report['command']}  ({rounds} rounds, accel {ns.accel})")
-    print_table(ctx.results, sys.stdout)
+    print_table(results, sys.stdout)
     print("# builds:")
-    for c in ctx.commands:
+    for c in commands:
         print(f"  {c}")
     text = json.dumps(report, indent=2, sort_keys=True)
     if ns.json:

@@ -53,6 +53,8 @@ class Context:
     # like, what every published figure uses); "app": on the app's own recipes, as a user
     # builds it with -C mode=user (the test suite's kernels: no configuration of its own).
     baseline: str = "ukl"
+    # The kernel series every ctx.build() asks for (-C kernel.version), or the default.
+    kernel_version: str | None = None
     commands: list[str] = field(default_factory=list)
     results: dict[str, Any] = field(default_factory=dict)
     _builds: dict[tuple[str, str, tuple[tuple[str, str], ...]], BuildResult] = field(
@@ -63,6 +65,8 @@ class Context:
         CONFIG_UKL (``baseline``, unless the context's baseline is "app"), or else on the
         app's own recipes, as a user builds it."""
         baseline = mode == "user" and baseline and self.baseline == "ukl"
+        if self.kernel_version is not None:
+            settings = {"kernel.version": self.kernel_version, **settings}
         own = {"baseline": "no"} if mode == "user" and not baseline else {}
         key = (app, mode, tuple(sorted({**settings, **own}.items())))
         if key not in self._builds:

@@ -69,6 +69,20 @@ def test_baseline_decides_the_user_mode_kernel(tmp_path: Path,
     assert seen[3:] == [{"mode": "user"}, {"mode": "ukl"}, {"mode": "user"}]
 
 
+def test_series_reaches_every_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--series 6.1,6.12: each series' Context asks every build for its kernel.version,
+    and notes the command with it."""
+    seen: list[dict[str, str]] = []
+    monkeypatch.setattr("benchmarks.harness.build",
+                        lambda project, cs, **kw: seen.append(cs) or object())
+    ctx = Context(work=tmp_path, cache=Cache(tmp_path / "cache"), kernel_version="6.12")
+    ctx.build("sysbench", "ukl", shortcuts="true")
+    ctx.build("sysbench", "user")
+    assert [cs["kernel.version"] for cs in seen] == ["6.12", "6.12"]
+    assert seen[0] == {"mode": "ukl", "kernel.version": "6.12", "shortcuts": "true"}
+    assert "-C kernel.version=6.12" in ctx.commands[1] and "-C mitigations=false" in ctx.commands[1]
+
+
 @pytest.mark.kernel
 def test_harness_quick(cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "bench.json"
