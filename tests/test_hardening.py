@@ -146,6 +146,13 @@ def test_app_flags_follow_hardened_mode_and_libc(tmp_path: Path) -> None:
             "-mstack-protector-guard=global"} <= set(cflags)
     assert cflags[cflags.index("-include") + 1].endswith("ukl_ssp.h")
     assert ldflags == ["-Wl,-e,__ukl_ssp_start"]
+    # A newer nolibc (6.12's) has its own stack protector: only the global guard it needs
+    sysroot = tmp_path / "sysroot"
+    (sysroot / "include").mkdir(parents=True)
+    (sysroot / "include" / "stackprotector.h").write_text("")
+    cflags, ldflags = app_hardening(load_settings(project, {"mode": "user"}), sysroot)
+    assert "-mstack-protector-guard=global" in cflags and "-include" not in cflags
+    assert ldflags == []
     cflags, _ = flags(mode="user", libc="glibc")
     assert "-D_FORTIFY_SOURCE=2" in cflags
     cflags, _ = flags(mode="user", libc="musl")

@@ -34,7 +34,7 @@ def compiler_version(cc: str, reporter: Reporter) -> str:
     return out.splitlines()[0]
 
 
-def app_hardening(settings: Settings) -> tuple[list[str], list[str]]:
+def app_hardening(settings: Settings, sysroot: Path | None = None) -> tuple[list[str], list[str]]:
     """(cflags, ldflags) that harden the app as ``hardened`` asks (docs/security.md).
 
     Hardened: canaries in functions with arrays or address-taken locals, stack-clash
@@ -42,8 +42,10 @@ def app_hardening(settings: Settings) -> tuple[list[str], list[str]]:
     Canaries need a guard and a failure handler: UKL-mode code (kernel code model)
     checks the kernel's per-CPU canary and calls the kernel's ``__stack_chk_fail``
     (see ``_ukl_archive``); musl and glibc set up their own in user mode; nolibc sets
-    up none, so a user-mode nolibc app keeps its guard in a global that ukl_ssp.h's
-    entry stub fills from AT_RANDOM before nolibc's ``_start``.
+    up none before 6.12's, so a user-mode nolibc app keeps its guard in a global that
+    ukl_ssp.h's entry stub fills from AT_RANDOM before nolibc's ``_start``; newer nolibc
+    (``stackprotector.h`` in the ``sysroot``) fills its own global guard and has its own
+    handler.
     """
     if not settings.hardened:
         return ["-fno-stack-protector"], []
@@ -53,6 +55,8 @@ def app_hardening(settings: Settings) -> tuple[list[str], list[str]]:
     if settings.libc == "glibc":
         cflags.append("-D_FORTIFY_SOURCE=2")
     if settings.libc == "nolibc" and settings.mode == "user":
+        if sysroot is not None and (sysroot / "include" / "stackprotector.h").is_file():
+            return [*cflags, "-mstack-protector-guard=global"], []
         ssp = runtime_dir() / "include" / "ukl_ssp.h"
         return ([*cflags, "-mstack-protector-guard=global", "-include", str(ssp)],
                 ["-Wl,-e,__ukl_ssp_start"])
@@ -82,7 +86,7 @@ def toolchain(settings: Settings, gcc_include: str, sysroot: Path | None,
     if cache_root is not None:
         maps.append(f"-ffile-prefix-map={cache_root}={CACHE_PREFIX}")
     common = ["-O2", "-g0", "-fno-asynchronous-unwind-tables", "-fno-ident", *maps]
-    hard_cflags, hard_ldflags = app_hardening(settings)
+    hard_cflags, hard_ldflags = app_hardening(settings, sysroot)
     common += hard_cflags
     if settings.libc == "glibc":
         return Toolchain(cc, (*common, *settings.cflags), ("-static", *hard_ldflags), ())
