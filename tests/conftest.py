@@ -50,7 +50,8 @@ EXAMPLE_RECIPES = 'recipes = ["server", "net", "virtio-net", "storage", "microvm
 MODULE_GROUPS = {"test_redis.py": ("redis", "redis_port"),
                  "test_memcached.py": ("memcached", "memcached_port"),
                  "test_nginx.py": ("nginx", "nginx"),
-                 "test_uefi.py": ("uefi", None), "test_farm.py": ("farm", None)}
+                 "test_uefi.py": ("uefi", None), "test_farm.py": ("farm", None),
+                 "test_linux612.py": ("linux-6.12", None)}
 # Handed out first, in this order (the rest follow in file order): the long tests and
 # groups, so that the run does not end with one of them alone on a worker while the
 # other idles.  The first worker gets the harness test, which builds the servers'
@@ -62,6 +63,7 @@ MODULE_GROUPS = {"test_redis.py": ("redis", "redis_port"),
 FIRST = (
     "test_benchmarks.py::test_harness_quick",
     "test_farm.py",
+    "test_linux612.py",
     "test_uefi.py",
     "test_redis.py",
     "test_memcached.py",
