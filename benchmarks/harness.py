@@ -27,6 +27,7 @@ from ukl_build.launcher.options import RunOptions
 from ukl_build.launcher.process import die_with_parent
 from ukl_build.launcher.qemu import BootFiles, qemu_argv
 from ukl_build.launcher.run import run_image
+from ukl_build.launcher.volumes import attach, prepare
 from ukl_build.pipeline import BuildResult, build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,7 +156,11 @@ def boot_to_line(image_dir: Path, manifest: dict[str, Any], opts: RunOptions, pa
     """Seconds from QEMU's start to the first console line matching ``pattern``."""
     with tempfile.TemporaryDirectory(prefix="ukl-bench-fw-") as tmp:
         firmware = firmware_files(manifest, image_dir, opts, Path(tmp))
-        argv = qemu_argv(manifest, image_dir, opts, opts.accel, boot=BootFiles(firmware=firmware))
+        # Volumes without a file get a scratch one here, formatted before QEMU starts (as
+        # `run` does; Redis's /data is one), so the time is the boot's alone.
+        boot = BootFiles(firmware=firmware, scratch=Path(tmp))
+        prepare(attach(manifest.get("volumes", {}), opts.volumes, boot.scratch), io.StringIO())
+        argv = qemu_argv(manifest, image_dir, opts, opts.accel, boot=boot)
         return _time_to_line(argv, pattern, timeout, kernel, initrd, extra_append)
 
 
