@@ -100,6 +100,15 @@ def test_user_mode_configuration_resolves_with_its_overlays(cache: Cache, tmp_pa
     assert values["MITIGATION_PAGE_TABLE_ISOLATION"] == "y" and values["MITIGATION_SLS"] == "y"
     assert values["CPU_MITIGATIONS"] == "y" and "UKL" not in values and "SLUB_TINY" not in values
     assert values["SLAB_FREELIST_HARDENED"] == "y"
+    # UKL mode with mitigations: the ukl recipe's overlay takes page-table isolation
+    # back by its 6.12 name, as the ukl recipe does on 6.1.
+    settings = load_settings(settings.project_dir, {"mitigations": "true", **SERIES})
+    with Reporter(None) as r:
+        config = configure(tree, ConfigRequest.of(settings), BuildContext(cache, r, dict(os.environ)))
+    assert config.recipes[-1] == "linux-6.12/ukl"
+    values = read_config(config.path)
+    assert values["UKL"] == "y" and values["CPU_MITIGATIONS"] == "y"
+    assert "MITIGATION_PAGE_TABLE_ISOLATION" not in values
 
 
 def test_probe_gives_the_answers_it_gives_on_6_1(builds: Builds) -> None:
