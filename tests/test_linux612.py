@@ -68,10 +68,10 @@ def test_httpd_serves_in_ring0(builds: Builds) -> None:
     check_httpd(builds("httpd", "ukl", **SERIES).images.directory, requests=400)
 
 
-# User mode on 6.12 boots on the examples' recipes without hardened and mitigations,
-# which make a cold build about 1.6 times as long; what those two recipes ask of 6.12
-# (their overlays) is checked below without a build, and the UKL kernel above builds
-# hardened's.
+# User mode on 6.12 boots on the examples' recipes without hardened and mitigations
+# (meant to be a cheaper cold build; docs/testing.md, rehearsal 20, has what it saved);
+# what those two recipes ask of 6.12 (their overlays) is checked below without a build,
+# and the UKL kernel above builds hardened's.
 LEAN_USER = {**SERIES, "hardened": "false", "mitigations": "false"}
 
 
