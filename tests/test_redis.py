@@ -22,9 +22,17 @@ import pytest
 
 from ukl_build.cache import Cache
 from ukl_build.pipeline import build
-from ukl_build.pytest_plugin import UklVm
 
-from conftest import SERVER_VARIANTS, Builds, booted, run_cli, run_image, server_variant
+from conftest import (
+    SERVER_VARIANTS,
+    Builds,
+    booted,
+    redis_cli,
+    redis_ready,
+    run_cli,
+    run_image,
+    server_variant,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -37,30 +45,25 @@ def redis_port(builds: Builds, request: pytest.FixtureRequest) -> Iterator[int]:
     assert result.images.manifest["app"]["shortcuts"] is bool(settings)
     assert result.images.manifest["app"]["source"]["package"] == "redis"
     with booted(result.images.directory, forward=[6379], timeout=600) as vm:
-        yield ready(vm)
-
-
-def cli(port: int, *args: str, data: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["redis-cli", "-p", str(port), "--raw", *args], input=data,
-                          capture_output=True, timeout=60, **({} if data else {"text": True}))
+        yield redis_ready(vm)
 
 
 def test_commands(redis_port: int) -> None:
     p = redis_port
-    server = cli(p, "INFO", "server").stdout
+    server = redis_cli(p, "INFO", "server").stdout
     assert "redis_version:7.0.15" in server
     # built outside any git checkout's view (GIT_CEILING_DIRECTORIES), not stamped with ours
     assert "redis_git_sha1:00000000" in server
-    assert cli(p, "INCR", "n").stdout.strip() == "1"
-    assert cli(p, "INCR", "n").stdout.strip() == "2"
-    cli(p, "RPUSH", "l", "a", "b", "c")
-    assert cli(p, "LRANGE", "l", "0", "-1").stdout.split() == ["a", "b", "c"]
-    cli(p, "HSET", "h", "f1", "v1", "f2", "v2")
-    assert sorted(cli(p, "HGETALL", "h").stdout.split()) == ["f1", "f2", "v1", "v2"]
-    cli(p, "SET", "tmp", "x")
-    assert cli(p, "EXPIRE", "tmp", "100").stdout.strip() == "1"
-    assert 0 < int(cli(p, "TTL", "tmp").stdout) <= 100
-    assert cli(p, "EVAL", "return redis.call('INCRBY', KEYS[1], ARGV[1])", "1", "n", "40"
+    assert redis_cli(p, "INCR", "n").stdout.strip() == "1"
+    assert redis_cli(p, "INCR", "n").stdout.strip() == "2"
+    redis_cli(p, "RPUSH", "l", "a", "b", "c")
+    assert redis_cli(p, "LRANGE", "l", "0", "-1").stdout.split() == ["a", "b", "c"]
+    redis_cli(p, "HSET", "h", "f1", "v1", "f2", "v2")
+    assert sorted(redis_cli(p, "HGETALL", "h").stdout.split()) == ["f1", "f2", "v1", "v2"]
+    redis_cli(p, "SET", "tmp", "x")
+    assert redis_cli(p, "EXPIRE", "tmp", "100").stdout.strip() == "1"
+    assert 0 < int(redis_cli(p, "TTL", "tmp").stdout) <= 100
+    assert redis_cli(p, "EVAL", "return redis.call('INCRBY', KEYS[1], ARGV[1])", "1", "n", "40"
                ).stdout.strip() == "42"
 
 
@@ -73,7 +76,7 @@ def test_multi_exec(redis_port: int) -> None:
 
 def test_one_mib_values(redis_port: int) -> None:
     value = bytes(range(256)) * 4096
-    assert cli(redis_port, "-x", "SET", "big", data=value).returncode == 0
+    assert redis_cli(redis_port, "-x", "SET", "big", data=value).returncode == 0
     got = subprocess.run(["redis-cli", "-p", str(redis_port), "--raw", "GET", "big"],
                          capture_output=True, timeout=60).stdout
     assert got[:-1] == value  # --raw adds a newline
@@ -85,7 +88,7 @@ def test_ten_thousand_pipelined_commands(redis_port: int, tmp_path: Path) -> Non
     proc = subprocess.run(["redis-cli", "-p", str(redis_port), "--pipe"], input=lines,
                           capture_output=True, timeout=120)
     assert b"errors: 0, replies: 10000" in proc.stdout, proc.stdout + proc.stderr
-    assert cli(redis_port, "GET", "k9999").stdout.strip() == "v"
+    assert redis_cli(redis_port, "GET", "k9999").stdout.strip() == "v"
 
 
 def _command(sock: socket.socket, *args: str) -> bytes:
@@ -115,7 +118,7 @@ def test_fifty_concurrent_clients(redis_port: int) -> None:
         for t in threads:
             t.join()
         assert not errors, errors
-        clients = cli(redis_port, "INFO", "clients").stdout
+        clients = redis_cli(redis_port, "INFO", "clients").stdout
         assert "connected_clients:51" in clients, clients  # the 50 and this redis-cli
     finally:
         for sock in socks:
@@ -128,15 +131,15 @@ def test_fifty_concurrent_clients(redis_port: int) -> None:
 
 def test_what_ring0_refuses_fails_cleanly(redis_port: int, request: pytest.FixtureRequest) -> None:
     mode = request.node.callspec.params["redis_port"]
-    reply = cli(redis_port, "BGSAVE").stdout.strip()
+    reply = redis_cli(redis_port, "BGSAVE").stdout.strip()
     if mode.startswith("ukl"):  # fork is ENOSYS in ring 0: Redis reports it and keeps serving
         assert reply.startswith("ERR"), reply
-        info = cli(redis_port, "INFO", "persistence").stdout
+        info = redis_cli(redis_port, "INFO", "persistence").stdout
         assert "rdb_last_bgsave_status:err" in info, info
     else:
         assert "Background saving started" in reply, reply
-    assert cli(redis_port, "PING").stdout.strip() == "PONG"
-    assert cli(redis_port, "GET", "k9999").returncode == 0
+    assert redis_cli(redis_port, "PING").stdout.strip() == "PONG"
+    assert redis_cli(redis_port, "GET", "k9999").returncode == 0
 
 
 @pytest.mark.xdist_group("redis-ukl")  # where the ring-0 Redis is built (conftest.py)
@@ -195,23 +198,12 @@ def _replies(sock: socket.socket, count: int, buf: bytearray) -> list[bytes]:
     return out
 
 
-def ready(vm: UklVm) -> int:
-    """The host port of a booted Redis, once it answers PING."""
-    vm.wait_for("Ready to accept connections", timeout=240)
-    port = vm.port(6379)
-    deadline = time.monotonic() + 60
-    while cli(port, "PING").stdout.strip() != "PONG":
-        assert time.monotonic() < deadline, "no PONG through the forward"
-        time.sleep(0.2)
-    return port
-
-
 def _missing(port: int, keys: list[str]) -> set[str]:
     """Which of ``keys`` the server does not have (MGET, 1,000 at a time)."""
     gone: set[str] = set()
     for i in range(0, len(keys), 1000):
         part = keys[i:i + 1000]
-        values = cli(port, "MGET", *part).stdout.split("\n")[:len(part)]
+        values = redis_cli(port, "MGET", *part).stdout.split("\n")[:len(part)]
         gone |= {k for k, v in zip(part, values, strict=True) if v != "v" + k[1:]}
     return gone
 
@@ -229,7 +221,7 @@ def test_acknowledged_writes_survive_a_killed_vm(builds: Builds, mode: str,
     volume = ("--volume", f"data={tmp_path / 'data.img'}")
     with booted(image, *volume, "--", *_with_fsync(image, "always"), forward=[6379],
                 timeout=600) as vm:
-        with socket.create_connection(("127.0.0.1", ready(vm)), timeout=60) as sock:
+        with socket.create_connection(("127.0.0.1", redis_ready(vm)), timeout=60) as sock:
             buf = bytearray()
             for start in range(0, 10_000, 1000):
                 sock.sendall(b"".join(_set(f"k{i}", f"v{i}") for i in range(start, start + 1000)))
@@ -238,8 +230,8 @@ def test_acknowledged_writes_survive_a_killed_vm(builds: Builds, mode: str,
     acked: list[tuple[str, float]] = []
     with booted(image, *volume, "--", *_with_fsync(image, "everysec"), forward=[6379],
                 timeout=600) as vm:
-        port = ready(vm)
-        assert cli(port, "DBSIZE").stdout.strip() == "10000"
+        port = redis_ready(vm)
+        assert redis_cli(port, "DBSIZE").stdout.strip() == "10000"
         assert not _missing(port, [f"k{i}" for i in range(10_000)])
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
             buf, n, end = bytearray(), 10_000, time.monotonic() + 3
@@ -252,7 +244,7 @@ def test_acknowledged_writes_survive_a_killed_vm(builds: Builds, mode: str,
         killed = time.monotonic()
         vm.kill()
     with booted(image, *volume, forward=[6379], timeout=600) as vm:
-        gone = _missing(ready(vm), [k for k, _ in acked])
+        gone = _missing(redis_ready(vm), [k for k, _ in acked])
     lost = [t for k, t in acked if k in gone]
     window = killed - min(lost) if lost else 0.0
     print(f"everysec, {mode}: {len(acked)} SETs acknowledged in 3 s, {len(lost)} lost, "

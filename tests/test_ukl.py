@@ -13,7 +13,7 @@ from elftools.elf.elffile import ELFFile
 
 from ukl_build.cache import Cache
 
-from conftest import Builds, check_httpd
+from conftest import Builds, check_httpd, probe_lines, skip_if_clocks_uncalibrated, tsc_calibration_failed
 from conftest import run_image as run
 
 pytestmark = pytest.mark.kernel
@@ -61,14 +61,6 @@ def test_httpd_serves_in_ukl_mode(builds: Builds) -> None:
     check_httpd(builds("httpd", "ukl").images.directory, requests=400)
 
 
-def _probe_lines(out: str) -> list[str]:
-    """The probe's check lines ("name: ok" / "name: FAIL", "atexit handler: ran"), not the
-    kernel's own messages, which a boot on a loaded host may add (e.g. "..MP-BIOS bug:
-    8254 timer not connected to IO-APIC" when the emulated PIT ticked too late)."""
-    return [ln for ln in out.splitlines() if ln.endswith((": ok", ": FAIL", ": ran"))
-            and not ln.startswith("probe: ")]
-
-
 def test_every_runtime_wrapper_gives_the_same_results_in_both_modes(builds: Builds) -> None:
     user = builds("probe", "user")
     ukl = builds("probe", "ukl")
@@ -76,7 +68,7 @@ def test_every_runtime_wrapper_gives_the_same_results_in_both_modes(builds: Buil
     rc_ukl, out_ukl, err_ukl = run(ukl.images.directory)
     assert "probe: syscalls (CPL 3)" in out_user and "probe: syscalls (CPL 0)" in out_ukl
     assert "close+bind same port: ok" in out_ukl
-    assert _probe_lines(out_user) == _probe_lines(out_ukl), (out_user, out_ukl)
+    assert probe_lines(out_user) == probe_lines(out_ukl), (out_user, out_ukl)
     assert "FAIL" not in out_ukl, out_ukl
     assert rc_user == 0 and rc_ukl == 0, (err_user, err_ukl)
 
@@ -92,7 +84,7 @@ def test_shortcuts_give_the_same_results_as_user_mode(builds: Builds) -> None:
     rc_user, out_user, err_user = run(builds("probe", "user").images.directory)
     rc, out, err = run(shortcuts.images.directory)
     assert "read(socket): ok" in out and "recv(udp, empty datagram): ok" in out, out + err
-    assert _probe_lines(out) == _probe_lines(out_user), (out, out_user)
+    assert probe_lines(out) == probe_lines(out_user), (out, out_user)
     assert "FAIL" not in out and rc == 0 and rc_user == 0, (out, err, err_user)
 
 
@@ -163,10 +155,10 @@ def test_probe_on_musl_gives_the_same_results_in_both_modes(builds: Builds) -> N
     assert rc_user == 0, out_user + err_user
     assert "probe: syscalls (CPL 0)" in out_ukl, out_ukl + err_ukl
     assert "FAIL" not in out_ukl and rc_ukl == 0, out_ukl + err_ukl
-    assert _probe_lines(out_user) == _probe_lines(out_ukl), (out_user, out_ukl)
+    assert probe_lines(out_user) == probe_lines(out_ukl), (out_user, out_ukl)
     # nolibc's answers too: the checks do not depend on the C library.
     _, out_nolibc, _ = run(builds("probe", "ukl").images.directory)
-    assert _probe_lines(out_nolibc) == _probe_lines(out_ukl), (out_nolibc, out_ukl)
+    assert probe_lines(out_nolibc) == probe_lines(out_ukl), (out_nolibc, out_ukl)
 
 
 
@@ -191,30 +183,8 @@ def test_probe_on_musl_with_shortcuts(builds: Builds) -> None:
     rc_plain, out_plain, err_plain = run(plain.images.directory)
     rc, out, err = run(fast.images.directory)
     assert "read(socket): ok" in out and "recv(udp, empty datagram): ok" in out, out + err
-    assert _probe_lines(out) == _probe_lines(out_plain), (out, out_plain)
+    assert probe_lines(out) == probe_lines(out_plain), (out, out_plain)
     assert "FAIL" not in out and rc == 0 and rc_plain == 0, (out, err, err_plain)
-
-# The kernel's quick TSC calibration against the PIT fails when the emulator is
-# descheduled during it (a loaded host); the TSC then becomes the clocksource only
-# after the full calibration, about a second later, and until then time is counted
-# in 4 ms ticks and the boot wall clock comes from the CMOS clock (docs/design.md).
-# What a boot without the TSC's frequency printed on a loaded host.  ("Fast TSC
-# calibration failed" alone is harmless now: with tsc_early_khz= the kernel still
-# tries the PIT for the CPU's own frequency, then takes the TSC's.)
-TSC_CALIBRATION_FAILED = ("Unable to calibrate against PIT", "Marking TSC unstable",
-                          "Switched to clocksource refined-jiffies")
-
-
-# The local APIC timer is checked the same way at boot (100 of its ticks against the
-# jiffies of the PIT); a descheduled vCPU fails that check too, and the kernel then runs
-# without high-resolution timers: sleeps end on a 4 ms tick.  TCG has no TSC-deadline
-# timer ("TCG doesn't support requested feature"), so there is no way around the check.
-LAPIC_TIMER_FAILED = "APIC timer disabled due to verification failure"
-
-
-def _calibration_failed(text: str) -> bool:
-    return any(m in text for m in TSC_CALIBRATION_FAILED)
-
 
 def test_musl_threads_tls_and_fp_in_ring0_on_2_vcpus(builds: Builds) -> None:
     rc, out, err = run(builds("probe", "ukl", libc="musl").images.directory, "--smp", "2",
@@ -228,11 +198,7 @@ def test_musl_threads_tls_and_fp_in_ring0_on_2_vcpus(builds: Builds) -> None:
                  "clock_gettime(no such clock) fails with EINVAL: ok"):
         assert line in out, out + err
     assert "probe: threads (CPL 0)" in out, out + err
-    if _calibration_failed(out) or LAPIC_TIMER_FAILED in out:
-        failed = [ln for ln in out.splitlines() if ln.endswith(": FAIL")]
-        assert all("(median of" in ln for ln in failed), out  # only the clock checks
-        pytest.skip("the kernel could not calibrate the TSC or the APIC timer in this boot "
-                    "(a loaded host): the clock checks cannot be judged")
+    skip_if_clocks_uncalibrated(out)
     assert "atexit handler: ran" in out and "FAIL" not in out and rc == 0, out + err
 
 
@@ -253,7 +219,7 @@ def test_guest_wall_clock_agrees_with_the_host(builds: Builds, mode: str) -> Non
     try:
         for line in proc.stdout:
             arrived = time.time()
-            calibration_failed |= _calibration_failed(line)
+            calibration_failed |= tsc_calibration_failed(line)
             if m := re.search(r"probe: wallclock (\d+\.\d+)", line):
                 diffs.append(arrived - float(m.group(1)))
     finally:
@@ -284,7 +250,7 @@ def test_guest_clock_is_the_tsc_on_a_loaded_host(builds: Builds) -> None:
             hog.kill()
             hog.wait()
     text = out + err
-    assert not _calibration_failed(text), text[-3000:]
+    assert not tsc_calibration_failed(text), text[-3000:]
     assert "tsc_early_khz=" in text  # the command line, in the kernel's log
     assert re.search(r"clocksource: Switched to clocksource tsc(-early)?\n", text), text[-3000:]
     assert "clock_gettime(MONOTONIC) steps < 100 us (median of 101): ok" in text, out
