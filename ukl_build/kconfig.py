@@ -19,7 +19,7 @@ from ukl_build.context import BuildContext
 from ukl_build.errors import BuildError, ConfigError
 from ukl_build.files import digest, file_sha256
 from ukl_build.launcher.cmdline import builtin_cmdline
-from ukl_build.patches import PatchedTree
+from ukl_build.patches import UNDECLARED_TOOLS, PatchedTree
 from ukl_build.resources import recipes_dir
 from ukl_build.settings import HARDENED_RECIPE, MITIGATIONS_RECIPE, Settings, volume_records
 
@@ -319,7 +319,8 @@ def configure(tree: PatchedTree, request: ConfigRequest, ctx: BuildContext) -> K
     names = {o.name for o in request.generated}
     options = [o for o in options if o.name not in names] + list(request.generated)
     fragments = [(n, file_sha256(p)) for n, p in recipes]
-    key = digest("kconfig", tree.key, fragments, [(o.name, o.value) for o in options])
+    key = digest("kconfig", tree.key, fragments, [(o.name, o.value) for o in options],
+                 UNDECLARED_TOOLS)
 
     def make(tmp: Path) -> None:
         tree.check(cache)

@@ -15,6 +15,15 @@ from ukl_build.files import digest, file_sha256
 from ukl_build.progress import Reporter
 from ukl_build.source import SourceTree
 
+# Tools the kernel's Kconfig asks for by name (its rustc and pahole version probes,
+# bindgen's) that no declared host package provides: make is told each is `false`, so
+# the configuration (CONFIG_RUSTC_VERSION, CONFIG_PAHOLE_VERSION, ...) and every
+# object after it is the same whether or not the host happens to have them.  Linux
+# 6.12 records rustc's version in .config; without this a machine with a Rust
+# toolchain on PATH built another kernel than one without (found by the build farm's
+# fresh runner, whose PATH holds only the declared commands).
+UNDECLARED_TOOLS = ("RUSTC=false", "BINDGEN=false", "PAHOLE=false")
+
 
 @dataclass(frozen=True)
 class Patch:
@@ -34,7 +43,8 @@ class PatchedTree:
 
     def make(self, build: Path, *args: str) -> list[str]:
         """The command line of ``make`` in this tree, out of tree in ``build`` (O=)."""
-        return ["make", "-C", str(self.path), f"O={build}", "ARCH=x86_64", *args]
+        return ["make", "-C", str(self.path), f"O={build}", "ARCH=x86_64", *UNDECLARED_TOOLS,
+                *args]
 
     def check(self, cache: Cache) -> None:
         """Before make reads the tree: compare it with what was recorded when it was
