@@ -5,14 +5,18 @@ One cold build compiles through distccd and fills the store (CI runner 1); `veri
 --against` builds the same from nothing with the local compiler and finds every
 image file identical; a fresh runner (another directory, an empty cache, `PATH`
 holding only the declared packages' commands: the install closure) takes its kernel
-objects from the store and boots; a third build shares that runner's cache with
-`clean --max-size 0` running under it.
+objects from the store and boots; httpd relinks on its kernel and serves; a third
+build shares that runner's cache with `clean --max-size 0` running under it.
 
 The subjects here are compilers, caches and host tools, not the kernel's
-configuration: every build is the smallest kernel (hello in user mode, on the microvm
-recipe alone, without the network of hello's own configuration and without the
-hardened recipe, which makes a cold build about 1.6 times as long), and the only cold
-builds in empty caches of the whole suite are the first runner's and verify's.
+configuration: every build is one small kernel (user mode, without the hardened
+recipe, on microvm with the network alone, not hello's server and storage
+recipes), and the only cold builds in empty caches of the whole suite are the first
+runner's and verify's.  That kernel is Linux 6.12: the farm needs a cold build of
+*some* kernel, and on 6.12 it is the suite's one user-mode kernel of the second
+series (hello and httpd as /init on the series with CONFIG_UKL off: what
+tests/test_linux612.py would otherwise build a kernel of its own for), and the fresh
+runner proves the install closure for that series' source package too.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ from ukl_build.cache import EVICTABLE, Cache
 from ukl_build.pipeline import BuildResult, build
 
 from closure import declared_commands_dir
-from conftest import copy_example, free_port, run_cli
+from conftest import check_httpd, copy_example, free_port, run_cli
 
-PLAIN = {"mode": "user", "hardened": "false", "recipes": "microvm"}  # the smallest kernel
+# The farm's kernel: small, with the network (for httpd), on the second series.
+PLAIN = {"mode": "user", "hardened": "false", "recipes": "net;virtio-net;microvm",
+         "kernel.version": "6.12"}
 
 pytestmark = pytest.mark.kernel
 
@@ -158,7 +164,9 @@ def test_a_cold_build_compiles_through_distccd(farm: Farm, first_runner: BuildRe
     # within the build and hit the (new) local cache.  Measured: 505 of 606 misses.
     assert counts["distcc"] == ran and ran >= 0.75 * counts["misses"], (ran, counts)
     assert counts["remote"] == 0 and counts["misses"] >= 0.9 * counts["compiles"], counts
+    assert first_runner.images.manifest["kernel"]["series"] == "linux-6.12"
     proc = run_cli("run", str(first_runner.images.directory), "--timeout", "120", timeout=180)
+    assert "Hello, world, from a unikernel! (CPL 3)" in proc.stdout, proc.stderr
     assert proc.returncode == 3, proc.stderr
 
 
@@ -200,6 +208,22 @@ def test_fresh_runner_takes_kernel_objects_from_the_remote_store(
                   timeout=300)
     assert "Hello, world, from a unikernel! (CPL 3)" in run.stdout, run.stderr[-3000:]
     assert run.returncode == 3
+
+
+def test_httpd_relinks_on_the_runners_kernel_and_serves(
+        farm: Farm, fresh_runner: Runner, tmp_path: Path) -> None:
+    """httpd with the farm's settings: the fresh runner's kernel objects (the same
+    configuration: the command line is not part of it), only the app and the link are
+    new; httpd serves as /init on 6.12."""
+    result = build(copy_example("httpd", tmp_path),
+                   {**PLAIN, "ccache.remote-storage": farm.store}, cache=fresh_runner.cache)
+    log = result.log.read_text()
+    assert "incremental build of Linux 6.12." in log and "cold build" not in log, log[-2000:]
+    kernel = result.images.manifest["kernel"]
+    assert kernel["series"] == "linux-6.12" and kernel["release"].startswith("6.12.")
+    config = (result.images.directory / kernel["config"]["file"]).read_text()
+    assert "# CONFIG_UKL is not set" in config or "CONFIG_UKL" not in config
+    check_httpd(result.images.directory, requests=400)
 
 
 def test_damaged_cache_entries_are_found_and_made_again(
