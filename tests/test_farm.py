@@ -161,7 +161,7 @@ def test_a_cold_build_compiles_through_distccd(farm: Farm, first_runner: BuildRe
     ran = farm.distccd_log.read_text().count("COMPILE_OK")
     # Most kernel compiles ran on the distcc server, and the client counted each one.  Not
     # all: distcc runs some here (assembler through `-x`), and a few compiles repeat
-    # within the build and hit the (new) local cache.  Measured: 505 of 606 misses.
+    # within the build and hit the (new) local cache.  Measured: 655 of 759 misses (6.12).
     assert counts["distcc"] == ran and ran >= 0.75 * counts["misses"], (ran, counts)
     assert counts["remote"] == 0 and counts["misses"] >= 0.9 * counts["compiles"], counts
     assert first_runner.images.manifest["kernel"]["series"] == "linux-6.12"
