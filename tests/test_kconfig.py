@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from ukl_build.cache import Cache
 from ukl_build.context import BuildContext
 from ukl_build.errors import BuildError, ConfigError
 from ukl_build.kconfig import (
@@ -108,3 +110,32 @@ def test_bad_values_and_unknown_options_refused_before_make(patched_tree, cache,
     assert "kconfig.PANIC_TIMEOUT = \"soon\": an int option takes a decimal integer" in msg
     assert "kconfig.NO_SUCH_OPTION_X = y: no such option in this kernel" in msg
     assert "DEFAULT_HOSTNAME" not in msg and "depends on" not in msg
+
+
+
+def test_a_resolved_configuration_belongs_to_its_compiler(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """.config records the compiler's version (CONFIG_CC_VERSION_TEXT and what tests it):
+    the same request with another gcc on PATH (here one that only says another version)
+    is another cache entry, resolved with it; the same gcc finds the same entry."""
+    keys: list[str] = []
+
+    def entry(self: Cache, kind: str, key: str, make: object, **kw: object) -> Path:
+        keys.append(key)
+        (tmp_path / key).mkdir(exist_ok=True)
+        (tmp_path / key / ".config").write_text("CONFIG_X=y\n")
+        return tmp_path / key
+
+    monkeypatch.setattr(Cache, "entry", entry)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "gcc").write_text('#!/bin/sh\necho "gcc (ukl-build test) 99.0.0"\n')
+    (fake / "gcc").chmod(0o755)
+    tree = SimpleNamespace(key="tree")
+    request = ConfigRequest(["microvm"], [], tmp_path)
+    cache = Cache(tmp_path / "cache")
+    for env in (dict(os.environ), {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
+                dict(os.environ)):
+        with Reporter(None) as r:
+            configure(tree, request, BuildContext(cache, r, env))  # type: ignore[arg-type]
+    assert keys[0] != keys[1] and keys[0] == keys[2], keys

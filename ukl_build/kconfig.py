@@ -311,6 +311,20 @@ class ConfigRequest:
                    settings.origin, generated_options(settings), settings.kernel.version)
 
 
+def toolchain_identity(ctx: BuildContext) -> tuple[str, ...]:
+    """The first lines of ``gcc --version`` and ``ld --version``, found as make finds
+    them (its PATH).  Kconfig writes the compiler's, assembler's and linker's versions
+    into .config (``CC_VERSION_TEXT``, ``GCC_VERSION``, ``AS_VERSION``, ``LD_VERSION``,
+    and every option that tests them), so a resolved configuration belongs to the
+    tools it was resolved with: after an upgrade it is resolved again, not reused."""
+    lines = []
+    for tool in ("gcc", "ld"):
+        out = ctx.reporter.capture([tool, "--version"], step=f"kconfig ({tool} --version)",
+                                   env=ctx.env).text
+        lines.append(out.splitlines()[0] if out else "")
+    return tuple(lines)
+
+
 def configure(tree: PatchedTree, request: ConfigRequest, ctx: BuildContext) -> KernelConfig:
     """The resolved .config: recipes, then the app's options, then the generated ones."""
     cache, reporter, make_env = ctx.cache, ctx.reporter, ctx.env
@@ -320,7 +334,7 @@ def configure(tree: PatchedTree, request: ConfigRequest, ctx: BuildContext) -> K
     options = [o for o in options if o.name not in names] + list(request.generated)
     fragments = [(n, file_sha256(p)) for n, p in recipes]
     key = digest("kconfig", tree.key, fragments, [(o.name, o.value) for o in options],
-                 UNDECLARED_TOOLS)
+                 UNDECLARED_TOOLS, toolchain_identity(ctx))
 
     def make(tmp: Path) -> None:
         tree.check(cache)
