@@ -112,7 +112,6 @@ def test_bad_values_and_unknown_options_refused_before_make(patched_tree, cache,
     assert "DEFAULT_HOSTNAME" not in msg and "depends on" not in msg
 
 
-
 def test_a_resolved_configuration_belongs_to_its_compiler(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """.config records the compiler's version (CONFIG_CC_VERSION_TEXT and what tests it):
